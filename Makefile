@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine; each makes its own virtual environment.
+#   make demo   install, then segment the bundled sample scene (no servers needed)
+#   make test   install with test extras, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# torch first, pinned: the CPU build of this version is what this project is tested with;
+# an unpinned torch pulls several GB of CUDA wheels.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install install-test demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+
+demo: install
+	$(BIN)/segflow demo --out segflow-demo
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) segflow-demo benchmarks/out

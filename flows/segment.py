@@ -1,0 +1,204 @@
+"""``segment_image``: one image through open → plan → infer → write → measure → record.
+
+Prefect is the control plane (one task per stage, retries, logs); Dask is the data plane (one
+Dask task per chunk, on the cluster at ``scheduler`` or a LocalCluster started for the run).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from distributed import Client, as_completed
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tasks.area import row_pixel_areas_m2
+from tasks.catalog import write_rows
+from tasks.cluster import dask_cluster
+from tasks.config import JobConfig
+from tasks.errors import SegflowError, first_line
+from tasks.georef import grid_mapping, pixel_centres
+from tasks.identity import image_id, resume_key, source_checksum
+from tasks.infer import segment_chunk
+from tasks.measure import class_rows, count_chunk
+from tasks.models import SegmentationModel, build_model
+from tasks.plan import Plan, plan_chunks
+from tasks.read_raster import Raster, open_raster
+from tasks.store import DONE_SKIPPED, MaskStore, mark_complete, open_or_create
+
+
+@dataclass
+class Job:
+    """Everything the later stages need about one image, decided once in open-and-plan."""
+
+    source: str
+    root: str
+    image_id: str
+    checksum: str
+    raster: Raster
+    plan: Plan
+    model: SegmentationModel
+    config: JobConfig
+
+    @property
+    def store_uri(self) -> str:
+        return f"{self.root.rstrip('/')}/masks/{self.image_id}.zarr"
+
+
+@dataclass
+class Outcome:
+    """What the segment stage did: chunk counts for the catalog and for resume checks."""
+
+    store: MaskStore
+    model: str
+    chunks_total: int
+    chunks_skipped: int
+    chunks_computed: int
+    reused: bool = False
+    stats: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O hiccups; a bad file or config fails the same way every time, so do not."""
+    return not isinstance(state.result(raise_on_failure=False), SegflowError)
+
+
+@task(name="open-and-plan", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      retry_condition_fn=_retry_unless_user_error)
+def open_and_plan(source: str, root: str, config: JobConfig) -> Job:
+    raster = open_raster(source, config.input.bands)
+    model = build_model(config, bands=len(raster.bands), dtype=raster.dtype, source=source)
+    plan = plan_chunks((raster.height, raster.width), config.tiling.chunk, config.tiling.halo,
+                       stride=model.stride)
+    if model.receptive_field > plan.halo:
+        get_run_logger().warning("halo %d < receptive field %d: chunk seams are not exact",
+                                 plan.halo, model.receptive_field)
+    return Job(source=source, root=root, image_id=image_id(source),
+               checksum=source_checksum(source), raster=raster, plan=plan, model=model,
+               config=config)
+
+
+def _store_attrs(job: Job) -> dict[str, Any]:
+    r = job.raster
+    return {
+        "segflow": {
+            "source_uri": job.source, "source_checksum": job.checksum,
+            "model": job.model.identity(), "model_kind": job.model.kind,
+            "fitted": job.model.fitted(), "config": job.config.model_dump(mode="json"),
+            "config_hash": job.config.output_hash(),
+            "classes": [c.model_dump() for c in job.model.classes],
+            "chunks_total": len(job.plan.chunks),
+        },
+        "spatial": {"crs_wkt": r.crs_wkt, "transform": list(r.transform),
+                    "transform_order": "affine a b c d e f (x = a*col + b*row + c)"},
+    }
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), transient=True)
+
+
+@task(name="segment", cache_policy=NO_CACHE)
+def segment(job: Job, scheduler: str) -> Outcome:
+    """Fit global parameters, create (or resume) the store, run every missing chunk."""
+    with Client(scheduler, set_as_default=False) as client:
+        job.model.fit(job.raster, client)
+        identity = job.model.identity()
+        key = resume_key(job.checksum, identity, job.config.output_hash())
+        store, done, complete = open_or_create(
+            job.store_uri, job.plan, len(job.model.classes), _store_attrs(job), key,
+            grid_mapping(job.raster.crs_wkt, job.raster.transform),
+            pixel_centres(job.raster.height, job.raster.width, job.raster.crs_wkt,
+                          job.raster.transform))
+        todo = [c for c in job.plan.chunks if c.index not in done]
+        total = len(job.plan.chunks)
+        if complete:
+            get_run_logger().info("%s: complete output found, nothing to compute", job.store_uri)
+        else:
+            [model] = client.scatter([job.model], broadcast=True, hash=False)
+            futures = client.map(segment_chunk, todo, raster=job.raster, model=model,
+                                 store=store, skip_empty=job.config.tiling.skip_empty,
+                                 key=[f"chunk-{job.image_id}-{'-'.join(map(str, c.index))}"
+                                      for c in todo])
+            with _progress() as bar:
+                progress = bar.add_task(job.image_id, total=total, completed=total - len(todo))
+                for fut in as_completed(futures, loop=client.loop):
+                    try:
+                        fut.result()
+                    except SegflowError:
+                        client.cancel(futures)
+                        raise
+                    except Exception as exc:
+                        client.cancel(futures)
+                        raise SegflowError(job.source, f"chunk failed: {first_line(exc)}") from exc
+                    bar.advance(progress)
+        progress_flags = store.progress()[:]
+        skipped = int((progress_flags == DONE_SKIPPED).sum())
+        if not complete:
+            if (progress_flags == 0).any():
+                raise SegflowError(job.source, "some chunks were not written; re-run to resume")
+            mark_complete(job.store_uri, {"chunks_skipped": skipped})
+        return Outcome(store=store, model=identity, chunks_total=total, chunks_skipped=skipped,
+                       chunks_computed=0 if complete else len(todo), reused=complete)
+
+
+@task(name="measure", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def measure(job: Job, outcome: Outcome, scheduler: str) -> list[dict[str, Any]]:
+    """Per-class pixels, area and fraction, streamed over the written mask on the workers."""
+    r = job.raster
+    row_areas = row_pixel_areas_m2(r.crs_wkt, r.transform, r.height)
+    n_labels = max(c.id for c in job.model.classes) + 1
+    with Client(scheduler, set_as_default=False) as client:
+        [areas] = client.scatter([row_areas], broadcast=True) if row_areas is not None else [None]
+        futures = client.map(count_chunk, job.plan.chunks, store=outcome.store,
+                             n_labels=n_labels, row_areas=areas, pure=False)
+        counts = client.gather(futures)
+    return class_rows(job.model.classes, counts, job.config.stats.area_unit,
+                      georeferenced=row_areas is not None)
+
+
+@task(name="record", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record(root: str, run: dict[str, Any], stats: list[dict[str, Any]]) -> None:
+    """Append this run's rows to the catalog (class rows first: a run row means it is all in)."""
+    if stats:
+        write_rows(root, "class_stats", run["run_id"],
+                   [{**s, "run_id": run["run_id"], "image_id": run["image_id"]} for s in stats])
+    write_rows(root, "runs", run["run_id"], [run])
+
+
+@flow(name="segment_image")
+def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
+                  scheduler: str | None = None) -> dict[str, Any]:
+    """Segment one image into ``out``; returns the run row plus class stats and chunk counts."""
+    cfg = JobConfig.model_validate(config or {})
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    run: dict[str, Any] = {"run_id": str(flow_run.id or f"local-{time.time_ns()}"),
+                           "image_id": image_id(source), "source_uri": source,
+                           "modality": "raster", "model": cfg.model.kind,
+                           "config_hash": cfg.output_hash(), "started_at": started}
+    try:
+        job = open_and_plan(source, out, cfg)
+        run.update(source_checksum=job.checksum, output_uri=job.store_uri,
+                   chunks_total=len(job.plan.chunks))
+        with dask_cluster(cfg.cluster, scheduler) as address:
+            outcome = segment(job, address)
+            stats = measure(job, outcome, address)
+        run.update(status="succeeded", model=outcome.model, chunks_skipped=outcome.chunks_skipped,
+                   finished_at=datetime.now(timezone.utc),
+                   seconds=time.perf_counter() - clock)
+        record(out, run, stats)
+        return {**run, "class_stats": stats, "chunks_computed": outcome.chunks_computed,
+                "reused": outcome.reused}
+    except Exception as exc:
+        reason = exc.reason if isinstance(exc, SegflowError) else first_line(exc)
+        run.update(status="failed", error=reason, finished_at=datetime.now(timezone.utc),
+                   seconds=time.perf_counter() - clock)
+        write_rows(out, "runs", run["run_id"], [run])
+        raise

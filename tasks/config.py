@@ -1,0 +1,139 @@
+"""The job configuration: a validated pydantic schema with a documented default for every key.
+
+A config is YAML; ``--set key=value`` overrides one dotted key. Unknown keys are errors, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tasks.errors import SegflowError
+
+# Colours for classes that do not name one (matplotlib's tab10), so quick-looks are stable.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassSpec(_Strict):
+    """One output class: its id in the mask, a name for the catalog and a display colour."""
+
+    id: int = Field(ge=0, le=65534)
+    name: str
+    colour: str = ""
+
+
+class Normalize(_Strict):
+    """Per-band normalisation applied to raw pixel values before a deep model: (x - mean) / std."""
+
+    mean: list[float]
+    std: list[float]
+
+
+class ModelConfig(_Strict):
+    kind: Literal["threshold", "otsu", "kmeans", "torchscript"] = "otsu"
+    weights: str | None = None
+    classes: list[str | ClassSpec] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    normalize: Normalize | None = None
+
+
+class InputConfig(_Strict):
+    bands: list[int] | None = None  # 1-based band indexes; None = all bands
+
+    @field_validator("bands")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError("bands are 1-based and non-empty")
+        return v
+
+
+class TilingConfig(_Strict):
+    chunk: int = Field(2048, ge=16)      # pixels per side of one Dask task (and one Zarr shard)
+    tile: int = Field(256, ge=8)         # pixels per side of one model call inside a chunk
+    halo: int = Field(32, ge=0)          # context pixels added on every side, then cropped
+    batch: int = Field(8, ge=1)          # tiles per forward pass
+    stitch: Literal["crop"] = "crop"
+    skip_empty: bool = True              # chunks that are all nodata are not inferred
+
+
+class StatsConfig(_Strict):
+    area_unit: Literal["m2", "ha", "km2"] = "ha"
+
+
+class ClusterConfig(_Strict):
+    address: str | None = None           # tcp://host:8786 of a running Dask scheduler
+    n_workers: int | None = Field(None, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1)
+    gpu: Literal["auto", "off"] = "auto"
+
+
+class JobConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    def output_hash(self) -> str:
+        """Hash of everything that can change the mask (not where or how fast it runs)."""
+        relevant = self.model_dump(mode="json", exclude={"cluster": True, "tiling": {"batch"}})
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SegflowError("--set", f"{key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> JobConfig:
+    """Read a YAML config (or start from ``base``), apply ``key=value`` overrides, validate."""
+    tree: dict[str, Any] = dict(base or {})
+    label = str(path) if path else "config"
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SegflowError(label, f"cannot read config: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SegflowError(label, "a config is a YAML mapping")
+        tree = loaded
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SegflowError("--set", f"expected key=value, got {item!r}")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise SegflowError(label, f"invalid config: {problems}") from exc
+
+
+def class_table(cfg: ModelConfig, default_names: list[str]) -> list[ClassSpec]:
+    """The class table: config classes (names or full specs) or the model's defaults, coloured."""
+    raw = cfg.classes or list(default_names)
+    table: list[ClassSpec] = []
+    for i, item in enumerate(raw):
+        spec = item if isinstance(item, ClassSpec) else ClassSpec(id=i, name=str(item))
+        table.append(spec.model_copy(update={"colour": spec.colour or PALETTE[i % len(PALETTE)]}))
+    return table

@@ -1,0 +1,57 @@
+"""Class statistics streamed over the written mask, chunk by chunk on the workers.
+
+Counts are kept per row so geographic rasters get exact per-row pixel areas; the client only
+sums small (classes,) vectors, so memory never depends on the image size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.area import UNIT_M2
+from tasks.config import ClassSpec
+from tasks.plan import Chunk
+from tasks.store import MaskStore
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    pixels: np.ndarray  # (n_labels + 1,) pixel counts per class id; the last slot is nodata
+    area_m2: np.ndarray  # same shape: area per class id; zeros when there is no CRS
+
+
+def count_chunk(chunk: Chunk, store: MaskStore, n_labels: int,
+                row_areas: np.ndarray | None) -> ChunkCounts:
+    """Per-class pixel counts and areas of one written chunk (runs on a worker)."""
+    labels = store.labels()[chunk.core].astype(np.int64)
+    labels[(labels == store.nodata) | (labels > n_labels)] = n_labels
+    height = labels.shape[0]
+    rows = np.broadcast_to(np.arange(height)[:, None], labels.shape)
+    per_row = np.bincount((labels * height + rows).ravel(),
+                          minlength=(n_labels + 1) * height).reshape(n_labels + 1, height)
+    pixels = per_row.sum(axis=1)
+    if row_areas is None:
+        return ChunkCounts(pixels, np.zeros(n_labels + 1))
+    return ChunkCounts(pixels, per_row @ row_areas[chunk.core[0]])
+
+
+def class_rows(classes: list[ClassSpec], counts: list[ChunkCounts], area_unit: str,
+               georeferenced: bool) -> list[dict]:
+    """One row per class: pixels, area in ``area_unit`` (pixels without a CRS), valid fraction."""
+    pixels = np.sum([c.pixels for c in counts], axis=0)
+    area = np.sum([c.area_m2 for c in counts], axis=0)
+    valid = int(pixels[:-1].sum())
+    rows = []
+    for spec in classes:
+        n = int(pixels[spec.id])
+        rows.append({
+            "class_id": spec.id,
+            "class_name": spec.name,
+            "pixels": n,
+            "area": float(area[spec.id] / UNIT_M2[area_unit]) if georeferenced else float(n),
+            "area_unit": area_unit if georeferenced else "px",
+            "fraction": n / valid if valid else 0.0,
+        })
+    return rows

@@ -1,0 +1,63 @@
+"""The one model interface: fit global parameters on the whole image, then predict any block.
+
+Everything a method needs travels inside the (picklable) model object, so a Dask worker gets
+the fitted model once and applies it to every chunk it owns.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from tasks.config import ClassSpec, JobConfig
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from tasks.read_raster import Raster
+
+
+class SegmentationModel(ABC):
+    """A segmentation method. Subclasses state what is special about them; mechanics live here."""
+
+    kind: ClassVar[str]
+    #: pixels of context on each side a prediction depends on (0 for per-pixel methods)
+    receptive_field: int = 0
+    #: the model's output stride; chunk origins and halos are aligned to it
+    stride: int = 1
+
+    def __init__(self, classes: list[ClassSpec], params: dict[str, Any]) -> None:
+        self.classes = classes
+        self.params = params
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: JobConfig, bands: int, dtype: str,
+                    source: str) -> "SegmentationModel":
+        """Build from a job config, raising SegflowError for anything the user must fix."""
+
+    def fit(self, raster: "Raster", client: "Client") -> None:
+        """Fit global parameters on the whole image (bounded memory). Default: nothing to fit."""
+
+    @abstractmethod
+    def predict(self, pixels: np.ndarray, valid: np.ndarray,
+                core: tuple[slice, slice]) -> np.ndarray:
+        """Class ids for the ``core`` of one block of pixels (bands, h, w) read with a halo.
+
+        ``valid`` (h, w) marks real pixels; methods that need context use the halo around core.
+        """
+
+    def identity(self) -> str:
+        """What produced the mask, for the catalog's ``model`` column: kind and fitted values."""
+        return self.kind
+
+    def fitted(self) -> dict[str, Any]:
+        """Fitted global parameters, recorded in the store's attributes."""
+        return {}
+
+    @staticmethod
+    def band_of(pixels: np.ndarray, band: int) -> np.ndarray:
+        """One band (1-based index into the selected bands) as float64."""
+        return pixels[band - 1].astype(np.float64)

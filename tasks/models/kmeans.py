@@ -1,0 +1,77 @@
+"""K-means clustering of pixel spectra: centroids fitted once per image, then nearest-centroid.
+
+The fit sample is a decimated read of the whole image (bounded size, independent of chunking),
+so every chunk is labelled with the same centroids and the mask does not depend on chunk size.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from tasks.config import JobConfig, class_table
+from tasks.errors import SegflowError
+from tasks.models.base import SegmentationModel
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from tasks.read_raster import Raster
+
+
+class KMeansModel(SegmentationModel):
+    """``k`` clusters over all selected bands; class ids ordered by centroid brightness."""
+
+    kind = "kmeans"
+
+    def __init__(self, classes: Any, params: dict[str, Any], k: int, seed: int,
+                 max_samples: int) -> None:
+        super().__init__(classes, params)
+        self.k = k
+        self.seed = seed
+        self.max_samples = max_samples
+        self.centroids: np.ndarray | None = None
+
+    @classmethod
+    def from_config(cls, cfg: JobConfig, bands: int, dtype: str, source: str) -> "KMeansModel":
+        params = dict(cfg.model.params)
+        k = int(params.get("k", 4))
+        if not 2 <= k <= 254:
+            raise SegflowError(source, f"model.params.k={k}: k-means needs 2..254 clusters")
+        classes = class_table(cfg.model, [f"cluster_{i + 1}" for i in range(k)])
+        if len(classes) != k:
+            raise SegflowError(source, f"model.classes names {len(classes)} classes but k={k}")
+        return cls(classes, params, k, int(params.get("seed", 0)),
+                   int(params.get("max_samples", 200_000)))
+
+    def fit(self, raster: "Raster", client: "Client") -> None:
+        sample = raster.read_overview(self.max_samples).astype(np.float64)
+        if len(sample) < self.k:
+            raise SegflowError(raster.uri, f"{len(sample)} valid pixels cannot make {self.k} clusters")
+        km = KMeans(n_clusters=self.k, random_state=self.seed, n_init=4).fit(sample)
+        # Sort clusters by brightness so ids mean the same thing from run to run.
+        self.centroids = km.cluster_centers_[np.argsort(km.cluster_centers_.sum(axis=1))]
+
+    def predict(self, pixels: np.ndarray, valid: np.ndarray,
+                core: tuple[slice, slice]) -> np.ndarray:
+        assert self.centroids is not None, "fit() before predict()"
+        pixels = pixels[(slice(None), *core)]
+        x = pixels.reshape(pixels.shape[0], -1).astype(np.float64)
+        # Elementwise distances, one centroid at a time: the same arithmetic for a pixel whatever
+        # block it arrives in (a BLAS product may change summation order with the block shape).
+        best = np.full(x.shape[1], np.inf)
+        labels = np.zeros(x.shape[1], np.uint8)
+        for i, centroid in enumerate(self.centroids):
+            dist = ((x - centroid[:, None]) ** 2).sum(axis=0)
+            closer = dist < best
+            best[closer] = dist[closer]
+            labels[closer] = i
+        return labels.reshape(pixels.shape[1:])
+
+    def identity(self) -> str:
+        return f"kmeans(k={self.k}, seed={self.seed})"
+
+    def fitted(self) -> dict[str, Any]:
+        return {"centroids": None if self.centroids is None else self.centroids.tolist()}
