@@ -35,8 +35,8 @@ def pixel_centres(height: int, width: int, crs_wkt: str | None,
         return {"y": (np.arange(height, dtype=np.float64), {"units": "pixel"}),
                 "x": (np.arange(width, dtype=np.float64), {"units": "pixel"})}
     affine = Affine(*transform)
-    xs = (affine * (np.arange(width) + 0.5, np.full(width, 0.5)))[0]
-    ys = (affine * (np.full(height, 0.5), np.arange(height) + 0.5))[1]
+    xs = (affine @ (np.arange(width) + 0.5, np.full(width, 0.5)))[0]
+    ys = (affine @ (np.full(height, 0.5), np.arange(height) + 0.5))[1]
     crs = CRS.from_wkt(crs_wkt)
     if crs.is_geographic:
         return {"y": (np.asarray(ys), {"units": "degrees_north", "standard_name": "latitude"}),

@@ -84,7 +84,8 @@ def open_or_create(uri: str, plan: Plan, n_classes: int, attrs: dict[str, Any],
                               else {"chunks": (side,) * 2})
     group.create_array("0", shape=plan.shape, dtype=dtype, fill_value=nodata,
                        dimension_names=["y", "x"],
-                       attributes={"grid_mapping": "spatial_ref"} if grid_mapping else {},
+                       attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+                       if grid_mapping else {},
                        **layout)
     group.create_array("progress", shape=plan.grid, dtype="uint8", fill_value=0,
                        chunks=(1,) * len(plan.grid), dimension_names=["chunk_y", "chunk_x"])

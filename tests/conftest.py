@@ -1,0 +1,105 @@
+"""Shared fixtures: one Prefect server and one Dask LocalCluster for the session, real rasters."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+DATA = Path(__file__).parent / "data"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """One temporary Prefect API for the whole session; yields its URL for subprocesses."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def dask_address():
+    """A real Dask LocalCluster (worker processes), shared by the flow tests."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                      dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture
+def rgb_tif(tmp_path: Path) -> Path:
+    """The real Landsat RGB scene (nodata 0 around a rotated footprint), copied per test."""
+    dst = tmp_path / "rgb_byte.tif"
+    shutil.copy(DATA / "rgb_byte.tif", dst)
+    return dst
+
+
+def write_geotiff(path: Path, data: np.ndarray, crs: str, transform, nodata=None,
+                  blocksize: int = 256) -> Path:
+    """Write a (bands, h, w) array as a tiled GeoTIFF."""
+    bands, height, width = data.shape
+    tiled = height >= blocksize and width >= blocksize
+    profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype=data.dtype,
+                   crs=crs, transform=transform, nodata=nodata, compress="deflate")
+    if tiled:
+        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def smooth_noise(shape: tuple[int, int], seed: int, scale: int = 16) -> np.ndarray:
+    """A smooth random field in [0, 1): texture with regions, so clustering is non-trivial."""
+    from scipy.ndimage import zoom
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((shape[0] // scale + 2, shape[1] // scale + 2))
+    field = zoom(coarse, scale, order=3)[: shape[0], : shape[1]]
+    return (field - field.min()) / (np.ptp(field) + 1e-9)
+
+
+@pytest.fixture
+def textured_tif(tmp_path: Path) -> Path:
+    """A 3-band uint8 scene of 1500x1300 px in UTM, with a nodata corner."""
+    bands = np.stack([smooth_noise((1500, 1300), seed) for seed in (1, 2, 3)])
+    data = (bands * 250 + 1).astype(np.uint8)
+    data[:, :300, :400] = 0
+    return write_geotiff(tmp_path / "textured.tif", data, "EPSG:32633",
+                         from_origin(500000, 7000000, 10, 10), nodata=0)
+
+
+class DilatedNet(torch.nn.Module):
+    """Stride-1 convolutions with dilations 1, 2, 4: receptive-field radius 1 + 2 + 4 = 7 px."""
+
+    receptive_field = 7
+
+    def __init__(self, bands: int = 3, classes: int = 4) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(bands, 16, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, padding=2, dilation=2), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, padding=4, dilation=4), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.fixture(scope="session")
+def dilated_model(tmp_path_factory) -> Path:
+    """A TorchScript file of DilatedNet with fixed random weights."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "dilated.pt"
+    torch.jit.script(DilatedNet().eval()).save(str(path))
+    return path
