@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +82,20 @@ def _report(result: dict[str, Any]) -> None:
                  title=f"{result['image_id']}  ({result['model']})")
 
 
+def _json_value(value: Any) -> Any:
+    """JSON for SQL results: exact decimals (DuckDB sums) as numbers, timestamps as ISO text."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _query(sql: str, out: str, fmt: str) -> None:
     from tasks.query import run_query
 
     table = run_query(out, sql)
     rows = table.to_pylist()
     if fmt == "json":
-        print(json.dumps(rows, default=str, indent=1))
+        print(json.dumps(rows, default=_json_value, indent=1))
     elif fmt == "csv":
         import pyarrow.csv as pcsv
 

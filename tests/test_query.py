@@ -1,0 +1,50 @@
+"""``segflow query`` runs SQL over the catalog of several runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import zarr
+
+from flows.cli import main
+from flows.segment import segment_image
+from tasks.config import load_config
+
+
+def test_query_over_two_runs_returns_the_right_sums(rgb_tif, textured_tif, tmp_path,
+                                                     dask_address, capsys):
+    root = str(tmp_path / "out")
+    cfg = load_config(overrides=["model.kind=otsu", "tiling.chunk=512"]).model_dump(mode="json")
+    expected = {}
+    for source in (rgb_tif, textured_tif):
+        result = segment_image(str(source), root, cfg, dask_address)
+        mask = zarr.open_array(result["output_uri"], path="0", mode="r")[:]
+        expected[result["image_id"]] = {
+            "foreground": int((mask == 1).sum()), "valid": int((mask != 255).sum())}
+
+    sql = ("select r.image_id, sum(c.pixels) filter (where c.class_name = 'foreground') as fg, "
+           "sum(c.pixels) as valid, count(distinct r.run_id) as runs "
+           "from runs r join class_stats c using (run_id) "
+           "where r.status = 'succeeded' group by r.image_id order by r.image_id")
+    assert main(["query", sql, "--out", root, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["image_id"]: {"foreground": r["fg"], "valid": r["valid"]} for r in rows} == expected
+    assert all(r["runs"] == 1 for r in rows)
+
+    assert main(["query", "select count(*) as n, sum(area) as ha from class_stats "
+                 "where area_unit = 'ha'", "--out", root, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == '"n","ha"' and lines[1].startswith("4,")
+
+
+def test_query_on_empty_root_has_empty_tables(tmp_path, capsys):
+    assert main(["query", "select count(*) as n from runs", "--out", str(tmp_path),
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 0}]
+
+
+def test_bad_sql_is_one_line_error(tmp_path, capsys):
+    assert main(["query", "select nope from runs", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segflow: error:")
