@@ -124,7 +124,7 @@ def segment(job: Job, scheduler: str) -> Outcome:
             [model] = client.scatter([job.model], broadcast=True, hash=False)
             futures = client.map(segment_chunk, todo, raster=job.raster, model=model,
                                  store=store, skip_empty=job.config.tiling.skip_empty,
-                                 key=[f"chunk-{job.image_id}-{'-'.join(map(str, c.index))}"
+                                 retries=2, key=[f"chunk-{job.image_id}-{'-'.join(map(str, c.index))}"
                                       for c in todo])
             with _progress() as bar:
                 progress = bar.add_task(job.image_id, total=total, completed=total - len(todo))

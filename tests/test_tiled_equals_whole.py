@@ -67,3 +67,22 @@ def test_too_small_halo_is_not_exact(rgb_tif, dilated_model, tmp_path, dask_addr
         valid = src.dataset_mask() > 0
     pixels[:, ~valid] = 0.0
     assert (tiled[valid] != _whole_image(dilated_model, pixels)[valid]).sum() > 0
+
+
+def test_model_is_loaded_once_per_worker(rgb_tif, dilated_model, tmp_path, dask_address):
+    from distributed import Client
+
+    cfg = load_config(overrides=["model.kind=torchscript", f"model.weights={dilated_model}",
+                                 "tiling.chunk=128", "tiling.halo=8"])
+    result = segment_image(str(rgb_tif), str(tmp_path / "out"), cfg.model_dump(mode="json"),
+                           dask_address)
+    assert result["chunks_total"] - result["chunks_skipped"] > 10
+
+    def loaded():
+        from tasks.models import torchscript
+
+        return [path for path, _ in torchscript._CACHE if path.endswith("dilated.pt")]
+
+    with Client(dask_address, set_as_default=False) as client:
+        per_worker = client.run(loaded)
+    assert all(paths == [str(dilated_model)] for paths in per_worker.values())
