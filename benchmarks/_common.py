@@ -305,3 +305,61 @@ def save_results(name: str, data: dict[str, Any]) -> Path:
 
 def gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
+
+
+# --------------------------------------------------------------------------- a shared machine
+
+
+def wait_for_quiet(max_wait: float = 180.0, busy_below: float = 20.0, window: float = 3.0,
+                   quiet: bool = False) -> float:
+    """Wait (up to ``max_wait`` s) until other processes use < ``busy_below`` % of all CPUs.
+
+    The benchmark machine may be shared (test suites, CI); figures taken while something else
+    computes are meaningless. Returns the CPU % seen last. Disable with max_wait=0.
+    """
+    import psutil
+
+    deadline = time.monotonic() + max_wait
+    busy = psutil.cpu_percent(interval=window)
+    while busy >= busy_below and time.monotonic() < deadline:
+        if not quiet:
+            print(f"  (machine busy: {busy:.0f}% CPU used by other processes; waiting)", flush=True)
+        busy = psutil.cpu_percent(interval=window)
+    return busy
+
+
+class LoadMeter:
+    """CPU seconds other processes used while a measurement ran (ours excluded).
+
+    Busy CPU time of the whole machine minus this process's and its waited-for children's.
+    Use it around code whose child processes have exited (subprocess.run / communicate).
+    """
+
+    def __enter__(self) -> "LoadMeter":
+        import psutil
+
+        self._sys0 = psutil.cpu_times()
+        self._own0 = os.times()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import psutil
+
+        sys1 = psutil.cpu_times()
+        own1 = os.times()
+        busy = ((sys1.user + sys1.system + getattr(sys1, "nice", 0) + getattr(sys1, "irq", 0)
+                 + getattr(sys1, "softirq", 0))
+                - (self._sys0.user + self._sys0.system + getattr(self._sys0, "nice", 0)
+                   + getattr(self._sys0, "irq", 0) + getattr(self._sys0, "softirq", 0)))
+        own = ((own1.user + own1.system + own1.children_user + own1.children_system)
+               - (self._own0.user + self._own0.system + self._own0.children_user
+                  + self._own0.children_system))
+        self.wall = time.perf_counter() - self._t0
+        self.own_cpu = own
+        self.other_cpu = max(0.0, busy - own)
+        self.other_cores = self.other_cpu / self.wall if self.wall else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"wall_s": self.wall, "own_cpu_s": self.own_cpu, "other_cpu_s": self.other_cpu,
+                "other_cores_avg": self.other_cores}

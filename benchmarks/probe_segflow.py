@@ -43,35 +43,41 @@ def timed_segment_chunk(chunk, raster, model, store, skip_empty):
     import threading as _threading
     import time as _time
 
+    entry = _time.time()
     import numpy as _np
 
     from tasks.infer import ChunkResult
 
-    forward_s = [0.0]
-    tiles = [0]
     patched = None
     try:
         import torch as _torch
 
         import tasks.models.torchscript as _ts
 
-        original = getattr(_ts, "_bench_original_predict_tiled", _ts.predict_tiled)
-        _ts._bench_original_predict_tiled = original
+        with _ts._LOCK:  # install once per worker process (threads race here)
+            if not hasattr(_ts, "_bench_acc"):  # install once per worker process
+                _ts._bench_acc = _threading.local()
+                original = _ts.predict_tiled
 
-        def predict_tiled(forward, block, core, tile, halo, batch):
-            def timed_forward(x):
-                t = _time.perf_counter()
-                try:
-                    return forward(x)
-                finally:
-                    forward_s[0] += _time.perf_counter() - t
-                    tiles[0] += x.shape[0]
-            return original(timed_forward, block, core, tile, halo, batch)
+                def predict_tiled(forward, block, core, tile, halo, batch):
+                    acc = _ts._bench_acc
 
-        _ts.predict_tiled = predict_tiled
+                    def timed_forward(x):
+                        t = _time.perf_counter()
+                        try:
+                            return forward(x)
+                        finally:
+                            acc.forward_s += _time.perf_counter() - t
+                            acc.tiles += x.shape[0]
+                    return original(timed_forward, block, core, tile, halo, batch)
+
+                _ts.predict_tiled = predict_tiled
+        _ts._bench_acc.forward_s = 0.0
+        _ts._bench_acc.tiles = 0
+        acc = _ts._bench_acc
         patched = _torch.get_num_threads
     except ImportError:
-        pass
+        acc = None
 
     t0 = _time.time()
     pixels, valid = raster.read(chunk.read)
@@ -89,8 +95,8 @@ def timed_segment_chunk(chunk, raster, model, store, skip_empty):
         t3 = _time.time()
     record = {"chunk": list(chunk.index), "read_shape": list(chunk.read_shape),
               "thread": _threading.get_ident(), "pid": _os.getpid(),
-              "start": t0, "read_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2,
-              "forward_s": forward_s[0], "tiles": tiles[0],
+              "entry": entry, "start": t0, "read_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2,
+              "forward_s": acc.forward_s if acc else 0.0, "tiles": acc.tiles if acc else 0,
               "torch_threads": patched() if patched else None,
               "MALLOC_TRIM_THRESHOLD_": _os.environ.get("MALLOC_TRIM_THRESHOLD_"),
               "OMP_NUM_THREADS": _os.environ.get("OMP_NUM_THREADS"), "end": t3}
@@ -105,6 +111,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--config")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--json", help="also write the timeline as JSON to this file")
     args = ap.parse_args()
 
     image = Path(args.image) if args.image else write_synthetic_geotiff(
@@ -153,12 +160,14 @@ def main() -> None:
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
 
     async def runs():
         async with get_client() as client:
             fr = await client.read_flow_run(result["run_id"])
             trs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=100)
             return fr, trs
 
     fr, trs = asyncio.run(runs())
@@ -183,7 +192,7 @@ def main() -> None:
         print("chunks on the worker (seconds from call):")
         for c in sorted(chunks, key=lambda c: c["start"]):
             print(f"  {tuple(c['chunk'])} {c['read_shape']} thread {c['thread'] % 10000:04d}: "
-                  f"{c['start'] - base:6.2f} -> {c['end'] - base:6.2f}  read {c['read_s']:.2f}  "
+                  f"entry {c['entry'] - base:6.2f}, {c['start'] - base:6.2f} -> {c['end'] - base:6.2f}  read {c['read_s']:.2f}  "
                   f"predict {c['predict_s']:.2f} (forward {c['forward_s']:.2f}, {c['tiles']} tiles)  "
                   f"write {c['write_s']:.2f}  torch threads {c['torch_threads']}  "
                   f"MALLOC_TRIM_THRESHOLD_={c['MALLOC_TRIM_THRESHOLD_']}")
@@ -194,6 +203,20 @@ def main() -> None:
               f"mean concurrency {busy / span:.2f}")
     ru = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
     print(f"probe process CPU: user {ru.ru_utime:.1f} s, sys {ru.ru_stime:.1f} s")
+    if args.json:
+        tasks = {tr.name.rsplit("-", 1)[0]: [tr.start_time.timestamp() - base,
+                                             tr.end_time.timestamp() - base]
+                 for tr in trs if tr.start_time and tr.end_time}
+        Path(args.json).write_text(json.dumps({
+            "image": str(image), "config": str(config), "set": args.set,
+            "interpreter_s": T_START - PROCESS_T0, "import_flows_segment_s": t_imp1 - t_imp0,
+            "flow_start_s": fr.start_time.timestamp() - base,
+            "flow_end_s": fr.end_time.timestamp() - base, "returned_s": t_ret - base,
+            "run_seconds": result["seconds"], "tasks": tasks,
+            "cluster": {k: v - base for k, v in marks.items()},
+            "chunks": [{**c, "entry": c["entry"] - base, "start": c["start"] - base,
+                        "end": c["end"] - base} for c in chunks],
+            "cpu_user_s": ru.ru_utime, "cpu_sys_s": ru.ru_stime}, indent=1))
 
 
 if __name__ == "__main__":
