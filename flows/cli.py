@@ -56,7 +56,8 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
 
     table = Table(title=title)
     for name in rows[0] if rows else []:
-        table.add_column(name, justify="right" if isinstance(rows[0][name], (int, float)) else "left")
+        numeric = isinstance(rows[0][name], (int, float))
+        table.add_column(name, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(f"{v:,.4f}" if isinstance(v, float) else str(v) for v in row.values()))
     Console().print(table)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from distributed import Client, as_completed
@@ -122,10 +122,10 @@ def segment(job: Job, scheduler: str) -> Outcome:
             get_run_logger().info("%s: complete output found, nothing to compute", job.store_uri)
         else:
             [model] = client.scatter([job.model], broadcast=True, hash=False)
+            keys = [f"chunk-{job.image_id}-{'-'.join(map(str, c.index))}" for c in todo]
             futures = client.map(segment_chunk, todo, raster=job.raster, model=model,
                                  store=store, skip_empty=job.config.tiling.skip_empty,
-                                 retries=2, key=[f"chunk-{job.image_id}-{'-'.join(map(str, c.index))}"
-                                      for c in todo])
+                                 retries=2, key=keys)
             with _progress() as bar:
                 progress = bar.add_task(job.image_id, total=total, completed=total - len(todo))
                 for fut in as_completed(futures, loop=client.loop):
@@ -177,7 +177,7 @@ def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
                   scheduler: str | None = None) -> dict[str, Any]:
     """Segment one image into ``out``; returns the run row plus class stats and chunk counts."""
     cfg = JobConfig.model_validate(config or {})
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     clock = time.perf_counter()
     run: dict[str, Any] = {"run_id": str(flow_run.id or f"local-{time.time_ns()}"),
                            "image_id": image_id(source), "source_uri": source,
@@ -191,14 +191,14 @@ def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
             outcome = segment(job, address)
             stats = measure(job, outcome, address)
         run.update(status="succeeded", model=outcome.model, chunks_skipped=outcome.chunks_skipped,
-                   finished_at=datetime.now(timezone.utc),
+                   finished_at=datetime.now(UTC),
                    seconds=time.perf_counter() - clock)
         record(out, run, stats)
         return {**run, "class_stats": stats, "chunks_computed": outcome.chunks_computed,
                 "reused": outcome.reused}
     except Exception as exc:
         reason = exc.reason if isinstance(exc, SegflowError) else first_line(exc)
-        run.update(status="failed", error=reason, finished_at=datetime.now(timezone.utc),
+        run.update(status="failed", error=reason, finished_at=datetime.now(UTC),
                    seconds=time.perf_counter() - clock)
         write_rows(out, "runs", run["run_id"], [run])
         raise

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 _TS = pa.timestamp("us", tz="UTC")
 

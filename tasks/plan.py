@@ -23,7 +23,8 @@ class Chunk:
     @property
     def crop(self) -> tuple[slice, ...]:
         """Where the core lies inside the read window: what survives the halo crop."""
-        return tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(self.core, self.read))
+        return tuple(slice(c.start - r.start, c.stop - r.start)
+                     for c, r in zip(self.core, self.read))
 
     @property
     def read_shape(self) -> tuple[int, ...]:
@@ -44,11 +45,11 @@ def plan_grid(lo: tuple[int, ...], hi: tuple[int, ...], size: int, halo: int,
     """
     clip_lo = clip_lo or lo
     clip_hi = clip_hi or hi
-    counts = [math.ceil((h - l) / size) for l, h in zip(lo, hi)]
+    counts = [math.ceil((top - bottom) / size) for bottom, top in zip(lo, hi)]
     chunks = []
     for index in itertools.product(*(range(n) for n in counts)):
-        core = tuple(slice(l + i * size, min(h, l + (i + 1) * size))
-                     for i, l, h in zip(index, lo, hi))
+        core = tuple(slice(bottom + i * size, min(top, bottom + (i + 1) * size))
+                     for i, bottom, top in zip(index, lo, hi))
         read = tuple(slice(max(cl, c.start - halo), min(ch, c.stop + halo))
                      for c, cl, ch in zip(core, clip_lo, clip_hi))
         chunks.append(Chunk(index=index, core=core, read=read))

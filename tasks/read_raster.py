@@ -1,4 +1,5 @@
-"""GeoTIFF/COG reader: a picklable handle that reads windows lazily and carries its spatial reference.
+"""GeoTIFF/COG reader: a picklable handle that reads windows lazily and carries its spatial
+reference.
 
 Workers open the file themselves for each window (rasterio datasets are not thread-safe), so the
 client never holds pixels and memory is bounded by the window size, never by the image size.

@@ -8,7 +8,7 @@ block border are fed unpadded on their outer side, as the whole pass sees them.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -4,7 +4,8 @@ Layout (``ROOT/masks/<image_id>.zarr``):
   0            class ids (y, x); one Zarr shard (or chunk) per work chunk, so no two workers
                ever write the same object (concurrent writers of one shard lose data)
   progress     one uint8 per work chunk: 0 to do, 1 written, 2 skipped (all nodata); set after
-               the chunk's mask is written, it is the resume record; its chunks are 1x1 so every worker writes only its own object
+               the chunk's mask is written, it is the resume record; its chunks are 1x1 so
+               every worker writes only its own object
   x, y         pixel-centre coordinates, spatial_ref: CF grid mapping (crs_wkt, GeoTransform),
                so ``xarray.open_zarr`` + rioxarray recover the CRS and transform
 The group attribute ``segflow.complete`` turns true only once every chunk is in.
@@ -59,7 +60,8 @@ def _inner_chunk(chunk: int) -> int | None:
 
 def open_or_create(uri: str, plan: Plan, n_classes: int, attrs: dict[str, Any],
                    resume: str, grid_mapping: dict[str, Any] | None,
-                   coords: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
+                   coords: dict[str, tuple[np.ndarray, dict[str, Any]]],
+                   ) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
     """Open the store for resuming (same resume key) or create it anew with its full schema.
 
     Returns the store, the chunk indexes already written, and whether the store is complete.

@@ -1,4 +1,4 @@
-"""Class areas in physical units, checked against pyproj.Geod and the affine, not against segflow."""
+"""Class areas in physical units, checked against pyproj.Geod and the affine, not segflow."""
 
 from __future__ import annotations
 

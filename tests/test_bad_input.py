@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 from flows.segment import segment_image
 from tasks.config import load_config
 from tasks.query import run_query
-from tests.conftest import smooth_noise, write_geotiff
+from tests.conftest import smooth_noise
 
 
 def test_non_image_file_fails_cleanly_from_the_cli(tmp_path, prefect_server):

@@ -35,10 +35,10 @@ class SegmentationModel(ABC):
     @classmethod
     @abstractmethod
     def from_config(cls, cfg: JobConfig, bands: int, dtype: str,
-                    source: str) -> "SegmentationModel":
+                    source: str) -> SegmentationModel:
         """Build from a job config, raising SegflowError for anything the user must fix."""
 
-    def fit(self, raster: "Raster", client: "Client") -> None:
+    def fit(self, raster: Raster, client: Client) -> None:
         """Fit global parameters on the whole image (bounded memory). Default: nothing to fit."""
 
     @abstractmethod

@@ -37,7 +37,7 @@ class ThresholdModel(SegmentationModel):
 
     @classmethod
     def from_config(cls, cfg: JobConfig, bands: int, dtype: str,
-                    source: str) -> "ThresholdModel":
+                    source: str) -> ThresholdModel:
         params = dict(cfg.model.params)
         band = int(params.get("band", 1))
         if not 1 <= band <= bands:
@@ -65,7 +65,7 @@ class OtsuModel(ThresholdModel):
 
     kind = "otsu"
 
-    def fit(self, raster: "Raster", client: "Client") -> None:
+    def fit(self, raster: Raster, client: Client) -> None:
         values = raster.to_dask(FIT_CHUNK)[self.band - 1]
         lo, hi = client.compute([da.nanmin(values), da.nanmax(values)], sync=True)
         if not np.isfinite(lo):

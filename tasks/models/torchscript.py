@@ -78,7 +78,7 @@ class TorchScriptModel(SegmentationModel):
 
     @classmethod
     def from_config(cls, cfg: JobConfig, bands: int, dtype: str,
-                    source: str) -> "TorchScriptModel":
+                    source: str) -> TorchScriptModel:
         weights = cfg.model.weights
         if not weights:
             raise SegflowError(source, "model.kind=torchscript needs model.weights (a .pt file)")
@@ -97,12 +97,15 @@ class TorchScriptModel(SegmentationModel):
             with torch.inference_mode():
                 n_classes = int(module(probe).shape[1])
         except Exception as exc:
-            raise SegflowError(weights, f"model rejects {bands}-band input: {first_line(exc)}") from exc
+            raise SegflowError(weights,
+                               f"model rejects {bands}-band input: {first_line(exc)}") from exc
         classes = class_table(cfg.model, [f"class_{i}" for i in range(n_classes)])
         if len(classes) != n_classes:
-            raise SegflowError(weights, f"model outputs {n_classes} classes, config names {len(classes)}")
+            raise SegflowError(weights, f"model outputs {n_classes} classes, "
+                                        f"config names {len(classes)}")
         # Integers are scaled by their dtype's maximum unless ``normalize`` is given.
-        scale = float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "iu" and norm is None else None
+        integer = np.dtype(dtype).kind in "iu"
+        scale = float(np.iinfo(dtype).max) if integer and norm is None else None
         t = cfg.tiling
         return cls(classes, dict(cfg.model.params), path, file_digest(path), scale, norm,
                    t.tile, t.halo, t.batch, cfg.cluster.gpu)
