@@ -11,6 +11,10 @@ class SegflowError(Exception):
         self.source = source
         self.reason = " ".join(str(reason).split())  # one line, always
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Raised on Dask workers and shipped back to the client: keep both parts across pickling.
+        return (type(self), (self.source, self.reason))
+
 
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, for one-line errors."""

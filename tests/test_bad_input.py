@@ -13,6 +13,7 @@ from rasterio.transform import from_origin
 
 from flows.segment import segment_image
 from tasks.config import load_config
+from tasks.errors import SegflowError
 from tasks.query import run_query
 from tests.conftest import smooth_noise
 
@@ -53,12 +54,13 @@ def test_truncated_geotiff_fails_mid_run_and_is_not_marked_complete(tmp_path, da
     root = tmp_path / "out"
     cfg = load_config(overrides=["model.kind=threshold", "model.params.value=100",
                                  "tiling.chunk=256"]).model_dump(mode="json")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(SegflowError) as info:
         segment_image(str(path), str(root), cfg, dask_address)
-    assert str(path) in str(info.value)
+    assert info.value.source == str(path) and "cannot read window" in info.value.reason
 
     runs = run_query(str(root), "select status, error from runs").to_pylist()
     assert [r["status"] for r in runs] == ["failed"]
+    assert runs[0]["error"] == info.value.reason
     stores = list((root / "masks").glob("*.zarr"))
     assert len(stores) == 1
     assert zarr.open_group(str(stores[0]), mode="r").attrs["segflow"]["complete"] is False
@@ -72,3 +74,13 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
                  "--set", "tiling.chunks=512"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tiling.chunks" in err[0] and "invalid config" in err[0]
+
+
+def test_errors_survive_the_trip_from_a_worker():
+    import pickle
+
+    from tasks.errors import SegflowError
+
+    err = pickle.loads(pickle.dumps(SegflowError("a.tif", "cannot read\nwindow")))
+    assert (err.source, err.reason, str(err)) == ("a.tif", "cannot read window",
+                                                  "a.tif: cannot read window")
