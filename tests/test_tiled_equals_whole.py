@@ -33,40 +33,36 @@ def test_predict_tiled_equals_whole_block(dilated_model):
     np.testing.assert_array_equal(tiled, _whole_image(dilated_model, block))
 
 
-def test_segflow_tiled_equals_whole_image_pass(rgb_tif, dilated_model, tmp_path, dask_address):
-    # 718x791 px; chunk 300 and tile 96 divide neither side; halo 8 >= receptive field 7.
+def _tiled_and_whole(rgb_tif, model, root, scheduler, halo):
+    """segflow's mask (chunk 300, tile 96: they divide neither side of the 718x791 scene) and
+    one whole-image forward pass over the same input, with the valid-pixel mask."""
     cfg = load_config(overrides=[
-        "model.kind=torchscript", f"model.weights={dilated_model}",
-        "model.params.receptive_field=7", "tiling.chunk=300", "tiling.tile=96",
-        "tiling.halo=8", "tiling.batch=4", "tiling.skip_empty=false"])
-    result = segment_image(str(rgb_tif), str(tmp_path / "out"), cfg.model_dump(mode="json"),
-                           dask_address)
+        "model.kind=torchscript", f"model.weights={model}", "model.params.receptive_field=7",
+        "tiling.chunk=300", "tiling.tile=96", f"tiling.halo={halo}", "tiling.batch=4",
+        "tiling.skip_empty=false"])
+    result = segment_image(str(rgb_tif), str(root), cfg.model_dump(mode="json"), scheduler)
+    assert result["chunks_total"] == 9
     tiled = zarr.open_array(result["output_uri"], path="0", mode="r")[:]
-
     with rasterio.open(rgb_tif) as src:
         pixels = src.read().astype(np.float32) / 255.0
         valid = src.dataset_mask() > 0
     pixels[:, ~valid] = 0.0  # segflow feeds nodata as 0
-    whole = _whole_image(dilated_model, pixels)
+    return tiled, _whole_image(model, pixels), valid
 
-    assert result["chunks_total"] == 9
+
+def test_segflow_tiled_equals_whole_image_pass(rgb_tif, dilated_model, tmp_path, dask_address):
+    # halo 8 >= receptive field 7
+    tiled, whole, valid = _tiled_and_whole(rgb_tif, dilated_model, tmp_path / "out",
+                                           dask_address, halo=8)
     np.testing.assert_array_equal(tiled[valid], whole[valid])
     assert (tiled[~valid] == 255).all()
 
 
 def test_too_small_halo_is_not_exact(rgb_tif, dilated_model, tmp_path, dask_address):
     """The equality above is not vacuous: with a halo below the receptive field seams differ."""
-    cfg = load_config(overrides=[
-        "model.kind=torchscript", f"model.weights={dilated_model}", "tiling.chunk=300",
-        "tiling.tile=96", "tiling.halo=2", "tiling.skip_empty=false"])
-    result = segment_image(str(rgb_tif), str(tmp_path / "out"), cfg.model_dump(mode="json"),
-                           dask_address)
-    tiled = zarr.open_array(result["output_uri"], path="0", mode="r")[:]
-    with rasterio.open(rgb_tif) as src:
-        pixels = src.read().astype(np.float32) / 255.0
-        valid = src.dataset_mask() > 0
-    pixels[:, ~valid] = 0.0
-    assert (tiled[valid] != _whole_image(dilated_model, pixels)[valid]).sum() > 0
+    tiled, whole, valid = _tiled_and_whole(rgb_tif, dilated_model, tmp_path / "out",
+                                           dask_address, halo=2)
+    assert (tiled[valid] != whole[valid]).sum() > 0
 
 
 def test_model_is_loaded_once_per_worker(rgb_tif, dilated_model, tmp_path, dask_address):
