@@ -14,21 +14,23 @@ import numpy as np
 
 from tasks.plan import Chunk, plan_grid
 
-Forward = Callable[[np.ndarray], np.ndarray]  # (n, bands, h, w) float32 -> (n, h, w) class ids
+# (n, bands, *spatial) float32 -> (n, *spatial) class ids
+Forward = Callable[[np.ndarray], np.ndarray]
 
 
-def predict_tiled(forward: Forward, block: np.ndarray, core: tuple[slice, slice], tile: int,
+def predict_tiled(forward: Forward, block: np.ndarray, core: tuple[slice, ...], tile: int,
                   halo: int, batch: int) -> np.ndarray:
-    """Class ids for ``block[:, core]``, computed tile by tile with ``halo`` of context each.
+    """Class ids for ``block[:, *core]``, computed tile by tile with ``halo`` of context each.
 
-    Tiles cover only the core (the part of the block that will be kept); their reads reach into
-    the block's own halo. Tiles of equal shape are batched together.
+    Works for 2-D images and 3-D volumes alike (``block`` is bands x spatial axes). Tiles cover
+    only the core (the part of the block that will be kept); their reads reach into the
+    block's own halo. Tiles of equal shape are batched together.
     """
-    height, width = block.shape[1:]
-    lo = (core[0].start, core[1].start)
-    hi = (core[0].stop, core[1].stop)
-    tiles = plan_grid(lo, hi, tile, halo, clip_lo=(0, 0), clip_hi=(height, width))
-    out = np.empty((hi[0] - lo[0], hi[1] - lo[1]), np.uint8)
+    spatial = block.shape[1:]
+    lo = tuple(s.start for s in core)
+    hi = tuple(s.stop for s in core)
+    tiles = plan_grid(lo, hi, tile, halo, clip_lo=(0,) * len(spatial), clip_hi=spatial)
+    out = np.empty(tuple(top - bottom for bottom, top in zip(lo, hi)), np.uint8)
     by_shape: dict[tuple[int, ...], list[Chunk]] = defaultdict(list)
     for t in tiles:
         by_shape[t.read_shape].append(t)
@@ -38,7 +40,6 @@ def predict_tiled(forward: Forward, block: np.ndarray, core: tuple[slice, slice]
             stack = np.stack([block[(slice(None), *t.read)] for t in members])
             labels = forward(stack)
             for t, lab in zip(members, labels):
-                rows, cols = t.core
-                out[rows.start - lo[0]:rows.stop - lo[0], cols.start - lo[1]:cols.stop - lo[1]] = \
-                    lab[t.crop]
+                where = tuple(slice(c.start - o, c.stop - o) for c, o in zip(t.core, lo))
+                out[where] = lab[t.crop]
     return out
