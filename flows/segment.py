@@ -17,18 +17,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tasks.area import row_pixel_areas_m2
 from tasks.catalog import write_rows
 from tasks.cluster import dask_cluster
 from tasks.config import JobConfig
 from tasks.errors import SegflowError, first_line
-from tasks.georef import grid_mapping, pixel_centres
+from tasks.georef import pixel_centres
+from tasks.histogram import fit_foreground
 from tasks.identity import image_id, resume_key, source_checksum
 from tasks.infer import segment_chunk
 from tasks.measure import class_rows, count_chunk
-from tasks.models import SegmentationModel, build_model
+from tasks.models import InputSpec, SegmentationModel, build_model
 from tasks.plan import Plan, plan_chunks
-from tasks.read_raster import Raster, open_raster
+from tasks.read_raster import Raster
+from tasks.readers import modality_of, open_source
+from tasks.source import SourceBase
 from tasks.store import DONE_SKIPPED, MaskStore, mark_complete, open_or_create
 
 
@@ -40,7 +42,7 @@ class Job:
     root: str
     image_id: str
     checksum: str
-    raster: Raster
+    reader: SourceBase
     plan: Plan
     model: SegmentationModel
     config: JobConfig
@@ -71,20 +73,21 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="open-and-plan", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
       retry_condition_fn=_retry_unless_user_error)
 def open_and_plan(source: str, root: str, config: JobConfig) -> Job:
-    raster = open_raster(source, config.input.bands)
-    model = build_model(config, bands=len(raster.bands), dtype=raster.dtype, source=source)
-    plan = plan_chunks((raster.height, raster.width), config.tiling.chunk, config.tiling.halo,
+    reader = open_source(source, config.input)
+    spec = InputSpec(bands=len(reader.bands), dtype=reader.dtype, ndim=len(reader.spatial_shape))
+    model = build_model(config, spec, source=source)
+    plan = plan_chunks(reader.spatial_shape, config.tiling.chunk, config.tiling.halo,
                        stride=model.stride)
     if model.receptive_field > plan.halo:
         get_run_logger().warning("halo %d < receptive field %d: chunk seams are not exact",
                                  plan.halo, model.receptive_field)
     return Job(source=source, root=root, image_id=image_id(source),
-               checksum=source_checksum(source), raster=raster, plan=plan, model=model,
+               checksum=source_checksum(source), reader=reader, plan=plan, model=model,
                config=config)
 
 
 def _store_attrs(job: Job) -> dict[str, Any]:
-    r = job.raster
+    spatial = {k: v for k, v in job.reader.spatial_attrs().items() if k != "grid_mapping"}
     return {
         "segflow": {
             "source_uri": job.source, "source_checksum": job.checksum,
@@ -94,9 +97,14 @@ def _store_attrs(job: Job) -> dict[str, Any]:
             "classes": [c.model_dump() for c in job.model.classes],
             "chunks_total": len(job.plan.chunks),
         },
-        "spatial": {"crs_wkt": r.crs_wkt, "transform": list(r.transform),
-                    "transform_order": "affine a b c d e f (x = a*col + b*row + c)"},
+        "spatial": {"modality": job.reader.modality, **spatial},
     }
+
+
+def _coordinates(reader: SourceBase) -> dict[str, tuple[Any, dict[str, Any]]]:
+    if isinstance(reader, Raster):
+        return pixel_centres(reader.height, reader.width, reader.crs_wkt, reader.transform)
+    return {}
 
 
 def _progress() -> Progress:
@@ -108,14 +116,14 @@ def _progress() -> Progress:
 def segment(job: Job, scheduler: str) -> Outcome:
     """Fit global parameters, create (or resume) the store, run every missing chunk."""
     with Client(scheduler, set_as_default=False) as client:
-        job.model.fit(job.raster, client)
+        if job.config.input.foreground == "otsu":
+            job.reader = fit_foreground(job.reader, client)
+        job.model.fit(job.reader, client)
         identity = job.model.identity()
         key = resume_key(job.checksum, identity, job.config.output_hash())
         store, done, complete = open_or_create(
-            job.store_uri, job.plan, len(job.model.classes), _store_attrs(job), key,
-            grid_mapping(job.raster.crs_wkt, job.raster.transform),
-            pixel_centres(job.raster.height, job.raster.width, job.raster.crs_wkt,
-                          job.raster.transform))
+            job.store_uri, job.plan, job.reader.dims, len(job.model.classes), _store_attrs(job),
+            key, job.reader.spatial_attrs().get("grid_mapping"), _coordinates(job.reader))
         todo = [c for c in job.plan.chunks if c.index not in done]
         total = len(job.plan.chunks)
         if complete:
@@ -123,7 +131,7 @@ def segment(job: Job, scheduler: str) -> Outcome:
         else:
             [model] = client.scatter([job.model], broadcast=True, hash=False)
             keys = [f"chunk-{job.image_id}-{'-'.join(map(str, c.index))}" for c in todo]
-            futures = client.map(segment_chunk, todo, raster=job.raster, model=model,
+            futures = client.map(segment_chunk, todo, source=job.reader, model=model,
                                  store=store, skip_empty=job.config.tiling.skip_empty,
                                  retries=2, key=keys)
             with _progress() as bar:
@@ -150,17 +158,16 @@ def segment(job: Job, scheduler: str) -> Outcome:
 
 @task(name="measure", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def measure(job: Job, outcome: Outcome, scheduler: str) -> list[dict[str, Any]]:
-    """Per-class pixels, area and fraction, streamed over the written mask on the workers."""
-    r = job.raster
-    row_areas = row_pixel_areas_m2(r.crs_wkt, r.transform, r.height)
+    """Per-class cells, area or volume, fraction: streamed over the written mask on workers."""
+    row_areas, base_unit = job.reader.cell_measure()
+    unit = job.config.stats.area_unit if base_unit == "m2" else job.config.stats.volume_unit
     n_labels = max(c.id for c in job.model.classes) + 1
     with Client(scheduler, set_as_default=False) as client:
         [areas] = client.scatter([row_areas], broadcast=True) if row_areas is not None else [None]
         futures = client.map(count_chunk, job.plan.chunks, store=outcome.store,
                              n_labels=n_labels, row_areas=areas, pure=False)
         counts = client.gather(futures)
-    return class_rows(job.model.classes, counts, job.config.stats.area_unit,
-                      georeferenced=row_areas is not None)
+    return class_rows(job.model.classes, counts, unit if row_areas is not None else None)
 
 
 @task(name="record", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -181,7 +188,7 @@ def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
     clock = time.perf_counter()
     run: dict[str, Any] = {"run_id": str(flow_run.id or f"local-{time.time_ns()}"),
                            "image_id": image_id(source), "source_uri": source,
-                           "modality": "raster", "model": cfg.model.kind,
+                           "modality": modality_of(source, cfg.input), "model": cfg.model.kind,
                            "config_hash": cfg.output_hash(), "started_at": started}
     try:
         job = open_and_plan(source, out, cfg)

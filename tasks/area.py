@@ -8,8 +8,6 @@ from __future__ import annotations
 import numpy as np
 from pyproj import CRS
 
-UNIT_M2 = {"m2": 1.0, "ha": 1e4, "km2": 1e6}
-
 
 def row_pixel_areas_m2(crs_wkt: str | None, transform: tuple[float, ...],
                        height: int) -> np.ndarray | None:

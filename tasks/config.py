@@ -49,7 +49,10 @@ class ModelConfig(_Strict):
 
 
 class InputConfig(_Strict):
+    modality: Literal["auto", "raster", "volume"] = "auto"  # auto: from the file name
     bands: list[int] | None = None  # 1-based band indexes; None = all bands
+    foreground: Literal["none", "otsu"] = "none"  # otsu: cells at/below Otsu of band 1 are
+    # background, left out of the model's fit, the mask (nodata) and the statistics
 
     @field_validator("bands")
     @classmethod
@@ -69,7 +72,8 @@ class TilingConfig(_Strict):
 
 
 class StatsConfig(_Strict):
-    area_unit: Literal["m2", "ha", "km2"] = "ha"
+    area_unit: Literal["m2", "ha", "km2"] = "ha"  # rasters
+    volume_unit: Literal["mm3", "mL", "L"] = "mL"  # volumes
 
 
 class ClusterConfig(_Strict):

@@ -12,7 +12,7 @@ import numpy as np
 
 from tasks.models.base import SegmentationModel
 from tasks.plan import Chunk
-from tasks.read_raster import Raster
+from tasks.source import SourceBase
 from tasks.store import MaskStore
 
 
@@ -22,10 +22,10 @@ class ChunkResult:
     skipped: bool  # all nodata: not inferred, left as the store's nodata fill
 
 
-def segment_chunk(chunk: Chunk, raster: Raster, model: SegmentationModel, store: MaskStore,
-                  skip_empty: bool) -> ChunkResult:
+def segment_chunk(chunk: Chunk, source: SourceBase, model: SegmentationModel,
+                  store: MaskStore, skip_empty: bool) -> ChunkResult:
     """Segment one chunk and record it in the store; idempotent, so retries are safe."""
-    pixels, valid = raster.read(chunk.read)
+    pixels, valid = source.read(chunk.read)
     core_valid = valid[chunk.crop]
     if skip_empty and not core_valid.any():
         store.write_chunk(chunk, np.empty(0, store.dtype), skipped=True)

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.area import UNIT_M2
 from tasks.config import ClassSpec
 from tasks.plan import Chunk
 from tasks.store import MaskStore
+
+# Reporting units in the base units the readers measure in (m² for rasters, mm³ for volumes).
+UNITS = {"m2": 1.0, "ha": 1e4, "km2": 1e6, "mm3": 1.0, "mL": 1e3, "L": 1e6}
 
 
 @dataclass(frozen=True)
@@ -24,11 +26,15 @@ class ChunkCounts:
 
 def count_chunk(chunk: Chunk, store: MaskStore, n_labels: int,
                 row_areas: np.ndarray | None) -> ChunkCounts:
-    """Per-class pixel counts and areas of one written chunk (runs on a worker)."""
+    """Per-class cell counts and sizes of one written chunk (runs on a worker).
+
+    ``row_areas`` is the physical size of one cell at each index along axis 0 (a raster row's
+    pixel area, a volume slice's voxel volume).
+    """
     labels = store.labels()[chunk.core].astype(np.int64)
     labels[(labels == store.nodata) | (labels > n_labels)] = n_labels
     height = labels.shape[0]
-    rows = np.broadcast_to(np.arange(height)[:, None], labels.shape)
+    rows = np.broadcast_to(np.arange(height).reshape(-1, *(1,) * (labels.ndim - 1)), labels.shape)
     per_row = np.bincount((labels * height + rows).ravel(),
                           minlength=(n_labels + 1) * height).reshape(n_labels + 1, height)
     pixels = per_row.sum(axis=1)
@@ -37,9 +43,9 @@ def count_chunk(chunk: Chunk, store: MaskStore, n_labels: int,
     return ChunkCounts(pixels, per_row @ row_areas[chunk.core[0]])
 
 
-def class_rows(classes: list[ClassSpec], counts: list[ChunkCounts], area_unit: str,
-               georeferenced: bool) -> list[dict]:
-    """One row per class: pixels, area in ``area_unit`` (pixels without a CRS), valid fraction."""
+def class_rows(classes: list[ClassSpec], counts: list[ChunkCounts], unit: str | None) -> list[dict]:
+    """One row per class: cells, size in ``unit`` (cell counts, ``px``, when None), fraction of
+    valid cells."""
     pixels = np.sum([c.pixels for c in counts], axis=0)
     area = np.sum([c.area_m2 for c in counts], axis=0)
     valid = int(pixels[:-1].sum())
@@ -50,8 +56,8 @@ def class_rows(classes: list[ClassSpec], counts: list[ChunkCounts], area_unit: s
             "class_id": spec.id,
             "class_name": spec.name,
             "pixels": n,
-            "area": float(area[spec.id] / UNIT_M2[area_unit]) if georeferenced else float(n),
-            "area_unit": area_unit if georeferenced else "px",
+            "area": float(area[spec.id] / UNITS[unit]) if unit else float(n),
+            "area_unit": unit or "px",
             "fraction": n / valid if valid else 0.0,
         })
     return rows

@@ -21,7 +21,7 @@ import zarr
 
 from tasks.plan import Chunk, Plan
 
-SHARD_INNER = 512  # inner chunk of a shard: the unit a reader fetches
+SHARD_INNER = {2: 512, 3: 64}  # inner chunk side per spatial rank: the unit a reader fetches
 DONE_WRITTEN, DONE_SKIPPED = 1, 2
 
 
@@ -51,15 +51,14 @@ def label_dtype(n_classes: int) -> tuple[str, int]:
     return ("uint8", 255) if n_classes < 255 else ("uint16", 65535)
 
 
-def _inner_chunk(chunk: int) -> int | None:
+def _inner_chunk(chunk: int, ndim: int) -> int | None:
     """Inner chunk for a shard of side ``chunk``, or None when sharding does not fit evenly."""
-    if chunk > SHARD_INNER and chunk % SHARD_INNER == 0:
-        return SHARD_INNER
-    return None
+    inner = SHARD_INNER[ndim]
+    return inner if chunk > inner and chunk % inner == 0 else None
 
 
-def open_or_create(uri: str, plan: Plan, n_classes: int, attrs: dict[str, Any],
-                   resume: str, grid_mapping: dict[str, Any] | None,
+def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_classes: int,
+                   attrs: dict[str, Any], resume: str, grid_mapping: dict[str, Any] | None,
                    coords: dict[str, tuple[np.ndarray, dict[str, Any]]],
                    ) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
     """Open the store for resuming (same resume key) or create it anew with its full schema.
@@ -80,17 +79,18 @@ def open_or_create(uri: str, plan: Plan, n_classes: int, attrs: dict[str, Any],
         pass
 
     group = zarr.open_group(store=uri, mode="w", zarr_format=3)
-    inner = _inner_chunk(plan.chunk)
+    rank = len(plan.shape)
+    inner = _inner_chunk(plan.chunk, rank)
     side = min(plan.chunk, max(plan.shape))
-    layout: dict[str, Any] = ({"shards": (plan.chunk,) * 2, "chunks": (inner,) * 2} if inner
-                              else {"chunks": (side,) * 2})
+    layout: dict[str, Any] = ({"shards": (plan.chunk,) * rank, "chunks": (inner,) * rank}
+                              if inner else {"chunks": (side,) * rank})
     group.create_array("0", shape=plan.shape, dtype=dtype, fill_value=nodata,
-                       dimension_names=["y", "x"],
+                       dimension_names=list(dims),
                        attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
                        if grid_mapping else {},
                        **layout)
     group.create_array("progress", shape=plan.grid, dtype="uint8", fill_value=0,
-                       chunks=(1,) * len(plan.grid), dimension_names=["chunk_y", "chunk_x"])
+                       chunks=(1,) * rank, dimension_names=[f"chunk_{d}" for d in dims])
     for name, (values, coord_attrs) in coords.items():
         arr = group.create_array(name, shape=values.shape, dtype=values.dtype,
                                  chunks=values.shape, dimension_names=[name],

@@ -103,3 +103,44 @@ def dilated_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "dilated.pt"
     torch.jit.script(DilatedNet().eval()).save(str(path))
     return path
+
+
+@pytest.fixture
+def head_nii(tmp_path: Path) -> Path:
+    """The real T1 volume upsampled 2x (1 mm voxels, 66x82x50) inside 16 voxels of air per side:
+    a volume with several chunks, some of them outside the head. Affine adjusted to match."""
+    import nibabel as nib
+    from scipy.ndimage import zoom
+
+    img = nib.load(DATA / "nibabel_anatomical.nii")
+    data = zoom(np.asarray(img.dataobj).astype(np.float32), 2, order=1)
+    data = np.pad(data, 16).astype(np.int16)
+    affine = img.affine.copy()
+    affine[:3, :3] /= 2
+    affine[:3, 3] -= affine[:3, :3] @ np.full(3, 16.0)
+    path = tmp_path / "head.nii"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+class DilatedNet3d(torch.nn.Module):
+    """Stride-1 3-D convolutions with dilations 1 and 2: receptive-field radius 3 voxels."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv3d(8, 8, 3, padding=2, dilation=2), torch.nn.ReLU(),
+            torch.nn.Conv3d(8, classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.fixture(scope="session")
+def dilated_model_3d(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "dilated3d.pt"
+    torch.jit.script(DilatedNet3d().eval()).save(str(path))
+    return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tasks.config import JobConfig
 from tasks.errors import SegflowError
-from tasks.models.base import SegmentationModel
+from tasks.models.base import InputSpec, SegmentationModel
 from tasks.models.kmeans import KMeansModel
 from tasks.models.threshold import OtsuModel, ThresholdModel
 from tasks.models.torchscript import TorchScriptModel
@@ -14,13 +14,13 @@ REGISTRY: dict[str, type[SegmentationModel]] = {
 }
 
 
-def build_model(cfg: JobConfig, bands: int, dtype: str, source: str) -> SegmentationModel:
-    """Construct and validate the configured model for an image of ``bands`` x ``dtype``."""
+def build_model(cfg: JobConfig, spec: InputSpec, source: str) -> SegmentationModel:
+    """Construct and validate the configured model for the input described by ``spec``."""
     try:
         cls = REGISTRY[cfg.model.kind]
     except KeyError:
         raise SegflowError(source, f"unknown model kind {cfg.model.kind!r}") from None
-    return cls.from_config(cfg, bands=bands, dtype=dtype, source=source)
+    return cls.from_config(cfg, spec, source)
 
 
-__all__ = ["SegmentationModel", "build_model", "REGISTRY"]
+__all__ = ["InputSpec", "SegmentationModel", "build_model", "REGISTRY"]

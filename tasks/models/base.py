@@ -7,6 +7,7 @@ the fitted model once and applies it to every chunk it owns.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -16,7 +17,16 @@ from tasks.config import ClassSpec, JobConfig
 if TYPE_CHECKING:
     from distributed import Client
 
-    from tasks.read_raster import Raster
+    from tasks.source import SourceBase
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model is fed: the number of bands, their dtype, and 2 or 3 spatial axes."""
+
+    bands: int
+    dtype: str
+    ndim: int = 2
 
 
 class SegmentationModel(ABC):
@@ -34,19 +44,18 @@ class SegmentationModel(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, cfg: JobConfig, bands: int, dtype: str,
-                    source: str) -> SegmentationModel:
+    def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> SegmentationModel:
         """Build from a job config, raising SegflowError for anything the user must fix."""
 
-    def fit(self, raster: Raster, client: Client) -> None:
+    def fit(self, source: SourceBase, client: Client) -> None:
         """Fit global parameters on the whole image (bounded memory). Default: nothing to fit."""
 
     @abstractmethod
     def predict(self, pixels: np.ndarray, valid: np.ndarray,
-                core: tuple[slice, slice]) -> np.ndarray:
-        """Class ids for the ``core`` of one block of pixels (bands, h, w) read with a halo.
+                core: tuple[slice, ...]) -> np.ndarray:
+        """Class ids for the ``core`` of one block (bands, *spatial) read with a halo.
 
-        ``valid`` (h, w) marks real pixels; methods that need context use the halo around core.
+        ``valid`` (*spatial) marks real cells; methods that need context use the halo around core.
         """
 
     def identity(self) -> str:

@@ -13,12 +13,12 @@ from sklearn.cluster import KMeans
 
 from tasks.config import JobConfig, class_table
 from tasks.errors import SegflowError
-from tasks.models.base import SegmentationModel
+from tasks.models.base import InputSpec, SegmentationModel
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from tasks.read_raster import Raster
+    from tasks.source import SourceBase
 
 
 class KMeansModel(SegmentationModel):
@@ -35,7 +35,7 @@ class KMeansModel(SegmentationModel):
         self.centroids: np.ndarray | None = None
 
     @classmethod
-    def from_config(cls, cfg: JobConfig, bands: int, dtype: str, source: str) -> KMeansModel:
+    def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> KMeansModel:
         params = dict(cfg.model.params)
         k = int(params.get("k", 4))
         if not 2 <= k <= 254:
@@ -46,17 +46,17 @@ class KMeansModel(SegmentationModel):
         return cls(classes, params, k, int(params.get("seed", 0)),
                    int(params.get("max_samples", 200_000)))
 
-    def fit(self, raster: Raster, client: Client) -> None:
-        sample = raster.read_overview(self.max_samples).astype(np.float64)
+    def fit(self, source: SourceBase, client: Client) -> None:
+        sample = source.read_overview(self.max_samples).astype(np.float64)
         if len(sample) < self.k:
-            raise SegflowError(raster.uri,
+            raise SegflowError(source.uri,
                                f"{len(sample)} valid pixels cannot make {self.k} clusters")
         km = KMeans(n_clusters=self.k, random_state=self.seed, n_init=4).fit(sample)
         # Sort clusters by brightness so ids mean the same thing from run to run.
         self.centroids = km.cluster_centers_[np.argsort(km.cluster_centers_.sum(axis=1))]
 
     def predict(self, pixels: np.ndarray, valid: np.ndarray,
-                core: tuple[slice, slice]) -> np.ndarray:
+                core: tuple[slice, ...]) -> np.ndarray:
         assert self.centroids is not None, "fit() before predict()"
         pixels = pixels[(slice(None), *core)]
         x = pixels.reshape(pixels.shape[0], -1).astype(np.float64)

@@ -1,4 +1,5 @@
-"""A user's TorchScript segmentation model: float32 NCHW in, logits NxCxHxW out, argmax ids.
+"""A user's TorchScript segmentation model: float32 NCHW (NCDHW for volumes) in, logits out,
+argmax class ids.
 
 The scripted module is loaded once per worker process (cached by path and device) and never
 pickled with the task; only the path travels. Tiles are batched and run on CUDA when present.
@@ -17,7 +18,7 @@ import torch
 
 from tasks.config import JobConfig, Normalize, class_table
 from tasks.errors import SegflowError, first_line
-from tasks.models.base import SegmentationModel
+from tasks.models.base import InputSpec, SegmentationModel
 from tasks.stitch import predict_tiled
 
 _CACHE: dict[tuple[str, str], torch.jit.ScriptModule] = {}
@@ -77,8 +78,8 @@ class TorchScriptModel(SegmentationModel):
         self.stride = int(params.get("stride", 1))
 
     @classmethod
-    def from_config(cls, cfg: JobConfig, bands: int, dtype: str,
-                    source: str) -> TorchScriptModel:
+    def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> TorchScriptModel:
+        bands, dtype = spec.bands, spec.dtype
         weights = cfg.model.weights
         if not weights:
             raise SegflowError(source, "model.kind=torchscript needs model.weights (a .pt file)")
@@ -92,7 +93,7 @@ class TorchScriptModel(SegmentationModel):
         norm = cfg.model.normalize
         if norm is not None and not len(norm.mean) == len(norm.std) == bands:
             raise SegflowError(source, f"model.normalize needs {bands} means and stds")
-        probe = torch.zeros(1, bands, 64, 64)
+        probe = torch.zeros(1, bands, *(32,) * spec.ndim)
         try:
             with torch.inference_mode():
                 n_classes = int(module(probe).shape[1])
@@ -113,8 +114,9 @@ class TorchScriptModel(SegmentationModel):
     def _prepare(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
         x = pixels.astype(np.float32)
         if self.normalize is not None:
-            mean = np.asarray(self.normalize.mean, np.float32)[:, None, None]
-            std = np.asarray(self.normalize.std, np.float32)[:, None, None]
+            per_band = (-1,) + (1,) * (x.ndim - 1)
+            mean = np.asarray(self.normalize.mean, np.float32).reshape(per_band)
+            std = np.asarray(self.normalize.std, np.float32).reshape(per_band)
             x = (x - mean) / std
         elif self.scale:
             x /= self.scale
@@ -122,7 +124,7 @@ class TorchScriptModel(SegmentationModel):
         return x
 
     def predict(self, pixels: np.ndarray, valid: np.ndarray,
-                core: tuple[slice, slice]) -> np.ndarray:
+                core: tuple[slice, ...]) -> np.ndarray:
         device = pick_device(self.gpu)
         module = load_module(self.weights, device)
 

@@ -1,0 +1,100 @@
+"""MRI volumes through the same flow: 3-D chunks with a 3-D halo, exact tiling, volumes in mL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from flows.segment import segment_image
+from tasks.config import load_config
+from tasks.errors import SegflowError
+from tasks.read_volume import open_volume
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+DATA = Path(__file__).parent / "data"
+
+
+def test_reader_slices_match_nibabel_for_a_big_endian_las_volume():
+    path = DATA / "nibabel_anatomical.nii"
+    vol = open_volume(str(path))
+    expected = np.asarray(nib.load(path).dataobj)
+    assert vol.spatial_shape == expected.shape == (33, 41, 25)
+    pixels, valid = vol.read((slice(3, 20), slice(0, 41), slice(10, 25)))
+    assert pixels.dtype == np.int16 and pixels.dtype.byteorder in "=|<"
+    np.testing.assert_array_equal(pixels[0], expected[3:20, :, 10:25])
+    assert valid.all()
+    attrs = vol.spatial_attrs()
+    assert attrs["orientation"] == "LAS" and attrs["voxel_size_mm"] == [2.0, 2.0, 2.0]
+    assert vol.voxel_mm3() == pytest.approx(8.0)
+
+
+def test_not_a_volume_is_a_clear_error(tmp_path):
+    bad = tmp_path / "scan.nii"
+    bad.write_bytes(b"\0" * 100)
+    with pytest.raises(SegflowError, match="not a readable NIfTI volume"):
+        open_volume(str(bad))
+
+
+def test_tiled_3d_torchscript_equals_whole_volume_pass(head_nii, dilated_model_3d, tmp_path,
+                                                        dask_address):
+    # 98x114x82 voxels; chunk 40 and tile 24 divide no axis; halo 4 >= receptive field 3.
+    cfg = load_config(overrides=[
+        "model.kind=torchscript", f"model.weights={dilated_model_3d}",
+        "model.params.receptive_field=3", "tiling.chunk=40", "tiling.tile=24",
+        "tiling.halo=4", "tiling.batch=2", "tiling.skip_empty=false"])
+    result = segment_image(str(head_nii), str(tmp_path / "out"), cfg.model_dump(mode="json"),
+                           dask_address)
+    assert result["modality"] == "volume" and result["chunks_total"] == 3 * 3 * 3
+    tiled = zarr.open_array(result["output_uri"], path="0", mode="r")[:]
+
+    voxels = np.asarray(nib.load(head_nii).dataobj).astype(np.float32) / 32767.0
+    module = torch.jit.load(str(dilated_model_3d)).eval()
+    with torch.inference_mode():
+        logits = module(torch.from_numpy(voxels[None, None]))[0].numpy()
+    whole = logits.argmax(0)
+    assert len(np.unique(whole)) > 1
+    # 3-D convolutions pick different float32 kernels for different input sizes, so logits
+    # agree to ~1e-6, not bit for bit: an exact tie-break may flip where the two best classes
+    # are that close. Everywhere else the tiled mask must equal the whole-volume pass.
+    top2 = np.sort(logits, axis=0)[-2:]
+    near_tie = (top2[1] - top2[0]) < 1e-4
+    differ = tiled != whole
+    assert not (differ & ~near_tie).any()
+    assert differ.sum() <= 10
+
+
+def test_tissue_volumes_in_ml_equal_voxel_counts_times_the_affine(head_nii, tmp_path,
+                                                                   dask_address):
+    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=32"])
+    result = segment_image(str(head_nii), str(tmp_path / "out"), cfg.model_dump(mode="json"),
+                           dask_address)
+    mask = zarr.open_array(result["output_uri"], path="0", mode="r")[:]
+    voxel_ml = abs(np.linalg.det(nib.load(head_nii).affine[:3, :3])) / 1000.0
+    assert voxel_ml == pytest.approx(0.001)
+    head = mask != 255
+    stats = {r["class_name"]: r for r in result["class_stats"]}
+    assert list(stats) == ["csf", "grey_matter", "white_matter"]
+    for class_id, name in enumerate(stats):
+        count = int((mask == class_id).sum())
+        assert count > 0
+        assert stats[name]["pixels"] == count and stats[name]["area_unit"] == "mL"
+        assert stats[name]["area"] == pytest.approx(count * voxel_ml, rel=1e-12)
+        assert stats[name]["fraction"] == pytest.approx(count / head.sum())
+    # Chunks entirely in the air around the head are neither inferred nor counted as tissue.
+    assert result["chunks_skipped"] > 0
+    assert not head[:8].any() and head.mean() < 0.5
+
+
+def test_volume_mask_does_not_depend_on_chunk_size(head_nii, tmp_path, dask_address):
+    masks = []
+    for chunk in (16, 128):
+        cfg = load_config(CONFIGS / "mri.yaml", [f"tiling.chunk={chunk}"])
+        result = segment_image(str(head_nii), str(tmp_path / f"out{chunk}"),
+                               cfg.model_dump(mode="json"), dask_address)
+        masks.append(zarr.open_array(result["output_uri"], path="0", mode="r")[:])
+    np.testing.assert_array_equal(masks[0], masks[1])
