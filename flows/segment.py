@@ -28,6 +28,7 @@ from tasks.infer import segment_chunk
 from tasks.measure import class_rows, count_chunk
 from tasks.models import InputSpec, SegmentationModel, build_model
 from tasks.plan import Plan, plan_chunks
+from tasks.pyramid import build_levels, ome_metadata
 from tasks.read_raster import Raster
 from tasks.readers import modality_of, open_source
 from tasks.source import SourceBase
@@ -151,7 +152,11 @@ def segment(job: Job, scheduler: str) -> Outcome:
         if not complete:
             if (progress_flags == 0).any():
                 raise SegflowError(job.source, "some chunks were not written; re-run to resume")
-            mark_complete(job.store_uri, {"chunks_skipped": skipped})
+            levels = build_levels(job.store_uri, client) if job.config.output.pyramid else 1
+            units, size = job.reader.cell_size()
+            ome = ome_metadata(job.reader.dims, units, size, levels, job.model.classes,
+                               job.image_id)
+            mark_complete(job.store_uri, {"chunks_skipped": skipped, "levels": levels}, ome)
         return Outcome(store=store, model=identity, chunks_total=total, chunks_skipped=skipped,
                        chunks_computed=0 if complete else len(todo), reused=complete)
 

@@ -71,6 +71,10 @@ class TilingConfig(_Strict):
     skip_empty: bool = True              # chunks that are all nodata are not inferred
 
 
+class OutputConfig(_Strict):
+    pyramid: bool = True  # OME-Zarr multiscale levels 1.. (nearest, halving) after level 0
+
+
 class StatsConfig(_Strict):
     area_unit: Literal["m2", "ha", "km2"] = "ha"  # rasters
     volume_unit: Literal["mm3", "mL", "L"] = "mL"  # volumes
@@ -87,6 +91,7 @@ class JobConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     input: InputConfig = Field(default_factory=InputConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 

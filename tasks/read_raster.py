@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import rasterio
+from pyproj import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
@@ -64,6 +65,16 @@ class Raster(SourceBase):
 
     def cell_measure(self) -> tuple[np.ndarray | None, str]:
         return row_pixel_areas_m2(self.crs_wkt, self.transform, self.height), "m2"
+
+    def cell_size(self) -> tuple[str | None, list[float]]:
+        a, b, _, d, e, _ = self.transform
+        if not self.crs_wkt or b or d:
+            return None, [1.0, 1.0]
+        crs = CRS.from_wkt(self.crs_wkt)
+        if crs.is_geographic:  # degrees are not a length: OME-Zarr gets no unit
+            return None, [abs(e), abs(a)]
+        factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        return "meter", [abs(e) * factor, abs(a) * factor]
 
     def spatial_attrs(self) -> dict[str, Any]:
         return {"crs_wkt": self.crs_wkt, "transform": list(self.transform),

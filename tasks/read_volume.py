@@ -52,11 +52,15 @@ class Volume(SourceBase):
     def cell_measure(self) -> tuple[np.ndarray | None, str]:
         return np.full(self.spatial_shape[0], self.voxel_mm3()), "mm3"
 
+    def cell_size(self) -> tuple[str | None, list[float]]:
+        affine = np.asarray(self.affine)
+        return "millimeter", np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).tolist()
+
     def spatial_attrs(self) -> dict[str, Any]:
         affine = np.asarray(self.affine)
         return {"affine": affine.tolist(), "axes": list(self.dims),
                 "orientation": "".join(nib.aff2axcodes(affine)),
-                "voxel_size_mm": np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).tolist()}
+                "voxel_size_mm": self.cell_size()[1]}
 
 
 def open_volume(uri: str, bands: list[int] | None = None) -> Volume:

@@ -44,6 +44,11 @@ class SourceBase(ABC):
         (``m2`` or ``mm3``), or (None, unit name) when the source has no physical reference."""
 
     @abstractmethod
+    def cell_size(self) -> tuple[str | None, list[float]]:
+        """Size of one cell along each axis and its UDUNITS-2 unit (None when unknown), for
+        the OME-Zarr axes."""
+
+    @abstractmethod
     def spatial_attrs(self) -> dict[str, Any]:
         """The spatial reference as store attributes (CRS + affine, or the voxel affine)."""
 

@@ -105,9 +105,10 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_classes: int,
     return store, set(), False
 
 
-def mark_complete(uri: str, summary: dict[str, Any]) -> None:
-    """Flag the store complete, last of all."""
+def mark_complete(uri: str, summary: dict[str, Any], ome: dict[str, Any]) -> None:
+    """Write the OME-Zarr metadata and flag the store complete, last of all."""
     group = zarr.open_group(store=uri, mode="r+")
+    group.attrs["ome"] = ome
     meta = dict(group.attrs["segflow"])
     meta.update(summary, complete=True)
     group.attrs["segflow"] = meta
