@@ -30,9 +30,11 @@ from tasks.models import InputSpec, SegmentationModel, build_model
 from tasks.plan import Plan, plan_chunks
 from tasks.pyramid import build_levels, ome_metadata
 from tasks.read_raster import Raster
+from tasks.read_slide import Slide
 from tasks.readers import modality_of, open_source
 from tasks.source import SourceBase
 from tasks.store import DONE_SKIPPED, MaskStore, mark_complete, open_or_create
+from tasks.tissue import background_chunks
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Job:
     plan: Plan
     model: SegmentationModel
     config: JobConfig
+    #: chunks known to be background before reading (slide glass): written as class 0
+    background: set[tuple[int, ...]] = field(default_factory=set)
 
     @property
     def store_uri(self) -> str:
@@ -82,9 +86,11 @@ def open_and_plan(source: str, root: str, config: JobConfig) -> Job:
     if model.receptive_field > plan.halo:
         get_run_logger().warning("halo %d < receptive field %d: chunk seams are not exact",
                                  plan.halo, model.receptive_field)
+    background = (background_chunks(reader, plan)
+                  if isinstance(reader, Slide) and config.tiling.skip_empty else set())
     return Job(source=source, root=root, image_id=image_id(source),
                checksum=source_checksum(source), reader=reader, plan=plan, model=model,
-               config=config)
+               config=config, background=background)
 
 
 def _store_attrs(job: Job) -> dict[str, Any]:
@@ -132,7 +138,8 @@ def segment(job: Job, scheduler: str) -> Outcome:
         else:
             [model] = client.scatter([job.model], broadcast=True, hash=False)
             keys = [f"chunk-{job.image_id}-{'-'.join(map(str, c.index))}" for c in todo]
-            futures = client.map(segment_chunk, todo, source=job.reader, model=model,
+            flags = [c.index in job.background for c in todo]
+            futures = client.map(segment_chunk, todo, flags, source=job.reader, model=model,
                                  store=store, skip_empty=job.config.tiling.skip_empty,
                                  retries=2, key=keys)
             with _progress() as bar:
@@ -165,7 +172,8 @@ def segment(job: Job, scheduler: str) -> Outcome:
 def measure(job: Job, outcome: Outcome, scheduler: str) -> list[dict[str, Any]]:
     """Per-class cells, area or volume, fraction: streamed over the written mask on workers."""
     row_areas, base_unit = job.reader.cell_measure()
-    unit = job.config.stats.area_unit if base_unit == "m2" else job.config.stats.volume_unit
+    want = job.config.stats
+    unit = {"m2": want.area_unit, "mm3": want.volume_unit, "um2": want.slide_unit}[base_unit]
     n_labels = max(c.id for c in job.model.classes) + 1
     with Client(scheduler, set_as_default=False) as client:
         [areas] = client.scatter([row_areas], broadcast=True) if row_areas is not None else [None]

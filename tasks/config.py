@@ -41,7 +41,7 @@ class Normalize(_Strict):
 
 
 class ModelConfig(_Strict):
-    kind: Literal["threshold", "otsu", "kmeans", "torchscript"] = "otsu"
+    kind: Literal["threshold", "otsu", "kmeans", "stain", "torchscript"] = "otsu"
     weights: str | None = None
     classes: list[str | ClassSpec] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -49,8 +49,10 @@ class ModelConfig(_Strict):
 
 
 class InputConfig(_Strict):
-    modality: Literal["auto", "raster", "volume"] = "auto"  # auto: from the file name
+    modality: Literal["auto", "raster", "slide", "volume"] = "auto"  # auto: from the file
     bands: list[int] | None = None  # 1-based band indexes; None = all bands
+    mpp: float | None = Field(None, gt=0)  # slides: µm per pixel, overrides the file's
+    target_mpp: float | None = Field(None, gt=0)  # slides: pick the level nearest this
     foreground: Literal["none", "otsu"] = "none"  # otsu: cells at/below Otsu of band 1 are
     # background, left out of the model's fit, the mask (nodata) and the statistics
 
@@ -78,6 +80,7 @@ class OutputConfig(_Strict):
 class StatsConfig(_Strict):
     area_unit: Literal["m2", "ha", "km2"] = "ha"  # rasters
     volume_unit: Literal["mm3", "mL", "L"] = "mL"  # volumes
+    slide_unit: Literal["um2", "mm2"] = "mm2"  # slides
 
 
 class ClusterConfig(_Strict):

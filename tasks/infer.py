@@ -22,9 +22,16 @@ class ChunkResult:
     skipped: bool  # all nodata: not inferred, left as the store's nodata fill
 
 
-def segment_chunk(chunk: Chunk, source: SourceBase, model: SegmentationModel,
-                  store: MaskStore, skip_empty: bool) -> ChunkResult:
-    """Segment one chunk and record it in the store; idempotent, so retries are safe."""
+def segment_chunk(chunk: Chunk, background: bool, source: SourceBase,
+                  model: SegmentationModel, store: MaskStore, skip_empty: bool) -> ChunkResult:
+    """Segment one chunk and record it in the store; idempotent, so retries are safe.
+
+    A ``background`` chunk (no tissue on the slide thumbnail) is written as class 0 unread.
+    """
+    if background:
+        shape = tuple(s.stop - s.start for s in chunk.core)
+        store.write_chunk(chunk, np.zeros(shape, store.dtype), skipped=True)
+        return ChunkResult(chunk.index, skipped=True)
     pixels, valid = source.read(chunk.read)
     core_valid = valid[chunk.crop]
     if skip_empty and not core_valid.any():

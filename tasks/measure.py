@@ -14,8 +14,9 @@ from tasks.config import ClassSpec
 from tasks.plan import Chunk
 from tasks.store import MaskStore
 
-# Reporting units in the base units the readers measure in (m² for rasters, mm³ for volumes).
-UNITS = {"m2": 1.0, "ha": 1e4, "km2": 1e6, "mm3": 1.0, "mL": 1e3, "L": 1e6}
+# Reporting units in the readers' base units (m² rasters, mm³ volumes, µm² slides).
+UNITS = {"m2": 1.0, "ha": 1e4, "km2": 1e6, "mm3": 1.0, "mL": 1e3, "L": 1e6,
+         "um2": 1.0, "mm2": 1e6}
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ class MaskStore:
         return zarr.open_array(store=self.uri, path="progress", mode=mode)
 
     def write_chunk(self, chunk: Chunk, labels: np.ndarray, skipped: bool = False) -> None:
-        """Write one chunk's class ids (nothing for a skipped chunk), then record it done."""
-        if not skipped:
+        """Write one chunk's class ids (if any: an all-nodata chunk writes none), then record
+        it done."""
+        if labels.size:
             self.labels("r+")[chunk.core] = labels
         self.progress("r+")[chunk.index] = DONE_SKIPPED if skipped else DONE_WRITTEN
 

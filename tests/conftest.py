@@ -144,3 +144,32 @@ def dilated_model_3d(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "dilated3d.pt"
     torch.jit.script(DilatedNet3d().eval()).save(str(path))
     return path
+
+
+def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, levels: int = 3) -> Path:
+    """Write an RGB (h, w, 3) uint8 image as a tiled pyramidal TIFF with its pixel size."""
+    import tifffile
+
+    per_cm = 1e4 / mpp
+    with tifffile.TiffWriter(path) as tif:
+        opts = dict(tile=(256, 256), compression="zlib", photometric="rgb")
+        tif.write(rgb, subifds=levels - 1, resolution=(per_cm, per_cm), resolutionunit="CENTIMETER",
+                  **opts)
+        level = rgb
+        for _ in range(levels - 1):
+            level = level[::2, ::2]
+            tif.write(level, subfiletype=1, **opts)
+    return path
+
+
+@pytest.fixture
+def sparse_slide(tmp_path: Path) -> Path:
+    """Real H&E tissue (the CMU-1 region, 2967x2220 at 0.499 µm/px) on a 6000x5000 canvas of
+    glass: 78 % background, a pyramidal tiled TIFF with its pixel size in the resolution tags."""
+    import tifffile
+
+    tissue = tifffile.imread(DATA / "cmu1_pyramid.tif", level=0)
+    rng = np.random.default_rng(0)
+    canvas = np.clip(rng.normal(236, 3, (6000, 5000, 3)), 0, 255).astype(np.uint8)
+    canvas[1500:1500 + tissue.shape[0], 1200:1200 + tissue.shape[1]] = tissue
+    return write_pyramid_tiff(tmp_path / "sparse.tif", canvas, mpp=0.499)

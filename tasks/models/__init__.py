@@ -6,11 +6,13 @@ from tasks.config import JobConfig
 from tasks.errors import SegflowError
 from tasks.models.base import InputSpec, SegmentationModel
 from tasks.models.kmeans import KMeansModel
+from tasks.models.stain import StainModel
 from tasks.models.threshold import OtsuModel, ThresholdModel
 from tasks.models.torchscript import TorchScriptModel
 
 REGISTRY: dict[str, type[SegmentationModel]] = {
-    cls.kind: cls for cls in (ThresholdModel, OtsuModel, KMeansModel, TorchScriptModel)
+    cls.kind: cls for cls in (ThresholdModel, OtsuModel, KMeansModel, StainModel,
+                             TorchScriptModel)
 }
 
 

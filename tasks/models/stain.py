@@ -1,0 +1,87 @@
+"""Stain-based tissue classes for H&E / IHC slides by colour deconvolution (skimage rgb2hed).
+
+Three classes: glass (low HSV saturation), tissue, and stain-positive tissue (optical density of
+the chosen stain above a threshold). Both thresholds are fitted once per slide by Otsu on a
+decimated sample of the whole slide, unless given, so the mask does not depend on the chunks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from skimage.color import rgb2hed, rgb2hsv
+from skimage.filters import threshold_otsu
+
+from tasks.config import JobConfig, class_table
+from tasks.errors import SegflowError
+from tasks.models.base import InputSpec, SegmentationModel
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from tasks.source import SourceBase
+
+STAINS = {"hematoxylin": 0, "eosin": 1, "dab": 2}  # rgb2hed channel order
+
+
+def _rgb(pixels: np.ndarray) -> np.ndarray:
+    """(3, ...) 8-bit RGB to (..., 3) floats in [0, 1], as skimage's colour functions want."""
+    return np.moveaxis(pixels[:3].astype(np.float64) / 255.0, 0, -1)
+
+
+def saturation(pixels: np.ndarray) -> np.ndarray:
+    return rgb2hsv(_rgb(pixels))[..., 1]
+
+
+def stain_density(pixels: np.ndarray, stain: str) -> np.ndarray:
+    return rgb2hed(_rgb(pixels))[..., STAINS[stain]]
+
+
+class StainModel(SegmentationModel):
+    """glass / tissue / <stain>_positive, from saturation and colour deconvolution."""
+
+    kind = "stain"
+
+    def __init__(self, classes: Any, params: dict[str, Any], stain: str,
+                 tissue: float | None, positive: float | None) -> None:
+        super().__init__(classes, params)
+        self.stain, self.tissue, self.positive = stain, tissue, positive
+        self.max_samples = int(params.get("max_samples", 1_000_000))
+
+    @classmethod
+    def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> StainModel:
+        params = dict(cfg.model.params)
+        stain = str(params.get("stain", "hematoxylin")).lower()
+        if stain not in STAINS:
+            raise SegflowError(source, f"model.params.stain={stain!r}: use one of {list(STAINS)}")
+        if spec.bands < 3 or np.dtype(spec.dtype) != np.uint8:
+            raise SegflowError(source, "model.kind=stain needs 8-bit RGB input")
+        classes = class_table(cfg.model, ["glass", "tissue", f"{stain}_positive"])
+        return cls(classes, params, stain, params.get("tissue"), params.get("positive"))
+
+    def fit(self, source: SourceBase, client: Client) -> None:
+        # A decimated sample (coarse pyramid levels): bounded cost, and glass chunks are still
+        # never read at full resolution. It depends on the slide only, not on the chunking.
+        sample = source.read_overview(self.max_samples).T[:3, :, None]  # (3, n, 1)
+        if sample.shape[1] < 2:
+            raise SegflowError(source.uri, "too few pixels to fit stain thresholds")
+        if self.tissue is None:
+            self.tissue = float(threshold_otsu(saturation(sample)))
+        if self.positive is None:
+            tissue = saturation(sample) > self.tissue
+            density = stain_density(sample, self.stain)[tissue]
+            self.positive = float(threshold_otsu(density)) if density.size > 1 else np.inf
+
+    def predict(self, pixels: np.ndarray, valid: np.ndarray,
+                core: tuple[slice, ...]) -> np.ndarray:
+        block = pixels[(slice(None), *core)]
+        tissue = saturation(block) > self.tissue
+        positive = tissue & (stain_density(block, self.stain) > self.positive)
+        return tissue.astype(np.uint8) + positive.astype(np.uint8)
+
+    def identity(self) -> str:
+        return (f"stain({self.stain}, tissue>{self.tissue:.4g}, positive>{self.positive:.4g})")
+
+    def fitted(self) -> dict[str, Any]:
+        return {"stain": self.stain, "tissue": self.tissue, "positive": self.positive}

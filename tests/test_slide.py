@@ -1,0 +1,82 @@
+"""Whole-slide images: pixel size from the file, level by target resolution, areas in mm²,
+background chunks skipped without changing the mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from ome_zarr_models.v05 import ImageLabel
+
+from flows.segment import segment_image
+from tasks.config import load_config
+from tasks.read_slide import base_mpp, open_slide
+from tasks.readers import modality_of
+
+DATA = Path(__file__).parent / "data"
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def test_pixel_size_and_level_come_from_the_file():
+    path = str(DATA / "cmu1_pyramid.tif")
+    assert modality_of(path, load_config().input) == "slide"
+    full = open_slide(path)
+    assert full.level == 0 and full.mpp == pytest.approx(0.499)
+    assert full.spatial_shape == (2967, 2220)
+    coarse = open_slide(path, target_mpp=1.0)
+    assert coarse.level == 1 and coarse.mpp == pytest.approx(0.998, rel=1e-3)
+    assert coarse.spatial_shape == (1484, 1110)
+    pixels, valid = coarse.read((slice(100, 200), slice(50, 90)))
+    expected = tifffile.imread(path, level=1)[100:200, 50:90]
+    np.testing.assert_array_equal(np.moveaxis(pixels, 0, -1), expected)
+    assert valid.all()
+    assert open_slide(path, mpp=0.25).mpp == 0.25  # input.mpp overrides the file
+
+
+def test_aperio_description_gives_the_pixel_size(tmp_path):
+    path = tmp_path / "aperio.tif"
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb",
+                     description="Aperio Image Library v12 |AppMag = 20|MPP = 0.2520")
+    with tifffile.TiffFile(path) as tif:
+        assert base_mpp(tif) == pytest.approx(0.252)
+
+
+def test_slide_areas_in_mm2_and_a_valid_ome_zarr(tmp_path, dask_address):
+    cfg = load_config(CONFIGS / "pathology.yaml", ["tiling.chunk=512"])
+    result = segment_image(str(DATA / "cmu1_pyramid.tif"), str(tmp_path / "out"),
+                           cfg.model_dump(mode="json"), dask_address)
+    assert result["modality"] == "slide"
+    group = zarr.open_group(result["output_uri"], mode="r")
+    mask = group["0"][:]
+    assert mask.shape == (1484, 1110)  # level 1, read at ~1 µm/px
+    mm2_per_pixel = (0.499 * 2) ** 2 / 1e6
+    for row in result["class_stats"]:
+        count = int((mask == row["class_id"]).sum())
+        assert count > 0 and row["pixels"] == count and row["area_unit"] == "mm2"
+        assert row["area"] == pytest.approx(count * mm2_per_pixel, rel=1e-9)
+    multiscale = ImageLabel.from_zarr(group).attributes.ome.multiscales[0]
+    assert [a.unit for a in multiscale.axes] == ["micrometer"] * 2
+    assert len(multiscale.datasets) >= 2
+
+
+def test_background_chunks_are_skipped_and_the_mask_is_unchanged(sparse_slide, tmp_path,
+                                                                  dask_address):
+    masks, results = [], []
+    for skip in (True, False):
+        cfg = load_config(CONFIGS / "pathology.yaml",
+                          ["input.target_mpp=null", "tiling.chunk=512",
+                           f"tiling.skip_empty={str(skip).lower()}", "model.params.tissue=0.08",
+                           "model.params.positive=0.05"])
+        result = segment_image(str(sparse_slide), str(tmp_path / f"out{skip}"),
+                               cfg.model_dump(mode="json"), dask_address)
+        results.append(result)
+        masks.append(zarr.open_array(result["output_uri"], path="0", mode="r")[:])
+    skipped, full = results
+    assert skipped["chunks_total"] == 12 * 10
+    assert skipped["chunks_skipped"] >= 60 and full["chunks_skipped"] == 0
+    agreement = (masks[0] == masks[1]).mean()
+    assert agreement >= 0.9999
+    assert (masks[0] == 1).sum() > 1e5  # there is tissue, and it was segmented
