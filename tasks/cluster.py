@@ -7,9 +7,20 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import dask
 from distributed import LocalCluster
 
 from tasks.config import ClusterConfig
+
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's
+# dynamic mmap threshold: every torch activation above 128 KiB is then mmap'd and page-faulted
+# again on every layer, halving CPU inference speed (BENCHMARKS.md §2). Keep freed heap instead;
+# glibc reads these at process start, so they must be the nanny's pre-spawn environment.
+# For a cluster started by hand: DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON (see infra/README).
+WORKER_MALLOC = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": "100000000000",
+    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": "33554432",
+}
 
 
 def local_size(cfg: ClusterConfig) -> tuple[int, int]:
@@ -31,6 +42,7 @@ def dask_cluster(cfg: ClusterConfig, address: str | None = None) -> Iterator[str
         yield given
         return
     workers, threads = local_size(cfg)
-    with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                      dashboard_address=None, silence_logs=logging.CRITICAL) as cluster:
+    with dask.config.set(WORKER_MALLOC), \
+            LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                         dashboard_address=None, silence_logs=logging.CRITICAL) as cluster:
         yield cluster.scheduler_address

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.models.base import SegmentationModel
+from tasks.models.base import SegmentationModel  # no torch: the package imports models lazily
 from tasks.plan import Chunk
 from tasks.source import SourceBase
 from tasks.store import MaskStore

@@ -1,28 +1,36 @@
-"""Segmentation methods behind one interface; ``build_model`` turns a config into one."""
+"""Segmentation methods behind one interface; ``build_model`` turns a config into one.
+
+The registry names modules, imported on first use, so a classical run never imports torch or
+scikit-learn (seconds and hundreds of MiB per process, on every Dask worker; BENCHMARKS.md §1).
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from tasks.config import JobConfig
 from tasks.errors import SegflowError
 from tasks.models.base import InputSpec, SegmentationModel
-from tasks.models.kmeans import KMeansModel
-from tasks.models.stain import StainModel
-from tasks.models.threshold import OtsuModel, ThresholdModel
-from tasks.models.torchscript import TorchScriptModel
 
-REGISTRY: dict[str, type[SegmentationModel]] = {
-    cls.kind: cls for cls in (ThresholdModel, OtsuModel, KMeansModel, StainModel,
-                             TorchScriptModel)
+REGISTRY: dict[str, str] = {
+    "threshold": "tasks.models.threshold:ThresholdModel",
+    "otsu": "tasks.models.threshold:OtsuModel",
+    "kmeans": "tasks.models.kmeans:KMeansModel",
+    "stain": "tasks.models.stain:StainModel",
+    "torchscript": "tasks.models.torchscript:TorchScriptModel",
 }
+
+
+def model_class(kind: str) -> type[SegmentationModel]:
+    module, name = REGISTRY[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def build_model(cfg: JobConfig, spec: InputSpec, source: str) -> SegmentationModel:
     """Construct and validate the configured model for the input described by ``spec``."""
-    try:
-        cls = REGISTRY[cfg.model.kind]
-    except KeyError:
-        raise SegflowError(source, f"unknown model kind {cfg.model.kind!r}") from None
-    return cls.from_config(cfg, spec, source)
+    if cfg.model.kind not in REGISTRY:
+        raise SegflowError(source, f"unknown model kind {cfg.model.kind!r}")
+    return model_class(cfg.model.kind).from_config(cfg, spec, source)
 
 
-__all__ = ["InputSpec", "SegmentationModel", "build_model", "REGISTRY"]
+__all__ = ["InputSpec", "SegmentationModel", "build_model", "model_class", "REGISTRY"]
