@@ -16,7 +16,7 @@ from tasks.config import ClusterConfig
 # dynamic mmap threshold: every torch activation above 128 KiB is then mmap'd and page-faulted
 # again on every layer, halving CPU inference speed (BENCHMARKS.md §2). Keep freed heap instead;
 # glibc reads these at process start, so they must be the nanny's pre-spawn environment.
-# For a cluster started by hand: DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON (see infra/README).
+# For workers started by hand: DASK_CONFIG=infra/dask (infra/dask/segflow-workers.yaml).
 WORKER_MALLOC = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": "100000000000",
     "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": "33554432",

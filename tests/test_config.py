@@ -46,3 +46,12 @@ def test_output_hash_ignores_where_it_runs_but_not_what_it_computes():
     base = load_config().output_hash()
     assert load_config(overrides=["cluster.n_workers=3", "tiling.batch=2"]).output_hash() == base
     assert load_config(overrides=["tiling.halo=8"]).output_hash() != base
+
+
+def test_hand_started_workers_get_the_same_malloc_settings_as_local_ones():
+    from tasks.cluster import WORKER_MALLOC
+
+    shipped = yaml.safe_load((CONFIGS.parent / "infra" / "dask" / "segflow-workers.yaml")
+                             .read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    prefix = "distributed.nanny.pre-spawn-environ."
+    assert {prefix + k: v for k, v in shipped.items()} == WORKER_MALLOC
