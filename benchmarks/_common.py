@@ -177,7 +177,7 @@ def _role(proc) -> str:
     if "resource_tracker" in cmd:
         return "mp-resource-tracker"
     if "multiprocessing" in cmd or "spawn_main" in cmd or "forkserver" in cmd:
-        return "dask-worker/nanny"
+        return "dask-worker"
     if "segflow" in cmd:
         return "segflow-cli"
     return proc.name()
@@ -204,7 +204,7 @@ class TreeSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "TreeSampler":
+    def __enter__(self) -> TreeSampler:
         self._thread.start()
         return self
 
@@ -246,7 +246,8 @@ class TreeSampler:
 # --------------------------------------------------------------------------- the CLI
 
 
-SECONDS_RE = re.compile(r"chunks:\s+(\d+) total, (\d+) skipped.*?(\d+) computed this run; ([\d.]+) s")
+SECONDS_RE = re.compile(
+    r"chunks:\s+(\d+) total, (\d+) skipped.*?(\d+) computed this run; ([\d.]+) s")
 
 
 def run_segflow(source: Path, out: Path, config: Path | None = None, sets: list[str] = (),
@@ -296,10 +297,24 @@ def fresh_dir(base: Path, name: str) -> Path:
     return base / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether the working tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
 def save_results(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **data}, indent=1, default=str))
+    path.write_text(json.dumps({"machine": machine(), "code": code_version(), **data}, indent=1,
+                               default=str))
     return path
 
 
@@ -335,7 +350,7 @@ class LoadMeter:
     Use it around code whose child processes have exited (subprocess.run / communicate).
     """
 
-    def __enter__(self) -> "LoadMeter":
+    def __enter__(self) -> LoadMeter:
         import psutil
 
         self._sys0 = psutil.cpu_times()
@@ -363,3 +378,24 @@ class LoadMeter:
     def as_dict(self) -> dict[str, float]:
         return {"wall_s": self.wall, "own_cpu_s": self.own_cpu, "other_cpu_s": self.other_cpu,
                 "other_cores_avg": self.other_cores}
+
+
+def measured(name: str, fn: Any, loads: dict[str, Any], wait_quiet: float = 180.0,
+             retries: int = 1, busy_limit: float = 0.1) -> Any:
+    """``fn()`` on a quiet machine: wait for quiet, run, and run again (up to ``retries`` times)
+    if other processes used more than ``busy_limit`` cores on average meanwhile. The load of the
+    kept attempt goes into ``loads[name]``."""
+    for attempt in range(retries + 1):
+        wait_for_quiet(wait_quiet)
+        with LoadMeter() as meter:
+            value = fn()
+        loads[name] = {**meter.as_dict(), "attempt": attempt + 1}
+        if meter.other_cores <= busy_limit:
+            break
+        if attempt < retries:
+            print(f"  (other processes used {meter.other_cores:.2f} cores during {name}; "
+                  f"measuring it again)", flush=True)
+        else:
+            print(f"  warning: other processes used {meter.other_cores:.2f} cores on average "
+                  f"during {name}; its figure is inflated", flush=True)
+    return value

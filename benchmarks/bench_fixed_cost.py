@@ -28,8 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (OUT, PYTHON, REPO, LoadMeter, fresh_dir, run_segflow,  # noqa: E402
-                     save_results, wait_for_quiet, write_synthetic_geotiff)
+from _common import (  # noqa: E402
+    OUT,
+    PYTHON,
+    REPO,
+    fresh_dir,
+    measured,
+    run_segflow,
+    save_results,
+    write_synthetic_geotiff,
+)
 
 PORT = 4299
 API = f"http://127.0.0.1:{PORT}/api"
@@ -153,11 +161,7 @@ def main() -> None:
     res: dict = {"image": str(tiny), "repeat": n, "load": {}}
 
     def section(name: str, fn):
-        wait_for_quiet(args.wait_quiet)
-        with LoadMeter() as meter:
-            value = fn()
-        res["load"][name] = meter.as_dict()
-        return value
+        return measured(name, fn, res["load"], args.wait_quiet)
 
     # 1. CLI, temporary Prefect server
     def cli_temp():
@@ -166,7 +170,7 @@ def main() -> None:
     med, runs = section("cli_temporary_server", lambda: median_of(n, cli_temp))
     res["cli_temporary_server"] = {"median_wall_s": med, "runs": runs}
     print(f"segflow CLI, temporary Prefect server: median {med:.1f} s wall "
-          f"({', '.join('%.1f' % r['wall_s'] for r in runs)}); flow's own seconds "
+          f"({', '.join('{:.1f}'.format(r['wall_s']) for r in runs)}); flow's own seconds "
           f"{statistics.median(r['run_seconds'] for r in runs):.1f}")
 
     # 2. CLI against a running server
@@ -184,7 +188,7 @@ def main() -> None:
         med, runs = section("cli_running_server", lambda: median_of(n, cli_server))
         res["cli_running_server"] = {"median_wall_s": med, "runs": runs}
         print(f"segflow CLI, running Prefect server: median {med:.1f} s wall "
-              f"({', '.join('%.1f' % r['wall_s'] for r in runs)}); flow's own seconds "
+              f"({', '.join('{:.1f}'.format(r['wall_s']) for r in runs)}); flow's own seconds "
               f"{statistics.median(r['run_seconds'] for r in runs):.1f}")
         flow_server = section("empty_flow_running_server", lambda: median_of(
             n, lambda: timed_process([PYTHON, "-c", EMPTY_FLOW], quiet_env(api=API))))

@@ -31,78 +31,80 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
-
 from _common import OUT, fresh_dir, model_file, receptive_field, write_synthetic_geotiff  # noqa: E402
 
 PROCESS_T0 = psutil.Process().create_time()
 
 
-def timed_segment_chunk(chunk, raster, model, store, skip_empty):
-    """``tasks.infer.segment_chunk`` with timings; pickled by value onto the worker."""
+def timed_segment_chunk(chunk, *args, **kwargs):
+    """``tasks.infer.segment_chunk`` with timings; pickled by value onto the worker.
+
+    Signature-agnostic: it calls the real function with whatever the flow passes, and times the
+    reader's ``read``, the model's ``predict`` (and the forwards inside it, for TorchScript) and
+    the store's ``write_chunk`` by wrapping those methods on their classes, once per worker.
+    """
     import os as _os
     import threading as _threading
     import time as _time
 
     entry = _time.time()
-    import numpy as _np
+    import tasks.infer as _infer
 
-    from tasks.infer import ChunkResult
+    lock = _infer.__dict__.setdefault("_bench_lock", _threading.Lock())
+    acc = _infer.__dict__.setdefault("_bench_acc", _threading.local())
+    acc.read_s = acc.predict_s = acc.write_s = acc.forward_s = 0.0
+    acc.tiles = 0
 
-    patched = None
-    try:
-        import torch as _torch
+    def timed(fn, field):
+        def wrapper(*a, **k):
+            t = _time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                setattr(acc, field, getattr(acc, field, 0.0) + _time.perf_counter() - t)
+        wrapper._bench = True
+        return wrapper
 
-        import tasks.models.torchscript as _ts
+    objects = list(args) + list(kwargs.values())
+    with lock:  # the worker's threads race here; wrap each class once
+        for obj in objects:
+            for method, field in (("read", "read_s"), ("predict", "predict_s"),
+                                  ("write_chunk", "write_s")):
+                fn = getattr(type(obj), method, None)
+                if callable(fn) and not getattr(fn, "_bench", False):
+                    setattr(type(obj), method, timed(fn, field))
+        ts = __import__("sys").modules.get("tasks.models.torchscript")
+        if ts is not None and not getattr(ts.predict_tiled, "_bench", False):
+            original = ts.predict_tiled
 
-        with _ts._LOCK:  # install once per worker process (threads race here)
-            if not hasattr(_ts, "_bench_acc"):  # install once per worker process
-                _ts._bench_acc = _threading.local()
-                original = _ts.predict_tiled
+            def predict_tiled(forward, *a, **k):
+                def timed_forward(x):
+                    t = _time.perf_counter()
+                    try:
+                        return forward(x)
+                    finally:
+                        acc.forward_s += _time.perf_counter() - t
+                        acc.tiles += x.shape[0]
+                return original(timed_forward, *a, **k)
 
-                def predict_tiled(forward, block, core, tile, halo, batch):
-                    acc = _ts._bench_acc
-
-                    def timed_forward(x):
-                        t = _time.perf_counter()
-                        try:
-                            return forward(x)
-                        finally:
-                            acc.forward_s += _time.perf_counter() - t
-                            acc.tiles += x.shape[0]
-                    return original(timed_forward, block, core, tile, halo, batch)
-
-                _ts.predict_tiled = predict_tiled
-        _ts._bench_acc.forward_s = 0.0
-        _ts._bench_acc.tiles = 0
-        acc = _ts._bench_acc
-        patched = _torch.get_num_threads
-    except ImportError:
-        acc = None
-
+            predict_tiled._bench = True
+            ts.predict_tiled = predict_tiled
     t0 = _time.time()
-    pixels, valid = raster.read(chunk.read)
-    t1 = _time.time()
-    core_valid = valid[chunk.crop]
-    skipped = skip_empty and not core_valid.any()
-    if skipped:
-        store.write_chunk(chunk, _np.empty(0, store.dtype), skipped=True)
-        t2 = t3 = _time.time()
-    else:
-        labels = model.predict(pixels, valid, chunk.crop).astype(store.dtype, copy=False)
-        labels[~core_valid] = store.nodata
-        t2 = _time.time()
-        store.write_chunk(chunk, labels)
-        t3 = _time.time()
+    result = _infer.segment_chunk(chunk, *args, **kwargs)
+    t3 = _time.time()
+    torch = __import__("sys").modules.get("torch")  # never import it here: otsu runs lack it
+    torch_threads = torch.get_num_threads() if torch is not None else None
     record = {"chunk": list(chunk.index), "read_shape": list(chunk.read_shape),
               "thread": _threading.get_ident(), "pid": _os.getpid(),
-              "entry": entry, "start": t0, "read_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2,
-              "forward_s": acc.forward_s if acc else 0.0, "tiles": acc.tiles if acc else 0,
-              "torch_threads": patched() if patched else None,
+              "entry": entry, "start": t0, "read_s": acc.read_s, "predict_s": acc.predict_s,
+              "write_s": acc.write_s, "forward_s": acc.forward_s, "tiles": acc.tiles,
+              "torch_threads": torch_threads,
               "MALLOC_TRIM_THRESHOLD_": _os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+              "MALLOC_MMAP_THRESHOLD_": _os.environ.get("MALLOC_MMAP_THRESHOLD_"),
               "OMP_NUM_THREADS": _os.environ.get("OMP_NUM_THREADS"), "end": t3}
     with open(_os.environ["SEGFLOW_BENCH_PROBE_LOG"], "a") as fh:
         fh.write(json.dumps(record) + "\n")
-    return ChunkResult(chunk.index, skipped=skipped)
+    return result
 
 
 def main() -> None:
@@ -179,8 +181,9 @@ def main() -> None:
     print(f"  flow run start (Prefect)      {fr.start_time.timestamp() - base:7.2f}")
     for tr in sorted(trs, key=lambda t: t.start_time or fr.start_time):
         if tr.start_time and tr.end_time:
+            took = (tr.end_time - tr.start_time).total_seconds()
             print(f"  task {tr.name:26s}{tr.start_time.timestamp() - base:7.2f} -> "
-                  f"{tr.end_time.timestamp() - base:7.2f}  ({(tr.end_time - tr.start_time).total_seconds():.2f} s)")
+                  f"{tr.end_time.timestamp() - base:7.2f}  ({took:.2f} s)")
     for k in ("cluster_enter", "cluster_ready", "cluster_close", "cluster_closed"):
         if k in marks:
             print(f"  {k:30s}{marks[k] - base:7.2f}")
@@ -192,8 +195,9 @@ def main() -> None:
         print("chunks on the worker (seconds from call):")
         for c in sorted(chunks, key=lambda c: c["start"]):
             print(f"  {tuple(c['chunk'])} {c['read_shape']} thread {c['thread'] % 10000:04d}: "
-                  f"entry {c['entry'] - base:6.2f}, {c['start'] - base:6.2f} -> {c['end'] - base:6.2f}  read {c['read_s']:.2f}  "
-                  f"predict {c['predict_s']:.2f} (forward {c['forward_s']:.2f}, {c['tiles']} tiles)  "
+                  f"entry {c['entry'] - base:6.2f}, {c['start'] - base:6.2f} -> "
+                  f"{c['end'] - base:6.2f}  read {c['read_s']:.2f}  predict {c['predict_s']:.2f} "
+                  f"(forward {c['forward_s']:.2f}, {c['tiles']} tiles)  "
                   f"write {c['write_s']:.2f}  torch threads {c['torch_threads']}  "
                   f"MALLOC_TRIM_THRESHOLD_={c['MALLOC_TRIM_THRESHOLD_']}")
         busy = sum(c["end"] - c["start"] for c in chunks)

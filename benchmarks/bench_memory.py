@@ -1,0 +1,102 @@
+"""Peak memory of a whole ``segflow segment`` process tree: does it stay flat as images grow?
+
+The CLI runs as a subprocess; every 0.1 s the RSS of it and all its descendants (Dask nanny and
+worker processes, Prefect's temporary server, multiprocessing helpers) is summed with psutil, and
+the largest sum is the peak. Synthetic 3-band uint8 GeoTIFFs of smooth multi-octave noise
+(6000x6000 and 12000x12000, tiled 512, deflate, written window by window) are segmented with
+
+  * model kind ``otsu`` (``--set model.kind=otsu``; exact global histogram fit, then per chunk);
+  * with ``--torchscript``: the throughput benchmark's TorchScript model (tile 1024, halo 10,
+    batch 1). Off by default: it adds ~8 minutes on 2 CPU cores.
+
+Target: peak at 12000^2 within 1.3x of the peak at 6000^2, and under 3 GiB.
+
+    .venv/bin/python benchmarks/bench_memory.py [--sizes 6000 12000] [--torchscript]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    GIB,
+    MIB,
+    OUT,
+    LoadMeter,
+    fresh_dir,
+    gib,
+    model_file,
+    receptive_field,
+    run_segflow,
+    save_results,
+    wait_for_quiet,
+    write_synthetic_geotiff,
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[6000, 12000])
+    ap.add_argument("--torchscript", action="store_true",
+                    help="also run the throughput benchmark's TorchScript model (slow)")
+    ap.add_argument("--wait-quiet", type=float, default=180.0)
+    args = ap.parse_args()
+    started = time.perf_counter()
+
+    images = {}
+    for size in args.sizes:
+        t0 = time.perf_counter()
+        images[size] = write_synthetic_geotiff(OUT / "data" / f"synthetic_{size}.tif", size)
+        print(f"image {size}x{size}: {images[size].stat().st_size / MIB:.0f} MiB on disk "
+              f"({time.perf_counter() - t0:.0f} s to make or find)")
+
+    models = {"otsu": (None, ["model.kind=otsu"])}
+    if args.torchscript:
+        rf = receptive_field()
+        cfg = OUT / "configs" / f"memory_torchscript_h{rf}.yaml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(f"model: {{kind: torchscript, weights: {model_file()}, "
+                       f"params: {{receptive_field: {rf}}}}}\n"
+                       f"tiling: {{chunk: 2048, tile: 1024, halo: {rf}, batch: 1}}\n")
+        models["torchscript"] = (cfg, [])
+
+    runs_dir = OUT / "runs" / "memory"
+    results: dict = {"runs": []}
+    for kind, (cfg, sets) in models.items():
+        peaks = {}
+        for size in args.sizes:
+            wait_for_quiet(args.wait_quiet)
+            with LoadMeter() as load:
+                r = run_segflow(images[size], fresh_dir(runs_dir, f"{kind}-{size}"), cfg, sets,
+                                sample_memory=True, timeout=1800)
+            r.pop("stdout", None)
+            r.update(model=kind, size=size, load=load.as_dict())
+            results["runs"].append(r)
+            peaks[size] = r["peak_rss"]
+            roles = ", ".join(f"{k} {v / MIB:.0f} MiB" for k, v in
+                              sorted(r["peak_rss_by_role"].items(), key=lambda kv: -kv[1]))
+            print(f"{kind:11s} {size:>5}^2: peak RSS (tree) {gib(r['peak_rss'])}; wall "
+                  f"{r['wall_s']:.1f} s, flow {r['run_seconds']:.1f} s, "
+                  f"{r['chunks_total']} chunks, "
+                  f"{r['max_processes']} processes\n    per role (each role's own peak): {roles}",
+                  flush=True)
+        if len(args.sizes) >= 2:
+            small, big = min(args.sizes), max(args.sizes)
+            ratio = peaks[big] / peaks[small]
+            ok = ratio <= 1.3 and peaks[big] < 3 * GIB
+            results[f"{kind}_ratio"] = ratio
+            print(f"{kind}: peak {big}^2 / peak {small}^2 = {ratio:.2f}x; "
+                  f"{'meets' if ok else 'MISSES'} target (<= 1.3x and < 3 GiB)")
+
+    results["benchmark_wall_s"] = time.perf_counter() - started
+    path = save_results("memory" + ("_torchscript" if args.torchscript else ""), results)
+    print(f"\nresults: {path}  (benchmark took {results['benchmark_wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
