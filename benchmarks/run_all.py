@@ -4,7 +4,7 @@
 
 Each benchmark runs as its own process (fresh interpreter, its own memory) and leaves its full
 figures in benchmarks/out/results/<name>.json; the summary below is read from those files.
-Takes about 12-14 minutes on 2 CPU cores (longer if the machine is busy: each part first waits
+Takes about 9-14 minutes on 2 CPU cores (longer if the machine is busy: each part first waits
 for other processes to go quiet). The optional extras are not run here:
 
     .venv/bin/python benchmarks/bench_throughput.py --tile-sweep   # tile size / malloc (~4 min)
