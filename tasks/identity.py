@@ -21,12 +21,20 @@ def image_id(uri: str) -> str:
 
 
 def source_checksum(uri: str) -> str:
-    """sha256 of the source bytes, streamed in 8 MiB blocks (memory does not grow with size)."""
+    """sha256 of the source bytes, streamed in 8 MiB blocks (memory does not grow with size).
+
+    A directory store (Zarr) hashes every object's relative path and bytes, in sorted order.
+    """
     sha = hashlib.sha256()
     try:
-        with fsspec.open(uri, "rb") as fh:
-            for block in iter(lambda: fh.read(8 << 20), b""):
-                sha.update(block)
+        fs, root = fsspec.core.url_to_fs(uri)
+        objects = sorted(fs.find(root)) if fs.isdir(root) else [root]
+        for name in objects:
+            if name != root:
+                sha.update(name[len(root):].encode())
+            with fs.open(name, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(8 << 20), b""):
+                    sha.update(block)
     except (OSError, ValueError) as exc:
         raise SegflowError(uri, f"cannot read source: {first_line(exc)}") from exc
     return f"sha256:{sha.hexdigest()}"

@@ -7,10 +7,10 @@ import tifffile
 from tasks.config import InputConfig
 from tasks.read_raster import open_raster
 from tasks.read_slide import SLIDE_SUFFIXES, open_slide
-from tasks.read_volume import open_volume
+from tasks.read_volume import open_volume, open_zarr_volume
 from tasks.source import SourceBase
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".zarr", ".zarr/")
 
 
 def _tiff_is_slide(uri: str) -> bool:
@@ -39,6 +39,8 @@ def open_source(uri: str, cfg: InputConfig) -> SourceBase:
     """Open ``uri`` lazily with the reader for its modality."""
     modality = modality_of(uri, cfg)
     if modality == "volume":
+        if uri.rstrip("/").lower().endswith(".zarr"):
+            return open_zarr_volume(uri)
         return open_volume(uri, cfg.bands)
     if modality == "slide":
         return open_slide(uri, cfg.bands, target_mpp=cfg.target_mpp, mpp=cfg.mpp)

@@ -98,3 +98,26 @@ def test_volume_mask_does_not_depend_on_chunk_size(head_nii, tmp_path, dask_addr
                                cfg.model_dump(mode="json"), dask_address)
         masks.append(zarr.open_array(result["output_uri"], path="0", mode="r")[:])
     np.testing.assert_array_equal(masks[0], masks[1])
+
+
+def test_ome_zarr_volume_gives_the_same_tissue_classes_as_its_nifti(head_nii, tmp_path,
+                                                                    dask_address):
+    """The same voxels as an OME-Zarr image (1 mm scale) segment to the same mask."""
+    voxels = np.asarray(nib.load(head_nii).dataobj)
+    store = tmp_path / "head.ome.zarr"
+    group = zarr.open_group(str(store), mode="w", zarr_format=3)
+    group.create_array("s0", data=voxels, chunks=(32, 32, 32), dimension_names=["z", "y", "x"])
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in "zyx"],
+        "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]}
+
+    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=32"]).model_dump(mode="json")
+    from_zarr = segment_image(str(store), str(tmp_path / "z"), cfg, dask_address)
+    from_nii = segment_image(str(head_nii), str(tmp_path / "n"), cfg, dask_address)
+    assert from_zarr["modality"] == "volume"
+    np.testing.assert_array_equal(
+        zarr.open_array(from_zarr["output_uri"], path="0", mode="r")[:],
+        zarr.open_array(from_nii["output_uri"], path="0", mode="r")[:])
+    assert [r["area"] for r in from_zarr["class_stats"]] == pytest.approx(
+        [r["area"] for r in from_nii["class_stats"]])
