@@ -155,6 +155,18 @@ def model_file() -> Path:
     return path
 
 
+def write_torchscript_config(path: Path, weights: Path, halo: int) -> Path:
+    """The benchmarks' segflow config for the TorchScript model: chunk 2048, tile 1024, batch 1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "model:\n"
+        "  kind: torchscript\n"
+        f"  weights: {weights}\n"
+        f"  params: {{receptive_field: {receptive_field()}}}\n"
+        f"tiling: {{chunk: 2048, tile: 1024, halo: {halo}, batch: 1}}\n")
+    return path
+
+
 def model_macs_per_pixel() -> int:
     macs, cin = 0, 3
     for cout, _ in MODEL_LAYERS:

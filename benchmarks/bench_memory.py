@@ -36,6 +36,7 @@ from _common import (  # noqa: E402
     save_results,
     wait_for_quiet,
     write_synthetic_geotiff,
+    write_torchscript_config,
 )
 
 
@@ -58,11 +59,8 @@ def main() -> None:
     models = {"otsu": (None, ["model.kind=otsu"])}
     if args.torchscript:
         rf = receptive_field()
-        cfg = OUT / "configs" / f"memory_torchscript_h{rf}.yaml"
-        cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(f"model: {{kind: torchscript, weights: {model_file()}, "
-                       f"params: {{receptive_field: {rf}}}}}\n"
-                       f"tiling: {{chunk: 2048, tile: 1024, halo: {rf}, batch: 1}}\n")
+        cfg = write_torchscript_config(OUT / "configs" / f"memory_torchscript_h{rf}.yaml",
+                                       model_file(), rf)
         models["torchscript"] = (cfg, [])
 
     runs_dir = OUT / "runs" / "memory"

@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     run_segflow,
     save_results,
     write_synthetic_geotiff,
+    write_torchscript_config,
 )
 
 THREADS = 2
@@ -128,17 +129,6 @@ def run_part(name: str, image: Path, weights: Path, env: dict[str, str],
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = time.perf_counter() - t0
     return result
-
-
-def write_config(path: Path, weights: Path, halo: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "model:\n"
-        "  kind: torchscript\n"
-        f"  weights: {weights}\n"
-        f"  params: {{receptive_field: {receptive_field()}}}\n"
-        f"tiling: {{chunk: 2048, tile: 1024, halo: {halo}, batch: 1}}\n")
-    return path
 
 
 # glibc returns every large (> 32 MiB) block to the kernel on free, so each conv layer's
@@ -285,7 +275,7 @@ def main() -> None:
     halo = round_up(rf, args.halo_multiple)
     image = write_synthetic_geotiff(OUT / "data" / f"synthetic_{args.size}.tif", args.size)
     tiny = write_synthetic_geotiff(OUT / "data" / "synthetic_64.tif", 64)
-    config = write_config(OUT / "configs" / f"throughput_h{halo}.yaml", weights, halo)
+    config = write_torchscript_config(OUT / "configs" / f"throughput_h{halo}.yaml", weights, halo)
     print(f"model: {weights.name}, receptive field {rf} px, halo {halo}, "
           f"{model_macs_per_pixel():,} MACs/pixel; image {args.size}x{args.size}x3 uint8")
 

@@ -31,7 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
-from _common import OUT, fresh_dir, model_file, receptive_field, write_synthetic_geotiff  # noqa: E402
+from _common import (  # noqa: E402
+    OUT,
+    fresh_dir,
+    model_file,
+    receptive_field,
+    write_synthetic_geotiff,
+    write_torchscript_config,
+)
 
 PROCESS_T0 = psutil.Process().create_time()
 
@@ -121,11 +128,7 @@ def main() -> None:
     config = args.config
     if config is None:
         rf = receptive_field()
-        config = OUT / "configs" / f"probe_h{rf}.yaml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(f"model: {{kind: torchscript, weights: {model_file()}, "
-                          f"params: {{receptive_field: {rf}}}}}\n"
-                          f"tiling: {{chunk: 2048, tile: 1024, halo: {rf}, batch: 1}}\n")
+        config = write_torchscript_config(OUT / "configs" / f"probe_h{rf}.yaml", model_file(), rf)
     out = fresh_dir(OUT / "runs" / "probe", image.stem)
     log = out.with_suffix(".chunks.jsonl")
     os.environ["SEGFLOW_BENCH_PROBE_LOG"] = str(log)  # inherited by the spawned workers

@@ -67,7 +67,6 @@ class Outcome:
     chunks_skipped: int
     chunks_computed: int
     reused: bool = False
-    stats: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:

@@ -5,12 +5,18 @@ Exact sums do not depend on how the image is chunked, so neither does the thresh
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TypeVar
+
 import dask.array as da
 import numpy as np
 from distributed import Client
 from skimage.filters import threshold_otsu
 
 from tasks.errors import SegflowError
+from tasks.source import SourceBase
+
+S = TypeVar("S", bound=SourceBase)
 
 
 def otsu_threshold(values: da.Array, dtype: str, client: Client, uri: str) -> float:
@@ -30,9 +36,7 @@ def otsu_threshold(values: da.Array, dtype: str, client: Client, uri: str) -> fl
     return float(threshold_otsu(hist=(counts, centres)))
 
 
-def fit_foreground(source, client: Client, chunk: int = 256):
+def fit_foreground(source: S, client: Client, chunk: int = 256) -> S:
     """The source with background (first band at or below its Otsu threshold) marked invalid."""
-    from dataclasses import replace
-
     value = otsu_threshold(source.to_dask(chunk)[0], source.dtype, client, source.uri)
     return replace(source, foreground_above=value)
