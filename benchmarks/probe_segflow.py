@@ -80,7 +80,7 @@ def timed_segment_chunk(chunk, *args, **kwargs):
                 fn = getattr(type(obj), method, None)
                 if callable(fn) and not getattr(fn, "_bench", False):
                     setattr(type(obj), method, timed(fn, field))
-        ts = __import__("sys").modules.get("tasks.models.torchscript")
+        ts = __import__("sys").modules.get("tasks.models.torch_model")
         if ts is not None and not getattr(ts.predict_tiled, "_bench", False):
             original = ts.predict_tiled
 

@@ -1,4 +1,4 @@
-"""The ``segflow`` command line: segment, query, demo.
+"""The ``segflow`` command line: segment, evaluate, query, demo.
 
 User mistakes and bad files end in one line on stderr, ``segflow: error: <source>: <reason>``,
 and a non-zero status; Prefect's own console logging is kept quiet unless ``-v`` is given
@@ -18,6 +18,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SOURCE = REPO / "samples" / "nc_lsat7_2000_b12345.tif"
 DEMO_CONFIG = REPO / "configs" / "landcover.yaml"
+DEMO_DEEP_CONFIG = REPO / "configs" / "landcover_unet.yaml"
+DEMO_TRUTH = REPO / "samples" / "nc_landclass96.tif"
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that runs the segmentation job."""
+    p.add_argument("--out", required=True, help="output root (local path or URL)")
+    p.add_argument("--config", help="YAML job config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. tiling.chunk=1024 (repeatable)")
+    p.add_argument("--scheduler", help="tcp://host:port of a running Dask scheduler")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,11 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment one image into ROOT")
     seg.add_argument("source", help="local path or fsspec URL of the image")
-    seg.add_argument("--out", required=True, help="output root (local path or URL)")
-    seg.add_argument("--config", help="YAML job config (see configs/)")
-    seg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one config key, e.g. tiling.chunk=1024 (repeatable)")
-    seg.add_argument("--scheduler", help="tcp://host:port of a running Dask scheduler")
+    _job_options(seg)
+
+    ev = sub.add_parser("evaluate", help="segment (or reuse the mask of) one image and score it "
+                                         "against a ground-truth label image")
+    ev.add_argument("source", help="local path or fsspec URL of the image")
+    ev.add_argument("--truth", required=True, help="label image on the same grid (class ids)")
+    _job_options(ev)
 
     q = sub.add_parser("query", help="run SQL over the catalog under ROOT")
     q.add_argument("sql")
@@ -59,7 +72,8 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
         numeric = isinstance(rows[0][name], (int, float))
         table.add_column(name, justify="right" if numeric else "left")
     for row in rows:
-        table.add_row(*(f"{v:,.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*(f"{v:,.4f}" if isinstance(v, float) else "" if v is None else str(v)
+                        for v in row.values()))
     Console().print(table)
 
 
@@ -78,9 +92,16 @@ def _report(result: dict[str, Any]) -> None:
           if "://" not in result["output_uri"] else "")
     print(f"chunks:  {result['chunks_total']} total, {result['chunks_skipped']} skipped (nodata), "
           f"{result['chunks_computed']} computed this run; {result['seconds']:.1f} s")
-    _print_table([{k: r[k] for k in ("class_id", "class_name", "pixels", "area", "area_unit",
-                                     "fraction")} for r in result["class_stats"]],
+    columns = ["class_id", "class_name", "pixels", "area", "area_unit", "fraction"]
+    if result["instances"]:
+        columns += ["objects", "density"]
+    _print_table([{k: r[k] for k in columns} for r in result["class_stats"]],
                  title=f"{result['image_id']}  ({result['model']})")
+    if result["metrics"]:
+        _print_table([{k: r[k] for k in ("class_id", "class_name", "iou", "dice", "precision",
+                                         "recall")}
+                      for r in result["metrics"] if r["tp"] + r["fn"]],
+                     title="against the ground truth (classes present in it)")
 
 
 def _json_value(value: Any) -> Any:
@@ -113,10 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "segment":
             _report(_segment(args.source, args.out, args.config, args.set, args.scheduler))
+        elif args.command == "evaluate":
+            _report(_segment(args.source, args.out, args.config,
+                             [*args.set, f"stats.ground_truth={args.truth}"], args.scheduler))
         elif args.command == "demo":
             _report(_segment(str(DEMO_SOURCE), args.out, str(DEMO_CONFIG), [], None))
             print(f"\nquery it: segflow query \"select class_name, area, area_unit from "
                   f"class_stats\" --out {args.out}")
+            # its own root: a root holds one mask per image, the latest configuration's
+            deep = f"{args.out.rstrip('/')}/unet"
+            print("\nThe same scene with the bundled U-Net, scored against its land-cover map:")
+            _report(_segment(str(DEMO_SOURCE), deep, str(DEMO_DEEP_CONFIG),
+                             [f"stats.ground_truth={DEMO_TRUTH}"], None))
+            print(f"\nquery it: segflow query \"select class_name, iou, dice from metrics "
+                  f"where tp + fn > 0\" --out {deep}")
         elif args.command == "query":
             _query(args.sql, args.out, args.format)
     except SegflowError as exc:

@@ -1,4 +1,5 @@
-"""``segment_image``: one image through open → plan → infer → write → measure → record.
+"""``segment_image``: one image through open → plan → infer → write → label → measure →
+record.
 
 Prefect is the control plane (one task per stage, retries, logs); Dask is the data plane (one
 Dask task per chunk, on the cluster at ``scheduler`` or a LocalCluster started for the run).
@@ -18,14 +19,17 @@ from prefect.runtime import flow_run
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tasks.catalog import write_rows
-from tasks.cluster import dask_cluster
+from tasks.cluster import dask_cluster, inference_resources
 from tasks.config import JobConfig
 from tasks.errors import SegflowError, first_line
 from tasks.georef import pixel_centres
 from tasks.histogram import fit_foreground
 from tasks.identity import image_id, resume_key, source_checksum
 from tasks.infer import segment_chunk
+from tasks.instances import Instances
+from tasks.label import label_instances, measure_instances, thing_ids
 from tasks.measure import class_rows, count_chunk
+from tasks.metrics import evaluate, open_ground_truth
 from tasks.models import InputSpec, SegmentationModel, build_model
 from tasks.plan import Plan, plan_chunks
 from tasks.pyramid import build_levels, ome_metadata
@@ -140,7 +144,8 @@ def segment(job: Job, scheduler: str) -> Outcome:
             flags = [c.index in job.background for c in todo]
             futures = client.map(segment_chunk, todo, flags, source=job.reader, model=model,
                                  store=store, skip_empty=job.config.tiling.skip_empty,
-                                 retries=2, key=keys)
+                                 retries=2, key=keys,
+                                 resources=inference_resources(client, job.model.accelerated))
             with _progress() as bar:
                 progress = bar.add_task(job.image_id, total=total, completed=total - len(todo))
                 for fut in as_completed(futures, loop=client.loop):
@@ -155,39 +160,92 @@ def segment(job: Job, scheduler: str) -> Outcome:
                     bar.advance(progress)
         progress_flags = store.progress()[:]
         skipped = int((progress_flags == DONE_SKIPPED).sum())
-        if not complete:
-            if (progress_flags == 0).any():
-                raise SegflowError(job.source, "some chunks were not written; re-run to resume")
-            levels = build_levels(job.store_uri, client) if job.config.output.pyramid else 1
-            units, size = job.reader.cell_size()
-            ome = ome_metadata(job.reader.dims, units, size, levels, job.model.classes,
-                               job.image_id)
-            mark_complete(job.store_uri, {"chunks_skipped": skipped, "levels": levels}, ome)
+        if not complete and (progress_flags == 0).any():
+            raise SegflowError(job.source, "some chunks were not written; re-run to resume")
         return Outcome(store=store, model=identity, chunks_total=total, chunks_skipped=skipped,
                        chunks_computed=0 if complete else len(todo), reused=complete)
 
 
+@task(name="label", cache_policy=NO_CACHE)
+def label(job: Job, outcome: Outcome, scheduler: str) -> Instances | None:
+    """Give every object one id across chunk borders (``stats.instances``), and measure them."""
+    if not job.config.stats.instances:
+        return None
+    things = thing_ids(job.model.classes, job.config.stats.things, job.source)
+    row_areas, _ = job.reader.cell_measure()
+    with Client(scheduler, set_as_default=False) as client:
+        if outcome.reused:
+            return measure_instances(client, outcome.store, job.plan, row_areas)
+        return label_instances(client, outcome.store, job.plan, things, row_areas)
+
+
+@task(name="finish", cache_policy=NO_CACHE)
+def finish(job: Job, outcome: Outcome, scheduler: str) -> None:
+    """Build the pyramid, write the OME-Zarr metadata and mark the store complete, last."""
+    if outcome.reused:
+        return
+    with Client(scheduler, set_as_default=False) as client:
+        levels = build_levels(job.store_uri, client) if job.config.output.pyramid else 1
+    units, size = job.reader.cell_size()
+    ome = ome_metadata(job.reader.dims, units, size, levels, job.model.classes, job.image_id)
+    mark_complete(job.store_uri, {"chunks_skipped": outcome.chunks_skipped, "levels": levels},
+                  ome)
+
+
+@dataclass
+class Measurements:
+    """Rows for the catalog tables, by table name."""
+
+    class_stats: list[dict[str, Any]]
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    confusion: list[dict[str, Any]] = field(default_factory=list)
+
+
 @task(name="measure", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def measure(job: Job, outcome: Outcome, scheduler: str) -> list[dict[str, Any]]:
-    """Per-class cells, area or volume, fraction: streamed over the written mask on workers."""
+def measure(job: Job, outcome: Outcome, objects: Instances | None,
+            scheduler: str) -> Measurements:
+    """Per-class cells, area or volume, fraction (and objects), per-object rows and, with a
+    ground truth, quality metrics: all streamed over the written mask on workers."""
     row_areas, base_unit = job.reader.cell_measure()
     want = job.config.stats
     unit = {"m2": want.area_unit, "mm3": want.volume_unit, "um2": want.slide_unit}[base_unit]
+    unit = unit if row_areas is not None else None
     n_labels = max(c.id for c in job.model.classes) + 1
     with Client(scheduler, set_as_default=False) as client:
         [areas] = client.scatter([row_areas], broadcast=True) if row_areas is not None else [None]
         futures = client.map(count_chunk, job.plan.chunks, store=outcome.store,
                              n_labels=n_labels, row_areas=areas, pure=False)
         counts = client.gather(futures)
-    return class_rows(job.model.classes, counts, unit if row_areas is not None else None)
+        evaluation = (evaluate(client, outcome.store, job.plan,
+                               open_ground_truth(want.ground_truth, job.reader),
+                               job.model.classes) if want.ground_truth else None)
+    per_class = None
+    if objects is not None:
+        found = objects.counts_per_class()
+        per_class = {t: found.get(t, 0)
+                     for t in thing_ids(job.model.classes, want.things, job.source)}
+    result = Measurements(class_rows(job.model.classes, counts, unit, per_class))
+    if objects is not None:
+        result.instances = objects.rows(job.reader, unit)
+    if evaluation is not None:
+        if evaluation.unknown:
+            get_run_logger().warning("%s: %d valid ground-truth cells hold no class id of the "
+                                     "model; left out of the metrics", want.ground_truth,
+                                     evaluation.unknown)
+        result.metrics = evaluation.metric_rows()
+        result.confusion = evaluation.confusion_rows()
+    return result
 
 
 @task(name="record", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def record(root: str, run: dict[str, Any], stats: list[dict[str, Any]]) -> None:
-    """Append this run's rows to the catalog (class rows first: a run row means it is all in)."""
-    if stats:
-        write_rows(root, "class_stats", run["run_id"],
-                   [{**s, "run_id": run["run_id"], "image_id": run["image_id"]} for s in stats])
+def record(root: str, run: dict[str, Any], found: Measurements) -> None:
+    """Append this run's rows to the catalog (the run row last: a run row means it is all in)."""
+    keys = {"run_id": run["run_id"], "image_id": run["image_id"]}
+    for table in ("class_stats", "instances", "metrics", "confusion"):
+        rows = getattr(found, table)
+        if rows:
+            write_rows(root, table, run["run_id"], [{**r, **keys} for r in rows])
     write_rows(root, "runs", run["run_id"], [run])
 
 
@@ -208,12 +266,15 @@ def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
                    chunks_total=len(job.plan.chunks))
         with dask_cluster(cfg.cluster, scheduler) as address:
             outcome = segment(job, address)
-            stats = measure(job, outcome, address)
+            objects = label(job, outcome, address)
+            finish(job, outcome, address)
+            found = measure(job, outcome, objects, address)
         run.update(status="succeeded", model=outcome.model, chunks_skipped=outcome.chunks_skipped,
                    finished_at=datetime.now(UTC),
                    seconds=time.perf_counter() - clock)
-        record(out, run, stats)
-        return {**run, "class_stats": stats, "chunks_computed": outcome.chunks_computed,
+        record(out, run, found)
+        return {**run, "class_stats": found.class_stats, "metrics": found.metrics,
+                "instances": len(found.instances), "chunks_computed": outcome.chunks_computed,
                 "reused": outcome.reused}
     except Exception as exc:
         reason = exc.reason if isinstance(exc, SegflowError) else first_line(exc)

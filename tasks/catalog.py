@@ -29,6 +29,26 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("image_id", pa.string()), ("class_id", pa.int64()),
         ("class_name", pa.string()), ("pixels", pa.int64()), ("area", pa.float64()),
         ("area_unit", pa.string()), ("fraction", pa.float64()),
+        ("objects", pa.int64()), ("density", pa.float64()),
+    ]),
+    # one row per object; centroid and box in the reader's physical axes (z null for 2-D)
+    "instances": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("instance_id", pa.int64()),
+        ("class_id", pa.int64()), ("pixels", pa.int64()), ("area", pa.float64()),
+        ("area_unit", pa.string()),
+        *((f"{part}_{axis}", pa.float64())
+          for part in ("centroid", "bbox_min", "bbox_max") for axis in "xyz"),
+    ]),
+    # one row per class; a ratio whose denominator is 0 is null
+    "metrics": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("class_id", pa.int64()),
+        ("class_name", pa.string()), ("iou", pa.float64()), ("dice", pa.float64()),
+        ("precision", pa.float64()), ("recall", pa.float64()), ("tp", pa.int64()),
+        ("fp", pa.int64()), ("fn", pa.int64()),
+    ]),
+    "confusion": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("true_class", pa.int64()),
+        ("predicted_class", pa.int64()), ("pixels", pa.int64()),
     ]),
 }
 

@@ -41,11 +41,13 @@ class Normalize(_Strict):
 
 
 class ModelConfig(_Strict):
-    kind: Literal["threshold", "otsu", "kmeans", "stain", "torchscript"] = "otsu"
+    kind: Literal["threshold", "otsu", "multiotsu", "adaptive", "edges", "kmeans", "watershed",
+                  "index", "stain", "unet", "torchscript", "torchvision", "smp"] = "otsu"
     weights: str | None = None
     classes: list[str | ClassSpec] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     normalize: Normalize | None = None
+    amp: bool = False  # deep models on CUDA: float16 autocast (ignored on CPU)
 
 
 class InputConfig(_Strict):
@@ -69,7 +71,7 @@ class TilingConfig(_Strict):
     tile: int = Field(256, ge=8)         # pixels per side of one model call inside a chunk
     halo: int = Field(32, ge=0)          # context pixels added on every side, then cropped
     batch: int = Field(8, ge=1)          # tiles per forward pass
-    stitch: Literal["crop"] = "crop"
+    stitch: Literal["crop", "gaussian"] = "crop"
     skip_empty: bool = True              # chunks that are all nodata are not inferred
 
 
@@ -81,6 +83,9 @@ class StatsConfig(_Strict):
     area_unit: Literal["m2", "ha", "km2"] = "ha"  # rasters
     volume_unit: Literal["mm3", "mL", "L"] = "mL"  # volumes
     slide_unit: Literal["um2", "mm2"] = "mm2"  # slides
+    instances: bool = False  # label objects (connected cells of a thing class) across chunks
+    things: list[str] | None = None  # class names that are objects; None: every class but id 0
+    ground_truth: str | None = None  # label image on the input's grid: metrics per class
 
 
 class ClusterConfig(_Strict):
@@ -100,7 +105,9 @@ class JobConfig(_Strict):
 
     def output_hash(self) -> str:
         """Hash of everything that can change the mask (not where or how fast it runs)."""
-        relevant = self.model_dump(mode="json", exclude={"cluster": True, "tiling": {"batch"}})
+        relevant = self.model_dump(mode="json", exclude={
+            "cluster": True, "tiling": {"batch"},
+            "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth"}})
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -115,6 +122,16 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _weights_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A config's relative ``model.weights`` names a file beside the config, not the CWD, so a
+    shipped config works from any directory."""
+    model = tree.get("model")
+    weights = model.get("weights") if isinstance(model, dict) else None
+    if isinstance(weights, str) and "://" not in weights and not Path(weights).is_absolute():
+        tree = {**tree, "model": {**model, "weights": str((folder / weights).resolve())}}
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> JobConfig:
     """Read a YAML config (or start from ``base``), apply ``key=value`` overrides, validate."""
@@ -127,7 +144,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise SegflowError(label, f"cannot read config: {exc}") from exc
         if not isinstance(loaded, dict):
             raise SegflowError(label, "a config is a YAML mapping")
-        tree = loaded
+        tree = _weights_beside(loaded, Path(path).parent)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:

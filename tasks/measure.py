@@ -44,15 +44,19 @@ def count_chunk(chunk: Chunk, store: MaskStore, n_labels: int,
     return ChunkCounts(pixels, per_row @ row_areas[chunk.core[0]])
 
 
-def class_rows(classes: list[ClassSpec], counts: list[ChunkCounts], unit: str | None) -> list[dict]:
+def class_rows(classes: list[ClassSpec], counts: list[ChunkCounts], unit: str | None,
+               objects: dict[int, int] | None = None) -> list[dict]:
     """One row per class: cells, size in ``unit`` (cell counts, ``px``, when None), fraction of
-    valid cells."""
+    valid cells and, for thing classes (keys of ``objects``), their object count and density
+    per ``unit`` of valid area (e.g. nuclei per mm² of tissue)."""
     pixels = np.sum([c.pixels for c in counts], axis=0)
     area = np.sum([c.area_m2 for c in counts], axis=0)
     valid = int(pixels[:-1].sum())
+    valid_size = float(area[:-1].sum() / UNITS[unit]) if unit else float(valid)
     rows = []
     for spec in classes:
         n = int(pixels[spec.id])
+        count = None if objects is None else objects.get(spec.id)  # None: a stuff class
         rows.append({
             "class_id": spec.id,
             "class_name": spec.name,
@@ -60,5 +64,7 @@ def class_rows(classes: list[ClassSpec], counts: list[ChunkCounts], unit: str | 
             "area": float(area[spec.id] / UNITS[unit]) if unit else float(n),
             "area_unit": unit or "px",
             "fraction": n / valid if valid else 0.0,
+            "objects": count,
+            "density": count / valid_size if count is not None and valid_size else None,
         })
     return rows

@@ -76,6 +76,12 @@ class Raster(SourceBase):
         factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
         return "meter", [abs(e) * factor, abs(a) * factor]
 
+    def physical(self, index: np.ndarray) -> np.ndarray:
+        """x, y in CRS units (pixel units without a CRS) through the affine."""
+        a, b, c, d, e, f = self.transform
+        rows, cols = index[:, 0], index[:, 1]
+        return np.stack([a * cols + b * rows + c, d * cols + e * rows + f], axis=1)
+
     def spatial_attrs(self) -> dict[str, Any]:
         return {"crs_wkt": self.crs_wkt, "transform": list(self.transform),
                 "transform_order": "affine a b c d e f (x = a*col + b*row + c)",

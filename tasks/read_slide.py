@@ -79,6 +79,10 @@ class Slide(SourceBase):
     def cell_size(self) -> tuple[str | None, list[float]]:
         return ("micrometer", [self.mpp, self.mpp]) if self.mpp else (None, [1.0, 1.0])
 
+    def physical(self, index: np.ndarray) -> np.ndarray:
+        """x, y in µm from the top-left corner of the slide (pixels when mpp is unknown)."""
+        return index[:, ::-1] * (self.mpp or 1.0)
+
     def spatial_attrs(self) -> dict[str, Any]:
         return {"mpp": self.mpp, "unit": "micrometer", "level": self.level,
                 "downsample": self.downsample}

@@ -27,6 +27,7 @@ class Volume(SourceBase):
 
     modality: ClassVar[str] = "volume"
     dims: ClassVar[tuple[str, ...]] = ("i", "j", "k")
+    physical_axes: ClassVar[tuple[str, ...]] = ("x", "y", "z")
 
     def _slab(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
@@ -56,6 +57,11 @@ class Volume(SourceBase):
     def cell_size(self) -> tuple[str | None, list[float]]:
         affine = np.asarray(self.affine)
         return "millimeter", np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).tolist()
+
+    def physical(self, index: np.ndarray) -> np.ndarray:
+        """RAS+ x, y, z in mm: the NIfTI affine maps voxel centres, which sit at index + 0.5."""
+        affine = np.asarray(self.affine)
+        return (index - 0.5) @ affine[:3, :3].T + affine[:3, 3]
 
     def spatial_attrs(self) -> dict[str, Any]:
         affine = np.asarray(self.affine)

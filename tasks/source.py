@@ -29,6 +29,8 @@ class SourceBase(ABC):
 
     modality: ClassVar[str] = "image"
     dims: ClassVar[tuple[str, ...]] = ("y", "x")
+    #: names of the columns ``physical`` returns
+    physical_axes: ClassVar[tuple[str, ...]] = ("x", "y")
 
     @abstractmethod
     def _read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +49,11 @@ class SourceBase(ABC):
     def cell_size(self) -> tuple[str | None, list[float]]:
         """Size of one cell along each axis and its UDUNITS-2 unit (None when unknown), for
         the OME-Zarr axes."""
+
+    @abstractmethod
+    def physical(self, index: np.ndarray) -> np.ndarray:
+        """Physical coordinates (n, len(physical_axes)) of continuous cell coordinates
+        (n, ndim) in ``dims`` order, where cell i spans [i, i + 1) and its centre is i + 0.5."""
 
     @abstractmethod
     def spatial_attrs(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Layout (``ROOT/masks/<image_id>.zarr``):
   0            class ids (y, x); one Zarr shard (or chunk) per work chunk, so no two workers
                ever write the same object (concurrent writers of one shard lose data)
+  instances    object ids (uint32, 0 = no object), laid out like ``0``; only when instances are on
   progress     one uint8 per work chunk: 0 to do, 1 written, 2 skipped (all nodata); set after
                the chunk's mask is written, it is the resume record; its chunks are 1x1 so
                every worker writes only its own object
@@ -35,6 +36,9 @@ class MaskStore:
 
     def labels(self, mode: str = "r") -> zarr.Array:
         return zarr.open_array(store=self.uri, path="0", mode=mode)
+
+    def instances(self, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(store=self.uri, path="instances", mode=mode)
 
     def progress(self, mode: str = "r") -> zarr.Array:
         return zarr.open_array(store=self.uri, path="progress", mode=mode)
@@ -104,6 +108,17 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_classes: int,
     group.attrs.update({**attrs, "segflow": {**attrs.get("segflow", {}), "resume_key": resume,
                                              "complete": False}})
     return store, set(), False
+
+
+def create_instances(store: MaskStore) -> None:
+    """(Re)create the ``instances`` array with the shape, chunks and shards of ``0``, so each
+    work chunk writes only its own shards of it too."""
+    group = zarr.open_group(store=store.uri, mode="r+")
+    labels = group["0"]
+    group.create_array("instances", shape=labels.shape, dtype="uint32", fill_value=0,
+                       chunks=labels.chunks, shards=labels.shards, overwrite=True,
+                       dimension_names=labels.metadata.dimension_names,
+                       attributes=labels.attrs.asdict())
 
 
 def mark_complete(uri: str, summary: dict[str, Any], ome: dict[str, Any]) -> None:

@@ -75,9 +75,9 @@ def test_model_is_loaded_once_per_worker(rgb_tif, dilated_model, tmp_path, dask_
     assert result["chunks_total"] - result["chunks_skipped"] > 10
 
     def loaded():
-        from tasks.models import torchscript
+        from tasks.models import torch_model
 
-        return [path for path, _ in torchscript._CACHE if path.endswith("dilated.pt")]
+        return [path for path, _ in torch_model._CACHE if path.endswith("dilated.pt")]
 
     with Client(dask_address, set_as_default=False) as client:
         per_worker = client.run(loaded)

@@ -15,9 +15,17 @@ from tasks.models.base import InputSpec, SegmentationModel
 REGISTRY: dict[str, str] = {
     "threshold": "tasks.models.threshold:ThresholdModel",
     "otsu": "tasks.models.threshold:OtsuModel",
+    "multiotsu": "tasks.models.threshold:MultiOtsuModel",
+    "adaptive": "tasks.models.adaptive:AdaptiveModel",
+    "edges": "tasks.models.edges:EdgesModel",
     "kmeans": "tasks.models.kmeans:KMeansModel",
+    "watershed": "tasks.models.watershed:WatershedModel",
+    "index": "tasks.models.spectral_index:SpectralIndexModel",
     "stain": "tasks.models.stain:StainModel",
+    "unet": "tasks.models.unet:UNetModel",
     "torchscript": "tasks.models.torchscript:TorchScriptModel",
+    "torchvision": "tasks.models.torchvision_models:TorchvisionModel",
+    "smp": "tasks.models.smp_models:SMPModel",
 }
 
 

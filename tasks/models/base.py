@@ -37,6 +37,8 @@ class SegmentationModel(ABC):
     receptive_field: int = 0
     #: the model's output stride; chunk origins and halos are aligned to it
     stride: int = 1
+    #: True for methods that run faster on a GPU: the flow sends their chunks to GPU workers
+    accelerated: ClassVar[bool] = False
 
     def __init__(self, classes: list[ClassSpec], params: dict[str, Any]) -> None:
         self.classes = classes

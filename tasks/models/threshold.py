@@ -1,7 +1,10 @@
-"""Global thresholds on one band: a fixed value, or Otsu's threshold fitted on the whole image.
+"""Global thresholds on one band: a fixed value, Otsu's threshold, or k-class multi-Otsu.
 
-Otsu is fitted on an exact histogram summed over every valid pixel (a streaming dask pass), so
-the threshold, and hence the mask, does not depend on how the image is chunked.
+Otsu and multi-Otsu are fitted on an exact histogram summed over every valid pixel (a streaming
+dask pass), so the thresholds, and hence the mask, do not depend on how the image is chunked.
+
+Params: ``band`` (1-based, default 1) for all; ``value`` for threshold; ``classes_k`` (2..254,
+default 3) for multiotsu.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import numpy as np
 
 from tasks.config import JobConfig, class_table
 from tasks.errors import SegflowError
-from tasks.histogram import otsu_threshold
+from tasks.filters import FIT_CHUNK
+from tasks.histogram import multiotsu_thresholds, otsu_threshold
 from tasks.models.base import InputSpec, SegmentationModel
 
 if TYPE_CHECKING:
@@ -20,7 +24,14 @@ if TYPE_CHECKING:
 
     from tasks.source import SourceBase
 
-FIT_CHUNK = 1024  # window of the histogram pass; any value gives the same (exact) histogram
+
+def band_param(params: dict[str, Any], spec: InputSpec, source: str) -> int:
+    """The validated ``model.params.band`` (1-based, default 1)."""
+    band = int(params.get("band", 1))
+    if not 1 <= band <= spec.bands:
+        raise SegflowError(source,
+                           f"model.params.band={band} but the input has {spec.bands} bands")
+    return band
 
 
 class ThresholdModel(SegmentationModel):
@@ -37,10 +48,7 @@ class ThresholdModel(SegmentationModel):
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> ThresholdModel:
         params = dict(cfg.model.params)
-        band = int(params.get("band", 1))
-        if not 1 <= band <= spec.bands:
-            raise SegflowError(source,
-                               f"model.params.band={band} but the input has {spec.bands} bands")
+        band = band_param(params, spec, source)
         value = params.get("value")
         if cls.kind == "threshold" and value is None:
             raise SegflowError(source, "model.kind=threshold needs model.params.value")
@@ -67,3 +75,46 @@ class OtsuModel(ThresholdModel):
     def fit(self, source: SourceBase, client: Client) -> None:
         values = source.to_dask(FIT_CHUNK)[self.band - 1]
         self.value = otsu_threshold(values, source.dtype, client, source.uri)
+
+
+class MultiOtsuModel(SegmentationModel):
+    """``k`` classes of one band split by multi-Otsu thresholds; class ids ordered by value."""
+
+    kind = "multiotsu"
+
+    def __init__(self, classes: Any, params: dict[str, Any], band: int, k: int) -> None:
+        super().__init__(classes, params)
+        self.band = band
+        self.k = k
+        self.thresholds: list[float] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> MultiOtsuModel:
+        params = dict(cfg.model.params)
+        band = band_param(params, spec, source)
+        k = int(params.get("classes_k", 3))
+        if not 2 <= k <= 254:
+            raise SegflowError(source, f"model.params.classes_k={k}: multi-Otsu needs 2..254")
+        classes = class_table(cfg.model, [f"level_{i + 1}" for i in range(k)])
+        if len(classes) != k:
+            raise SegflowError(source,
+                               f"model.classes names {len(classes)} classes but classes_k={k}")
+        return cls(classes, params, band, k)
+
+    def fit(self, source: SourceBase, client: Client) -> None:
+        values = source.to_dask(FIT_CHUNK)[self.band - 1]
+        self.thresholds = multiotsu_thresholds(values, source.dtype, client, source.uri, self.k)
+
+    def predict(self, pixels: np.ndarray, valid: np.ndarray,
+                core: tuple[slice, ...]) -> np.ndarray:
+        assert self.thresholds is not None, "fit() before predict()"
+        values = self.band_of(pixels[(slice(None), *core)], self.band)
+        return np.digitize(values, self.thresholds).astype(np.uint8)
+
+    def identity(self) -> str:
+        values = "none" if self.thresholds is None else ", ".join(f"{t:.6g}"
+                                                                for t in self.thresholds)
+        return f"multiotsu(band={self.band}, thresholds=[{values}])"
+
+    def fitted(self) -> dict[str, Any]:
+        return {"band": self.band, "thresholds": self.thresholds}

@@ -1,0 +1,69 @@
+"""segmentation_models_pytorch networks (Unet, FPN, DeepLabV3+, ...) from a state_dict.
+
+Params: ``arch`` (an ``smp.create_model`` architecture, default Unet), ``encoder`` (default
+resnet34), ``num_classes`` when ``model.classes`` is empty, ``receptive_field`` as you know it
+(the encoders reach hundreds of pixels; default 0, so the flow cannot warn: prefer
+``tiling.stitch: gaussian``). Weights: the ``state_dict`` of the model built with
+``encoder_weights=None, in_channels=<bands>, classes=N``. Inputs are zero-padded on their high
+side to a multiple of 32 (the encoders' stride) and cropped back. smp is optional (not in the
+test extra) and imported only here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tasks.errors import SegflowError, first_line
+from tasks.models.torch_model import TorchModel, fill, load_state_dict
+from tasks.models.torchvision_models import import_torchvision
+
+STRIDE = 32
+
+
+class _Padded(nn.Module):
+    """smp encoders need sides divisible by their stride; pad high sides, crop the output."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        logits = self.net(F.pad(x, [0, -w % STRIDE, 0, -h % STRIDE]))
+        return logits[..., :h, :w]
+
+
+class SMPModel(TorchModel):
+    """An smp network; any band count (the first convolution takes ``in_channels``)."""
+
+    kind = "smp"
+
+    @classmethod
+    def geometry(cls, params: dict[str, Any]) -> tuple[int, int]:
+        return int(params.get("receptive_field", 0)), STRIDE
+
+    @classmethod
+    def build(cls, weights: str, params: dict[str, Any], bands: int, ndim: int,
+              classes: int | None) -> nn.Module:
+        if ndim != 2 or not classes:
+            raise SegflowError(weights, "smp networks are 2-D and need model.classes or "
+                                        "model.params.num_classes")
+        try:
+            import_torchvision()  # smp imports it; this also works with a CPU-only torch
+            import segmentation_models_pytorch as smp
+        except ImportError as exc:
+            raise SegflowError(weights, "model.kind=smp needs segmentation-models-pytorch "
+                                        "(pip install 'segflow[smp]')") from exc
+        arch, encoder = params.get("arch", "Unet"), params.get("encoder", "resnet34")
+        try:
+            net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None,
+                                   in_channels=bands, classes=classes)
+        except Exception as exc:  # smp raises KeyError/ValueError for unknown names
+            raise SegflowError(weights, f"smp cannot build {arch}/{encoder}: "
+                                        f"{first_line(exc)}") from exc
+        fill(net, weights, load_state_dict(weights), f"smp {arch}/{encoder} ({classes} classes)")
+        return _Padded(net).eval()

@@ -1,0 +1,236 @@
+"""What every torch-backed method shares: device, per-worker module cache, input preparation,
+tiled inference, mixed precision, the class-table check and safe weight loading.
+
+A subclass only says how to build its module (``build``) and, when it knows them, its receptive
+field and stride (``geometry``). The model object that travels to Dask workers holds the weights
+path and the build arguments, never the module: each worker process builds it once per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import threading
+import warnings
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.config import ClassSpec, JobConfig, Normalize, class_table
+from tasks.errors import SegflowError, first_line
+from tasks.models.base import InputSpec, SegmentationModel
+from tasks.stitch import predict_blended, predict_tiled
+
+_CACHE: dict[tuple[str, str], nn.Module] = {}
+_LOCK = threading.Lock()
+#: normalisations computed over the whole input: a tile's output then depends on the whole tile
+GLOBAL_NORMS = {"InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "GroupNorm", "LayerNorm"}
+
+
+class TilingWarning(UserWarning):
+    """Tiled output cannot equal a whole-image pass, whatever the halo."""
+
+
+def pick_device(gpu: str) -> str:
+    return "cuda" if gpu != "off" and torch.cuda.is_available() else "cpu"
+
+
+def _worker_threads() -> int:
+    """Torch threads per Dask thread, so a worker's threads do not oversubscribe the cores."""
+    try:
+        from distributed import get_worker
+
+        dask_threads = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        dask_threads = 1
+    return max(1, (os.cpu_count() or 1) // dask_threads)
+
+
+def file_digest(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:12]
+
+
+def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors saved with ``torch.save(module.state_dict(), path)``; never unpickles objects."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on TorchScript zips / pickle protocol
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise SegflowError(path, "holds pickled Python objects, not only tensors; refusing to "
+                                 "unpickle them (save module.state_dict() instead)") from exc
+    except Exception as exc:  # zip, EOF, key and runtime errors alike
+        if "TorchScript" in str(exc):
+            raise SegflowError(path, "is a TorchScript archive, not a state_dict; use "
+                                     "model.kind=torchscript") from exc
+        raise SegflowError(path, f"not a torch state_dict file: {first_line(exc)}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise SegflowError(path, f"holds a {type(state).__name__}, not a state_dict of tensors")
+    return state
+
+
+def fill(module: nn.Module, path: str, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """``module`` with ``state`` loaded, or a one-line error naming the keys that do not fit."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    problems = [f"{len(keys)} {label} (e.g. {keys[0]})" for label, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected),
+                 ("shape mismatches, file vs model", shapes)) if keys]
+    if problems:
+        raise SegflowError(path, f"weights do not fit {what}: {'; '.join(problems)}")
+    module.load_state_dict(state)
+    return module.eval()
+
+
+def global_norms(module: nn.Module) -> set[str]:
+    """Names of whole-input normalisation layers (TorchScript keeps them as ``original_name``)."""
+    names = {getattr(m, "original_name", type(m).__name__) for _, m in module.named_modules()}
+    return names & GLOBAL_NORMS
+
+
+class TorchModel(SegmentationModel):
+    """A torch module run tile by tile on the worker's device (CUDA when present)."""
+
+    accelerated = True
+    #: True when the architecture pools over the whole input (e.g. ASPP image pooling)
+    global_context: ClassVar[bool] = False
+
+    def __init__(self, classes: list[ClassSpec], params: dict[str, Any], weights: str,
+                 bands: int, ndim: int, normalize: Normalize | None, scale: float | None,
+                 cfg: JobConfig) -> None:
+        super().__init__(classes, params)
+        self.weights, self.bands, self.ndim = weights, bands, ndim
+        self.digest = file_digest(weights)
+        self.normalize, self.scale = normalize, scale
+        self.receptive_field, self.stride = self.geometry(params)
+        t = cfg.tiling
+        # tiles start on multiples of the stride, so every tile sees the whole image's phase
+        self.tile = -(-t.tile // self.stride) * self.stride
+        self.halo = -(-t.halo // self.stride) * self.stride
+        self.batch, self.stitch = t.batch, t.stitch
+        self.gpu, self.amp = cfg.cluster.gpu, cfg.model.amp
+
+    @classmethod
+    @abstractmethod
+    def build(cls, weights: str, params: dict[str, Any], bands: int, ndim: int,
+              classes: int | None) -> nn.Module:
+        """The module on CPU in eval mode with its weights; SegflowError if they do not fit.
+
+        ``classes`` is the class count the config states (None when it states none).
+        """
+
+    @classmethod
+    def geometry(cls, params: dict[str, Any]) -> tuple[int, int]:
+        """Receptive field and stride: as ``params`` declares them unless the class knows."""
+        return int(params.get("receptive_field", 0)), int(params.get("stride", 1))
+
+    @classmethod
+    def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> TorchModel:
+        weights = cfg.model.weights
+        if not weights:
+            raise SegflowError(source, f"model.kind={cls.kind} needs model.weights (a .pt file)")
+        path = str(Path(weights).expanduser().resolve())
+        if not Path(path).is_file():
+            raise SegflowError(weights, "model weights file not found")
+        norm = cfg.model.normalize
+        if norm is not None and not len(norm.mean) == len(norm.std) == spec.bands:
+            raise SegflowError(source, f"model.normalize needs {spec.bands} means and stds")
+        params = dict(cfg.model.params)
+        declared = len(cfg.model.classes) or params.get("num_classes")
+        module = cls.build(path, params, spec.bands, spec.ndim,
+                           int(declared) if declared else None)
+        n_classes = cls._probe(module, path, spec, params)
+        classes = class_table(cfg.model, [f"class_{i}" for i in range(n_classes)])
+        if len(classes) != n_classes:
+            raise SegflowError(weights, f"model outputs {n_classes} classes, "
+                                        f"config names {len(classes)}")
+        norms = global_norms(module)
+        if norms or cls.global_context:
+            reason = (f"has {', '.join(sorted(norms))} layers" if norms
+                      else "pools over the whole tile")
+            warnings.warn(f"{Path(path).name}: the model {reason}, so each output depends on the"
+                          " whole tile: tiled output cannot equal a whole-image pass whatever "
+                          "the halo; prefer tiling.stitch=gaussian with large tiles",
+                          TilingWarning, stacklevel=2)
+        # Integers are scaled by their dtype's maximum unless ``normalize`` is given.
+        integer = np.dtype(spec.dtype).kind in "iu"
+        scale = float(np.iinfo(spec.dtype).max) if integer and norm is None else None
+        return cls(classes, params, path, spec.bands, spec.ndim, norm, scale, cfg)
+
+    @classmethod
+    def _probe(cls, module: nn.Module, path: str, spec: InputSpec,
+               params: dict[str, Any]) -> int:
+        """Output channels for a small zero input: the class count, and a shape check."""
+        side = max(32, cls.geometry(params)[1])
+        probe = torch.zeros(1, spec.bands, *(side,) * spec.ndim)
+        try:
+            with torch.inference_mode():
+                out = module(probe)
+        except Exception as exc:
+            raise SegflowError(path, f"model rejects {spec.bands}-band input: "
+                                     f"{first_line(exc)}") from exc
+        if out.ndim != spec.ndim + 2 or tuple(out.shape[2:]) != probe.shape[2:]:
+            raise SegflowError(path, f"model maps a {tuple(probe.shape)} input to "
+                                     f"{tuple(out.shape)}, not one logit per class and cell")
+        return int(out.shape[1])
+
+    def _module(self, device: str) -> nn.Module:
+        """The module on ``device``, built once per worker process (and per weights version)."""
+        key = (self.weights, f"{type(self).kind}:{self.digest}:{device}")
+        with _LOCK:
+            if key not in _CACHE:
+                if device == "cpu":
+                    torch.set_num_threads(_worker_threads())
+                declared = len(self.classes)
+                module = self.build(self.weights, self.params, self.bands, self.ndim, declared)
+                _CACHE[key] = module.to(device)
+            return _CACHE[key]
+
+    def _prepare(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        x = pixels.astype(np.float32)
+        if self.normalize is not None:
+            per_band = (-1,) + (1,) * (x.ndim - 1)
+            mean = np.asarray(self.normalize.mean, np.float32).reshape(per_band)
+            std = np.asarray(self.normalize.std, np.float32).reshape(per_band)
+            x = (x - mean) / std
+        elif self.scale:
+            x /= self.scale
+        x[:, ~valid] = 0.0
+        return x
+
+    def predict(self, pixels: np.ndarray, valid: np.ndarray,
+                core: tuple[slice, ...]) -> np.ndarray:
+        device = pick_device(self.gpu)
+        module = self._module(device)
+        ids = torch.uint8 if len(self.classes) <= 256 else torch.int32
+        blend = self.stitch == "gaussian"
+        amp = (torch.autocast("cuda", dtype=torch.float16) if self.amp and device == "cuda"
+               else contextlib.nullcontext())
+
+        def forward(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode(), amp:
+                logits = module(torch.from_numpy(batch).to(device))
+            if blend:  # probabilities to blend; crop keeps the argmax on the device
+                return logits.float().softmax(dim=1).cpu().numpy()
+            return logits.argmax(dim=1).to(ids).cpu().numpy()
+
+        stitch = predict_blended if blend else predict_tiled
+        return stitch(forward, self._prepare(pixels, valid), core, self.tile, self.halo,
+                      self.batch)
+
+    def identity(self) -> str:
+        return f"{self.kind}({Path(self.weights).name}@{self.digest})"
