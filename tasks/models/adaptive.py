@@ -23,7 +23,7 @@ from tasks.config import JobConfig, class_table
 from tasks.errors import SegflowError
 from tasks.filters import filled_band, gaussian_radius, valid_mean
 from tasks.models.base import InputSpec, SegmentationModel
-from tasks.models.threshold import band_param
+from tasks.models.params import band_param
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -27,7 +27,6 @@ import numpy as np
 from skimage.morphology import remove_small_holes
 
 from tasks.config import JobConfig, class_table
-from tasks.errors import SegflowError
 from tasks.filters import (
     filled_band,
     filtered_band,
@@ -37,7 +36,7 @@ from tasks.filters import (
 )
 from tasks.histogram import otsu_threshold
 from tasks.models.base import InputSpec, SegmentationModel
-from tasks.models.threshold import band_param
+from tasks.models.params import at_least, band_param
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -61,12 +60,8 @@ class EdgesModel(SegmentationModel):
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> EdgesModel:
         params = dict(cfg.model.params)
         band = band_param(params, spec, source)
-        sigma = float(params.get("sigma", 1.0))
-        if sigma < 0:
-            raise SegflowError(source, f"model.params.sigma={sigma}: use a value >= 0")
-        max_hole = int(params.get("max_hole", 27))
-        if max_hole < 0:
-            raise SegflowError(source, f"model.params.max_hole={max_hole}: use a value >= 0")
+        sigma = at_least(params, "sigma", 1.0, 0, source)
+        max_hole = int(at_least(params, "max_hole", 27, 0, source))
         value = params.get("value")
         classes = class_table(cfg.model, ["background", "region"])
         return cls(classes, params, band, sigma, None if value is None else float(value),

@@ -18,20 +18,12 @@ from tasks.errors import SegflowError
 from tasks.filters import FIT_CHUNK
 from tasks.histogram import multiotsu_thresholds, otsu_threshold
 from tasks.models.base import InputSpec, SegmentationModel
+from tasks.models.params import band_param
 
 if TYPE_CHECKING:
     from distributed import Client
 
     from tasks.source import SourceBase
-
-
-def band_param(params: dict[str, Any], spec: InputSpec, source: str) -> int:
-    """The validated ``model.params.band`` (1-based, default 1)."""
-    band = int(params.get("band", 1))
-    if not 1 <= band <= spec.bands:
-        raise SegflowError(source,
-                           f"model.params.band={band} but the input has {spec.bands} bands")
-    return band
 
 
 class ThresholdModel(SegmentationModel):

@@ -39,7 +39,7 @@ from tasks.errors import SegflowError
 from tasks.filters import FIT_CHUNK, filled_band, gradient_magnitude, gradient_radius, valid_mean
 from tasks.histogram import multiotsu_thresholds
 from tasks.models.base import InputSpec, SegmentationModel
-from tasks.models.threshold import band_param
+from tasks.models.params import at_least, band_param
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -94,12 +94,8 @@ class WatershedModel(SegmentationModel):
             raise SegflowError(source, "model.params.low and high go together (or neither)")
         if low is not None and not float(low) < float(high):
             raise SegflowError(source, f"model.params.low={low} must be below high={high}")
-        max_extent = int(params.get("max_extent", 24))
-        if max_extent < 1:
-            raise SegflowError(source, f"model.params.max_extent={max_extent}: use >= 1")
-        sigma = float(params.get("sigma", 1.0))
-        if sigma < 0:
-            raise SegflowError(source, f"model.params.sigma={sigma}: use a value >= 0")
+        max_extent = int(at_least(params, "max_extent", 24, 1, source))
+        sigma = at_least(params, "sigma", 1.0, 0, source)
         bounds = None if low is None else (float(low), float(high))
         classes = class_table(cfg.model, ["background", "foreground"])
         return cls(classes, params, band, bounds, max_extent, sigma)
