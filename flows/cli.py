@@ -1,4 +1,4 @@
-"""The ``segflow`` command line: segment, evaluate, query, demo.
+"""The ``segflow`` command line: segment, evaluate, batch, watch, query, serve, demo.
 
 User mistakes and bad files end in one line on stderr, ``segflow: error: <source>: <reason>``,
 and a non-zero status; Prefect's own console logging is kept quiet unless ``-v`` is given
@@ -20,6 +20,7 @@ DEMO_SOURCE = REPO / "samples" / "nc_lsat7_2000_b12345.tif"
 DEMO_CONFIG = REPO / "configs" / "landcover.yaml"
 DEMO_DEEP_CONFIG = REPO / "configs" / "landcover_unet.yaml"
 DEMO_TRUTH = REPO / "samples" / "nc_landclass96.tif"
+DEPLOYMENTS = REPO / "configs" / "deployments.yaml"
 
 
 def _job_options(p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,11 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. tiling.chunk=1024 (repeatable)")
     p.add_argument("--scheduler", help="tcp://host:port of a running Dask scheduler")
+
+
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", type=int, default=2, metavar="N",
+                   help="images segmented at a time (default 2), on one shared Dask cluster")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,10 +52,37 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--truth", required=True, help="label image on the same grid (class ids)")
     _job_options(ev)
 
+    batch = sub.add_parser("batch", help="segment every image under a prefix or in a manifest "
+                                         "(skipping those already done)")
+    batch.add_argument("source", help="folder, fsspec prefix (s3://bucket/dir/), or a .csv/.txt "
+                                      "manifest of URIs")
+    _job_options(batch)
+    _batch_options(batch)
+
+    watch = sub.add_parser("watch", help="segment new or changed images as they arrive, by "
+                                         "listing a prefix or from S3 notifications on SQS")
+    watch.add_argument("source", nargs="?", metavar="PREFIX", help="folder or fsspec prefix")
+    watch.add_argument("--queue", metavar="SQS_URL",
+                       help="consume S3 ObjectCreated notifications from this SQS queue")
+    watch.add_argument("--interval", type=float, default=60.0,
+                       help="seconds between listings of PREFIX (default 60)")
+    watch.add_argument("--once", action="store_true",
+                       help="one pass (or drain the queue), then exit with the batch's status")
+    watch.add_argument("--emit-events", action="store_true",
+                       help="emit a segflow.object.created Prefect event per new or changed "
+                            "image instead of segmenting (a deployment trigger runs them)")
+    _job_options(watch)
+    _batch_options(watch)
+
     q = sub.add_parser("query", help="run SQL over the catalog under ROOT")
     q.add_argument("sql")
     q.add_argument("--out", required=True, help="output root holding catalog/")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    serve = sub.add_parser("serve", help="register the deployments (schedules, arrival trigger) "
+                                         "with the Prefect server and run their flow runs")
+    serve.add_argument("--config", default=str(DEPLOYMENTS),
+                       help="deployments file (default configs/deployments.yaml)")
 
     demo = sub.add_parser("demo", help="segment the bundled sample scene, no servers needed")
     demo.add_argument("--out", default="segflow-demo", help="output root (default ./segflow-demo)")
@@ -104,6 +137,41 @@ def _report(result: dict[str, Any]) -> None:
                      title="against the ground truth (classes present in it)")
 
 
+def _batch_report(rows: list[dict[str, Any]]) -> None:
+    """The summary table on stdout, and one ``segflow: error:`` line per failed image."""
+    counts = {s: sum(r["status"] == s for r in rows)
+              for s in ("succeeded", "failed", "skipped", "announced")}
+    title = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no new images"
+    _print_table([{**r, "seconds": f"{r['seconds']:.1f}"} for r in rows], title=title)
+    for row in rows:
+        if row["status"] == "failed":
+            print(f"segflow: error: {row['uri']}: {row['error']}", file=sys.stderr)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    """``batch`` and ``watch``: exit 1 when any image failed (the last pass's, when looping)."""
+    from flows.batch import run_batch, watch_prefix, watch_queue
+    from tasks.config import load_config
+    from tasks.errors import SegflowError
+
+    config = load_config(args.config, args.set).model_dump(mode="json")
+    if args.command == "batch":
+        rows = run_batch(args.source, args.out, config, args.scheduler, args.concurrency)
+        if not rows:
+            raise SegflowError(args.source, "no images found (.tif .tiff .svs .nii .nii.gz "
+                                            ".zarr)")
+        _batch_report(rows)
+    elif (args.source is None) == (args.queue is None):
+        raise SegflowError("watch", "give either PREFIX or --queue SQS_URL")
+    elif args.queue:
+        rows = watch_queue(args.queue, args.out, config, args.scheduler, args.once,
+                           args.concurrency, _batch_report)
+    else:
+        rows = watch_prefix(args.source, args.out, config, args.scheduler, args.interval,
+                            args.once, args.concurrency, args.emit_events, _batch_report)
+    return int(any(r["status"] == "failed" for r in rows))
+
+
 def _json_value(value: Any) -> Any:
     """JSON for SQL results: exact decimals (DuckDB sums) as numbers, timestamps as ISO text."""
     if isinstance(value, Decimal):
@@ -148,8 +216,14 @@ def main(argv: list[str] | None = None) -> int:
                              [f"stats.ground_truth={DEMO_TRUTH}"], None))
             print(f"\nquery it: segflow query \"select class_name, iou, dice from metrics "
                   f"where tp + fn > 0\" --out {deep}")
+        elif args.command in ("batch", "watch"):
+            return _batch(args)
         elif args.command == "query":
             _query(args.sql, args.out, args.format)
+        elif args.command == "serve":
+            from flows.deployments import main as serve_deployments
+
+            serve_deployments(args.config)
     except SegflowError as exc:
         print(f"segflow: error: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,8 @@ Dask task per chunk, on the cluster at ``scheduler`` or a LocalCluster started f
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ from typing import Any
 
 from distributed import Client, as_completed
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,6 +36,7 @@ from tasks.metrics import evaluate, open_ground_truth
 from tasks.models import InputSpec, SegmentationModel, build_model
 from tasks.plan import Plan, plan_chunks
 from tasks.pyramid import build_levels, ome_metadata
+from tasks.quicklook import summary_markdown, write_quicklook
 from tasks.read_raster import Raster
 from tasks.read_slide import Slide
 from tasks.readers import modality_of, open_source
@@ -249,6 +253,23 @@ def record(root: str, run: dict[str, Any], found: Measurements) -> None:
     write_rows(root, "runs", run["run_id"], [run])
 
 
+@task(name="publish", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def publish(job: Job, found: Measurements) -> str:
+    """Show the result in the Prefect UI: the class table and a quick-look picture, which is also
+    written beside the store (``masks/<image_id>.png``); returns the picture's URI."""
+    png_uri = f"{job.root.rstrip('/')}/masks/{job.image_id}.png"
+    png = write_quicklook(job.reader, job.store_uri, png_uri)
+    # artifact keys allow lowercase letters, digits and dashes only
+    key = "segflow-" + re.sub(r"[^a-z0-9]+", "-", job.image_id.lower()).strip("-")
+    create_markdown_artifact(summary_markdown(job.image_id, found.class_stats, found.metrics,
+                                              png_uri),
+                             key=key, description=f"segflow: {job.source}")
+    # inline (a data URI): the UI shows it without access to the bucket or the disk
+    create_image_artifact(f"data:image/png;base64,{base64.b64encode(png).decode()}",
+                          key=f"{key}-quicklook", description=f"quick look: {png_uri}")
+    return png_uri
+
+
 @flow(name="segment_image")
 def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
                   scheduler: str | None = None) -> dict[str, Any]:
@@ -273,6 +294,7 @@ def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
                    finished_at=datetime.now(UTC),
                    seconds=time.perf_counter() - clock)
         record(out, run, found)
+        publish(job, found)
         return {**run, "class_stats": found.class_stats, "metrics": found.metrics,
                 "instances": len(found.instances), "chunks_computed": outcome.chunks_computed,
                 "reused": outcome.reused}

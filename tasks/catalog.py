@@ -2,17 +2,20 @@
 
 Each run writes its own files (named by run id), so concurrent runs never touch the same
 object; a file appears under its final name only when complete (local: rename; object stores:
-a PUT is atomic). DuckDB, pandas, Spark and Athena read the folders as tables.
+a PUT is atomic). DuckDB, pandas, Spark and Athena read the folders as tables: table ``runs``
+is every ``*.parquet`` under ``ROOT/catalog/runs/`` (e.g. ``s3://bucket/results/catalog/runs/``),
+one external table per folder, unpartitioned, with the schema in ``SCHEMAS``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+from tasks.storage import filesystem
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -62,7 +65,7 @@ def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -
     schema = SCHEMAS[table]
     data = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows],
                                 schema=schema)
-    fs, folder = fsspec.core.url_to_fs(table_dir(root, table))
+    fs, folder = filesystem(table_dir(root, table))
     fs.makedirs(folder, exist_ok=True)
     final = f"{folder}/{run_id}.parquet"
     if isinstance(fs, LocalFileSystem):

@@ -72,5 +72,5 @@ def dask_cluster(cfg: ClusterConfig, address: str | None = None) -> Iterator[str
     gpu = {"resources": {"GPU": 1}} if cfg.gpu != "off" and cuda_devices() else {}
     with dask.config.set(WORKER_MALLOC), \
             LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                         dashboard_address=None, silence_logs=logging.CRITICAL, **gpu) as cluster:
+                         dashboard_address=":0", silence_logs=logging.CRITICAL, **gpu) as cluster:
         yield cluster.scheduler_address

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 import fsspec
 
 from tasks.errors import SegflowError, first_line
+from tasks.storage import filesystem
 
 
 def image_id(uri: str) -> str:
@@ -21,22 +23,43 @@ def image_id(uri: str) -> str:
 
 
 def source_checksum(uri: str) -> str:
-    """sha256 of the source bytes, streamed in 8 MiB blocks (memory does not grow with size).
+    """What identifies the source's bytes: it changes whenever the source is replaced.
 
-    A directory store (Zarr) hashes every object's relative path and bytes, in sorted order.
+    On an object store that lists ETags (S3): ``etag:<ETag>:<size>``, from the object's
+    metadata, nothing downloaded. Elsewhere: ``sha256:`` of the bytes, streamed in 8 MiB blocks
+    (memory does not grow with size). A directory store (Zarr) hashes every object's relative
+    path and ETag + size (or bytes), in sorted order.
     """
-    sha = hashlib.sha256()
     try:
-        fs, root = fsspec.core.url_to_fs(uri)
-        objects = sorted(fs.find(root)) if fs.isdir(root) else [root]
-        for name in objects:
-            if name != root:
-                sha.update(name[len(root):].encode())
-            with fs.open(name, "rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(8 << 20), b""):
-                    sha.update(block)
+        fs, root = filesystem(uri)
+        fs.invalidate_cache(root)  # another process may have replaced it since we last looked
+        info = fs.info(root)
+        found = fs.find(root, detail=True) if info["type"] == "directory" else {root: info}
+        if all(meta.get("ETag") for meta in found.values()):
+            return _etag_checksum(root, found)
+        return _content_checksum(fs, root, sorted(found))
     except (OSError, ValueError) as exc:
         raise SegflowError(uri, f"cannot read source: {first_line(exc)}") from exc
+
+
+def _etag_checksum(root: str, found: dict[str, dict[str, Any]]) -> str:
+    if list(found) == [root]:
+        etag = found[root]["ETag"].strip('"')
+        return f"etag:{etag}:{found[root]['size']}"
+    sha = hashlib.sha256()
+    for name in sorted(found):
+        sha.update(f"{name[len(root):]}|{found[name]['ETag']}|{found[name]['size']}\n".encode())
+    return f"etag:sha256:{sha.hexdigest()}"
+
+
+def _content_checksum(fs: fsspec.AbstractFileSystem, root: str, names: list[str]) -> str:
+    sha = hashlib.sha256()
+    for name in names:
+        if name != root:
+            sha.update(name[len(root):].encode())
+        with fs.open(name, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(8 << 20), b""):
+                sha.update(block)
     return f"sha256:{sha.hexdigest()}"
 
 

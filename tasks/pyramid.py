@@ -15,6 +15,7 @@ import zarr
 from distributed import Client
 
 from tasks.config import ClassSpec
+from tasks.storage import zarr_options
 
 MIN_SIDE = 256  # stop when the largest side of a level is at most this
 
@@ -29,7 +30,7 @@ def level_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 def build_levels(uri: str, client: Client) -> int:
     """Write levels 1.. under the store at ``uri`` from level 0; returns how many levels exist."""
-    group = zarr.open_group(store=uri, mode="r+")
+    group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
     base = group["0"]
     inner = base.chunks  # the read unit of level 0; reused for the smaller levels
     shapes = level_shapes(base.shape)

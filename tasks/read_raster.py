@@ -2,6 +2,8 @@
 
 Workers open the file themselves for each window (rasterio datasets are not thread-safe), so the
 client never holds pixels and memory is bounded by the window size, never by the image size.
+On S3 each window is a few HTTP range requests (GDAL's /vsis3/, see tasks/storage.py); the
+handle pickled to a worker is only the URI, the worker's own environment supplies credentials.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import rasterio
 from pyproj import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
@@ -20,6 +21,7 @@ from tasks.area import row_pixel_areas_m2
 from tasks.errors import SegflowError, first_line
 from tasks.georef import grid_mapping
 from tasks.source import Box, SourceBase
+from tasks.storage import raster_dataset
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Raster(SourceBase):
         rows, cols = box
         window = Window.from_slices(rows, cols)
         try:
-            with rasterio.open(self.uri) as ds:
+            with raster_dataset(self.uri) as ds:
                 pixels = ds.read(self.bands, window=window)
                 masks = ds.read_masks(self.bands, window=window)
         except RasterioError as exc:
@@ -56,7 +58,7 @@ class Raster(SourceBase):
         # GDAL decimates block by block (or uses overviews): memory is bounded by the output.
         shape = (len(self.bands), max(1, self.height // step), max(1, self.width // step))
         try:
-            with rasterio.open(self.uri) as ds:
+            with raster_dataset(self.uri) as ds:
                 pixels = ds.read(self.bands, out_shape=shape, resampling=Resampling.nearest)
                 masks = ds.read_masks(self.bands, out_shape=shape, resampling=Resampling.nearest)
         except RasterioError as exc:
@@ -91,7 +93,7 @@ class Raster(SourceBase):
 def open_raster(uri: str, bands: list[int] | None = None) -> Raster:
     """Open a GeoTIFF/COG header (no pixels), check the request against it, return a handle."""
     try:
-        with rasterio.open(uri) as ds:
+        with raster_dataset(uri) as ds:
             count, height, width = ds.count, ds.height, ds.width
             dtypes = set(ds.dtypes)
             nodata = ds.nodata

@@ -1,9 +1,10 @@
 """Whole-slide image reader (SVS, pyramidal/generic tiled TIFF, OME-TIFF) with tifffile.
 
 Each window is read through tifffile's Zarr view of one pyramid level, which decodes only the
-tiles the window touches; the level is chosen by a target resolution in µm per pixel, and its
-pixel size comes from the file's own metadata (Aperio ``MPP =``, OME-XML ``PhysicalSizeX``,
-or the TIFF resolution tags with their unit).
+tiles the window touches (on S3 or any fsspec URL: range reads of about those tiles); the level
+is chosen by a target resolution in µm per pixel, and its pixel size comes from the file's own
+metadata (Aperio ``MPP =``, OME-XML ``PhysicalSizeX``, or the TIFF resolution tags with their
+unit).
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ import zarr
 
 from tasks.errors import SegflowError, first_line
 from tasks.source import Box, SourceBase
+from tasks.storage import open_input
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".qptiff", ".ome.tif", ".ome.tiff")
 _UM_PER = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "mm": 1e3, "cm": 1e4}
 
 
-def _level_array(uri: str, level: int) -> zarr.Array:
-    return zarr.open(tifffile.imread(uri, aszarr=True, level=level, series=0), mode="r")
+def _read_level(uri: str, level: int, index: tuple[slice, ...]) -> np.ndarray:
+    """``index`` of one pyramid level; the file (local or any fsspec URL) is opened for this
+    read only, so a worker never holds a handle between reads and none is ever pickled."""
+    with open_input(uri) as fh, tifffile.imread(fh, aszarr=True, level=level, series=0) as tiles:
+        return np.asarray(zarr.open(tiles, mode="r")[index])
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Slide(SourceBase):
 
     def _read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         try:
-            data = np.asarray(_level_array(self.uri, self.level)[(*box, slice(None))])
+            data = _read_level(self.uri, self.level, (*box, slice(None)))
         except Exception as exc:  # tifffile/imagecodecs raise many kinds on bad tiles
             raise SegflowError(self.uri, f"cannot read tiles at level {self.level}: "
                                f"{first_line(exc)}") from exc
@@ -52,7 +57,7 @@ class Slide(SourceBase):
     def read_level(self, level: int) -> np.ndarray:
         """A whole (small, coarse) pyramid level as (bands, h, w): for tissue detection."""
         try:
-            data = np.asarray(_level_array(self.uri, level)[:])
+            data = _read_level(self.uri, level, (slice(None),))
         except Exception as exc:
             raise SegflowError(self.uri, f"cannot read level {level}: {first_line(exc)}") from exc
         return np.moveaxis(data, -1, 0)[[b - 1 for b in self.bands]]
@@ -112,7 +117,7 @@ def open_slide(uri: str, bands: list[int] | None = None, target_mpp: float | Non
                mpp: float | None = None) -> Slide:
     """Open a slide's header, pick the pyramid level for ``target_mpp``, return a lazy handle."""
     try:
-        with tifffile.TiffFile(uri) as tif:
+        with open_input(uri) as fh, tifffile.TiffFile(fh) as tif:
             series = tif.series[0]
             shapes = [tuple(level.shape) for level in series.levels]
             axes = series.axes

@@ -3,11 +3,15 @@
 Uncompressed NIfTI is memory-mapped, so a window costs only its own bytes. For .nii.gz nibabel
 must decompress the stream up to the window (indexed_gzip makes that seekable when installed);
 memory stays bounded by the window, but time grows with its offset: prefer .nii for big
-volumes. Axes stay in the file's voxel order (i, j, k); the affine maps them to RAS+ millimetres.
+volumes. On S3 (or any fsspec URL) a window is read with range requests, never the whole
+object; a remote .nii.gz streams from its start for each window, fine for MRI-sized volumes.
+Axes stay in the file's voxel order (i, j, k); the affine maps them to RAS+ millimetres.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,6 +21,19 @@ import zarr
 
 from tasks.errors import SegflowError, first_line
 from tasks.source import Box, SourceBase
+from tasks.storage import is_local, open_input, zarr_options
+
+
+@contextmanager
+def _nifti(uri: str) -> Iterator[nib.Nifti1Image]:
+    """A NIfTI image whose voxels stay on disk: memory-mapped locally; on S3 or any fsspec URL
+    read through a range-requesting file (``.nii.gz`` decompressed as it streams), valid only
+    inside the ``with``."""
+    if is_local(uri):
+        yield nib.load(uri)
+        return
+    with open_input(uri, compression="infer") as fh:
+        yield nib.Nifti1Image.from_stream(fh)
 
 
 @dataclass(frozen=True)
@@ -31,11 +48,13 @@ class Volume(SourceBase):
 
     def _slab(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
-            proxy = nib.load(self.uri).dataobj
-            if len(proxy.shape) == 3:
-                data = np.asarray(proxy[index])[None]
-            else:
-                data = np.moveaxis(np.asarray(proxy[(*index, [b - 1 for b in self.bands])]), -1, 0)
+            with _nifti(self.uri) as img:
+                proxy = img.dataobj
+                if len(proxy.shape) == 3:
+                    data = np.asarray(proxy[index])[None]
+                else:
+                    bands = [b - 1 for b in self.bands]
+                    data = np.moveaxis(np.asarray(proxy[(*index, bands)]), -1, 0)
         except Exception as exc:  # nibabel raises OSError, ValueError, zlib errors alike
             raise SegflowError(self.uri, f"cannot read voxels: {first_line(exc)}") from exc
         return data.astype(data.dtype.newbyteorder("="), copy=False)
@@ -73,11 +92,11 @@ class Volume(SourceBase):
 def open_volume(uri: str, bands: list[int] | None = None) -> Volume:
     """Read a NIfTI header (no voxels), check it, return a lazy handle."""
     try:
-        img = nib.load(uri)
-        shape = tuple(int(n) for n in img.shape)
-        dtype = np.dtype(img.get_data_dtype()).newbyteorder("=").str
-        affine = img.affine
-        np.asarray(img.dataobj[(slice(0, 1),) * len(shape)])  # the voxels decode at all
+        with _nifti(uri) as img:
+            shape = tuple(int(n) for n in img.shape)
+            dtype = np.dtype(img.get_data_dtype()).newbyteorder("=").str
+            affine = img.affine
+            np.asarray(img.dataobj[(slice(0, 1),) * len(shape)])  # the voxels decode at all
     except Exception as exc:
         raise SegflowError(uri, f"not a readable NIfTI volume: {first_line(exc)}") from exc
     if len(shape) not in (3, 4) or min(shape) == 0:
@@ -100,7 +119,8 @@ class ZarrVolume(Volume):
 
     def _slab(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
-            data = np.asarray(zarr.open_array(store=self.uri, path=self.path, mode="r")[index])
+            data = np.asarray(zarr.open_array(store=self.uri, path=self.path, mode="r",
+                                           **zarr_options(self.uri))[index])
         except Exception as exc:
             raise SegflowError(self.uri, f"cannot read voxels: {first_line(exc)}") from exc
         return data[None]
@@ -125,7 +145,7 @@ def _ome_level0(group: zarr.Group) -> tuple[str, list[float], list[float]]:
 def open_zarr_volume(uri: str) -> ZarrVolume:
     """Open a 3-D Zarr array or OME-Zarr image; voxel sizes from its scale (taken as mm)."""
     try:
-        node = zarr.open(store=uri, mode="r")
+        node = zarr.open(store=uri, mode="r", **zarr_options(uri))
         if isinstance(node, zarr.Group):
             path, scale, shift = _ome_level0(node)
             array = node[path]

@@ -9,6 +9,7 @@ from tasks.read_raster import open_raster
 from tasks.read_slide import SLIDE_SUFFIXES, open_slide
 from tasks.read_volume import open_volume, open_zarr_volume
 from tasks.source import SourceBase
+from tasks.storage import open_input
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".zarr", ".zarr/")
 
@@ -16,7 +17,7 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".zarr", ".zarr/")
 def _tiff_is_slide(uri: str) -> bool:
     """A TIFF without georeferencing that is a slide format or a pyramid is a slide."""
     try:
-        with tifffile.TiffFile(uri) as tif:
+        with open_input(uri) as fh, tifffile.TiffFile(fh) as tif:  # header only, any URL
             if tif.is_geotiff:
                 return False
             return bool(tif.is_svs or tif.is_ome or len(tif.series[0].levels) > 1)

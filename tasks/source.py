@@ -78,9 +78,13 @@ class SourceBase(ABC):
         """
         total = int(np.prod(self.spatial_shape))
         step = max(1, int(np.ceil((total / max_cells) ** (1 / len(self.spatial_shape)))))
-        pixels, valid = self._read_decimated(step)
-        valid = self._valid(pixels, valid)
+        pixels, valid = self.read_decimated(step)
         return pixels[:, valid].T
+
+    def read_decimated(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every ``step``-th cell along each axis (a thumbnail): pixels and valid mask."""
+        pixels, valid = self._read_decimated(step)
+        return pixels, self._valid(pixels, valid)
 
     # dask.array.from_array protocol: the source as a (bands, *spatial) float64 array, NaN
     # where invalid, read window by window.

@@ -10,6 +10,8 @@ Layout (``ROOT/masks/<image_id>.zarr``):
   x, y         pixel-centre coordinates, spatial_ref: CF grid mapping (crs_wkt, GeoTransform),
                so ``xarray.open_zarr`` + rioxarray recover the CRS and transform
 The group attribute ``segflow.complete`` turns true only once every chunk is in.
+ROOT may be a local path or an fsspec URL (s3://bucket/results): zarr writes every chunk or
+shard as one object (a PUT on S3), so "one writer per shard" holds on object stores too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import zarr
 
 from tasks.plan import Chunk, Plan
+from tasks.storage import zarr_options
 
 SHARD_INNER = {2: 512, 3: 64}  # inner chunk side per spatial rank: the unit a reader fetches
 DONE_WRITTEN, DONE_SKIPPED = 1, 2
@@ -35,13 +38,15 @@ class MaskStore:
     nodata: int
 
     def labels(self, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(store=self.uri, path="0", mode=mode)
+        return zarr.open_array(store=self.uri, path="0", mode=mode, **zarr_options(self.uri))
 
     def instances(self, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(store=self.uri, path="instances", mode=mode)
+        return zarr.open_array(store=self.uri, path="instances", mode=mode,
+                               **zarr_options(self.uri))
 
     def progress(self, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(store=self.uri, path="progress", mode=mode)
+        return zarr.open_array(store=self.uri, path="progress", mode=mode,
+                               **zarr_options(self.uri))
 
     def write_chunk(self, chunk: Chunk, labels: np.ndarray, skipped: bool = False) -> None:
         """Write one chunk's class ids (if any: an all-nodata chunk writes none), then record
@@ -73,7 +78,7 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_classes: int,
     dtype, nodata = label_dtype(n_classes)
     store = MaskStore(uri=uri, dtype=dtype, nodata=nodata)
     try:
-        group = zarr.open_group(store=uri, mode="r")
+        group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
         meta = group.attrs.get("segflow", {})
         if meta.get("resume_key") == resume:
             done = store.progress()[:]
@@ -83,7 +88,7 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_classes: int,
             zarr.errors.GroupNotFoundError):
         pass
 
-    group = zarr.open_group(store=uri, mode="w", zarr_format=3)
+    group = zarr.open_group(store=uri, mode="w", zarr_format=3, **zarr_options(uri))
     rank = len(plan.shape)
     inner = _inner_chunk(plan.chunk, rank)
     side = min(plan.chunk, max(plan.shape))
@@ -113,7 +118,7 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_classes: int,
 def create_instances(store: MaskStore) -> None:
     """(Re)create the ``instances`` array with the shape, chunks and shards of ``0``, so each
     work chunk writes only its own shards of it too."""
-    group = zarr.open_group(store=store.uri, mode="r+")
+    group = zarr.open_group(store=store.uri, mode="r+", **zarr_options(store.uri))
     labels = group["0"]
     group.create_array("instances", shape=labels.shape, dtype="uint32", fill_value=0,
                        chunks=labels.chunks, shards=labels.shards, overwrite=True,
@@ -123,7 +128,7 @@ def create_instances(store: MaskStore) -> None:
 
 def mark_complete(uri: str, summary: dict[str, Any], ome: dict[str, Any]) -> None:
     """Write the OME-Zarr metadata and flag the store complete, last of all."""
-    group = zarr.open_group(store=uri, mode="r+")
+    group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
     group.attrs["ome"] = ome
     meta = dict(group.attrs["segflow"])
     meta.update(summary, complete=True)

@@ -26,7 +26,7 @@ def _is_chunk(task: dict) -> bool:
 def mixed_cluster():
     """A scheduler with one plain worker process and one started by hand with ``GPU=1``."""
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, \
+                      dashboard_address=":0") as cluster, \
             Client(cluster, set_as_default=False) as client:
         gpu_worker = subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,

@@ -1,0 +1,110 @@
+"""Each successful run publishes its class table and a quick-look picture to the Prefect API
+(read back with Prefect's own client) and writes the picture beside the store, local or S3."""
+
+from __future__ import annotations
+
+import base64
+import io
+from uuid import UUID
+
+import fsspec
+import numpy as np
+import zarr
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    TaskRunFilter,
+)
+from prefect.client.schemas.sorting import ArtifactSort
+
+from flows.segment import segment_image
+from tasks.config import load_config
+from tasks.quicklook import mask_level, picture_shape, summary_markdown
+
+
+def _artifacts(run_id: str) -> dict[str, object]:
+    flt = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]))
+    # every field explicit: this server rejects the nulls the client sends for omitted ones
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=flt, flow_run_filter=FlowRunFilter(),
+                                      task_run_filter=TaskRunFilter(), limit=20, offset=0,
+                                      sort=ArtifactSort.CREATED_DESC)
+    return {a.key: a for a in found}
+
+
+def _rgb(colour: str) -> np.ndarray:
+    return np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)], float)
+
+
+def test_run_publishes_class_table_and_quicklook(textured_tif, tmp_path, dask_address):
+    cfg = load_config(overrides=["model.kind=otsu", "tiling.chunk=512"])
+    result = segment_image(str(textured_tif), str(tmp_path / "out"),
+                           cfg.model_dump(mode="json"), dask_address)
+    image_id = result["image_id"]
+    key = f"segflow-{image_id.lower().replace('_', '-')}"
+
+    artifacts = _artifacts(result["run_id"])
+    assert set(artifacts) == {key, f"{key}-quicklook"}
+    table = artifacts[key]
+    assert table.type == "markdown"
+    for row in result["class_stats"]:  # every class with its exact pixel count and unit
+        assert f"| {row['class_id']} {row['class_name']} | {row['pixels']:,} |" in table.data
+        assert f"{row['area']:,.4f} ha" in table.data
+
+    png = (tmp_path / "out" / "masks" / f"{image_id}.png").read_bytes()
+    picture = artifacts[f"{key}-quicklook"]
+    assert picture.type == "image"
+    assert picture.data == "data:image/png;base64," + base64.b64encode(png).decode()
+
+    # 1500 x 1300 scene: longest side 512; read from level 1 (750 x 650), not level 0.
+    group = zarr.open_group(result["output_uri"], mode="r")
+    assert picture_shape((1500, 1300)) == (512, 444)
+    assert mask_level(group, (512, 444)).path == "1"
+    shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
+    assert shot.shape == (512, 444, 3)
+
+    # Independently: the full-resolution mask, nearest-sampled to the picture. Where it holds
+    # class c the pixel is a 50/50 blend of c's colour with an image value in [0, 255].
+    labels = np.asarray(Image.fromarray(group["0"][:]).resize((444, 512),
+                                                              Image.Resampling.NEAREST))
+    for spec in group.attrs["segflow"]["classes"]:
+        where = labels == spec["id"]
+        assert where.sum() > 1000
+        offset = shot[where] - _rgb(spec["colour"]) / 2
+        inside = ((offset >= -1) & (offset <= 128.5)).all(axis=1)
+        assert inside.mean() > 0.97, spec
+    # The nodata corner (rows < 300, cols < 400 of the scene) is left black.
+    assert (shot[: 300 * 512 // 1500 - 2, : 400 * 444 // 1300 - 2] == 0).all()
+
+
+def test_quicklook_written_beside_an_s3_store(rgb_tif, s3_bucket, dask_address):
+    root = f"s3://{s3_bucket}/results"
+    cfg = load_config(overrides=["model.kind=otsu", "tiling.chunk=256"])
+    result = segment_image(str(rgb_tif), root, cfg.model_dump(mode="json"), dask_address)
+
+    png_uri = f"{root}/masks/{result['image_id']}.png"
+    with fsspec.open(png_uri, "rb") as fh:
+        picture = Image.open(io.BytesIO(fh.read()))
+        picture.load()
+    shape = zarr.open_array(result["output_uri"], path="0", mode="r").shape
+    assert picture.format == "PNG" and picture.mode == "RGB"
+    assert picture.size == picture_shape(shape)[::-1]
+    [table] = [a for a in _artifacts(result["run_id"]).values() if a.type == "markdown"]
+    assert f"`{png_uri}`" in table.data
+
+
+def test_markdown_lists_metrics_of_classes_in_the_ground_truth():
+    stats = [{"class_id": 0, "class_name": "water", "pixels": 1234567, "area": 12.5,
+              "area_unit": "ha", "fraction": 0.25}]
+    metrics = [{"class_id": 0, "class_name": "water", "iou": 0.8, "dice": 0.8889,
+                "precision": 0.9, "recall": None, "tp": 8, "fn": 2},
+               {"class_id": 1, "class_name": "absent", "iou": None, "dice": None,
+                "precision": None, "recall": None, "tp": 0, "fn": 0}]
+    text = summary_markdown("scene", stats, metrics, "s3://b/masks/scene.png")
+    assert "| 0 water | 1,234,567 | 12.5000 ha | 0.2500 |" in text
+    assert "| 0 water | 0.8000 | 0.8889 | 0.9000 |  |" in text
+    assert "absent" not in text  # no cell of it in the ground truth: no score to show
+    assert "`s3://b/masks/scene.png`" in text

@@ -1,0 +1,299 @@
+"""S3 in and out, against moto's standalone server: sources, mask stores, catalog and query on
+s3://, checksums from object metadata, retried transient faults, and no credential in outputs."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import boto3
+import fsspec
+import nibabel as nib
+import numpy as np
+import pytest
+import zarr
+from rasterio.transform import from_origin
+
+from flows.segment import segment_image
+from tasks.config import InputConfig, load_config
+from tasks.errors import SegflowError
+from tasks.identity import source_checksum
+from tasks.query import query_frame, run_query
+from tasks.read_raster import open_raster
+from tasks.readers import modality_of, open_source
+from tasks.storage import zarr_options
+from tests.conftest import DATA, write_geotiff
+
+CFG = load_config(overrides=["model.kind=otsu", "tiling.chunk=512"]).model_dump(mode="json")
+#: credentials of the client process during the S3 run; moto accepts any
+KEY_ID, SECRET = "AKIASEGFLOWLEAKCHECK", "segflow-secret-must-not-leak"
+
+
+def _put(bucket: str, key: str, path: Path) -> str:
+    boto3.client("s3").upload_file(str(path), bucket, key)
+    return f"s3://{bucket}/{key}"
+
+
+def _objects(bucket: str, prefix: str) -> dict[str, bytes]:
+    s3 = boto3.client("s3")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    return {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+def _mask(uri: str) -> np.ndarray:
+    return zarr.open_array(store=uri, path="0", mode="r", **zarr_options(uri))[:]
+
+
+@pytest.fixture(scope="module")
+def s3_run(s3_endpoint, prefect_server, dask_address, tmp_path_factory) -> dict:
+    """The real Landsat scene segmented from s3:// into s3://, and the same file locally."""
+    bucket = "segflow-s3-run"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    source = _put(bucket, "scenes/scene.tif", DATA / "rgb_byte.tif")
+    root = f"s3://{bucket}/results"
+    local_root = str(tmp_path_factory.mktemp("local"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+        env.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+        remote = segment_image(source, root, CFG, dask_address)
+        with pytest.raises(SegflowError) as missing:
+            segment_image(f"s3://{bucket}/scenes/missing.tif", root, CFG, dask_address)
+    local = segment_image(str(DATA / "rgb_byte.tif"), local_root, CFG, dask_address)
+    return {"bucket": bucket, "source": source, "root": root, "remote": remote,
+            "local": local, "missing": missing.value}
+
+
+def test_s3_mask_equals_local_mask(s3_run):
+    remote, local = s3_run["remote"], s3_run["local"]
+    assert remote["status"] == "succeeded"
+    assert remote["output_uri"].startswith(f"{s3_run['root']}/masks/")
+    mask = _mask(remote["output_uri"])
+    np.testing.assert_array_equal(mask, _mask(local["output_uri"]))
+    assert (mask == 1).any() and (mask == 0).any() and (mask == 255).any()  # fg, bg, nodata
+    group = zarr.open_group(store=remote["output_uri"], mode="r",
+                            **zarr_options(remote["output_uri"]))
+    meta = group.attrs["segflow"]
+    assert meta["complete"] and meta["levels"] == 3 and group["2"].shape == (180, 198)
+    assert meta["source_uri"] == s3_run["source"]
+    assert meta["source_checksum"].startswith("etag:") and remote["reused"] is False
+
+
+def test_s3_outputs_hold_no_credentials(s3_run):
+    written = _objects(s3_run["bucket"], "results/")
+    kinds = {k.rsplit("/", 1)[-1].rsplit(".", 1)[-1] for k in written}
+    assert {"json", "parquet"} <= kinds  # zarr metadata/attributes and catalog tables
+    for secret in (KEY_ID, SECRET, "testing"):
+        assert not [k for k, body in written.items() if secret.encode() in body], secret
+        assert secret not in str(s3_run["missing"])
+    failed = run_query(s3_run["root"], "select error from runs where status = 'failed'")
+    [error] = failed.column("error").to_pylist()
+    assert "not a readable raster" in error and SECRET not in error
+    assert str(s3_run["missing"]).startswith(f"s3://{s3_run['bucket']}/scenes/missing.tif: ")
+
+
+def test_query_api_on_s3_root(s3_run):
+    mask = _mask(s3_run["local"]["output_uri"])
+    frame = query_frame(s3_run["root"], "select c.class_name, c.pixels from class_stats c "
+                        "join runs r using (run_id) where r.status = 'succeeded' "
+                        "order by c.class_id")
+    assert dict(zip(frame.class_name, frame.pixels, strict=True)) == {
+        "background": int((mask == 0).sum()), "foreground": int((mask == 1).sum())}
+    files = _objects(s3_run["bucket"], "results/catalog/")
+    tables = {k.split("/")[2] for k in files}
+    assert tables == {"runs", "class_stats"}  # one folder per table: Athena/Spark locations
+    assert all(k.endswith(".parquet") for k in files)
+
+
+def test_cli_query_on_s3_root(s3_run, prefect_server):
+    sql = ("select status, count(*) as n, sum(chunks_total) as chunks from runs "
+           "group by status order by status")
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "query", sql, "--out",
+                           s3_run["root"], "--format", "json"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"status": "failed", "n": 1, "chunks": None},
+                                       {"status": "succeeded", "n": 1, "chunks": 4}]
+
+
+def test_checksum_follows_object_versions(s3_bucket, tmp_path):
+    scene = _put(s3_bucket, "scene.tif", DATA / "rgb_byte.tif")
+    first = source_checksum(scene)
+    assert first.startswith("etag:") and first.endswith(":1745956")  # ETag and size
+    assert source_checksum(scene) == first
+    assert open_raster(scene).spatial_shape == (718, 791)
+
+    small = write_geotiff(tmp_path / "small.tif", np.full((1, 40, 50), 7, np.uint8),
+                          "EPSG:32633", from_origin(500000, 7000000, 10, 10))
+    _put(s3_bucket, "scene.tif", small)
+    second = source_checksum(scene)
+    assert second != first and source_checksum(scene) == second
+    # the same process reads the new bytes: GDAL's cache does not serve the old object
+    assert open_raster(scene).spatial_shape == (40, 50)
+    _put(s3_bucket, "scene.tif", DATA / "rgb_byte.tif")
+    assert source_checksum(scene) == first  # same bytes, same ETag
+
+    volume = f"s3://{s3_bucket}/volume.zarr"
+    array = zarr.create_array(store=volume, shape=(8, 8, 8), chunks=(4, 4, 4), dtype="uint8",
+                              **zarr_options(volume))
+    array[:] = 1
+    before = source_checksum(volume)
+    assert before.startswith("etag:sha256:") and source_checksum(volume) == before
+    array[:4, :4, :4] = 2
+    assert source_checksum(volume) != before
+
+
+def test_readers_open_s3_lazily_and_match_local(s3_bucket, tmp_path):
+    head = DATA / "nibabel_anatomical.nii"
+    with head.open("rb") as src, gzip.open(tmp_path / "head.nii.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    voxels = np.asarray(nib.load(head).dataobj)
+    local_zarr = str(tmp_path / "head.zarr")
+    zarr.create_array(store=local_zarr, shape=voxels.shape, chunks=(16, 16, 16),
+                      dtype=voxels.dtype)[:] = voxels
+    remote_zarr = f"s3://{s3_bucket}/head.zarr"
+    zarr.create_array(store=remote_zarr, shape=voxels.shape, chunks=(16, 16, 16),
+                      dtype=voxels.dtype, **zarr_options(remote_zarr))[:] = voxels
+    cases = {
+        "slide.tif": (DATA / "cmu1_pyramid.tif", "slide", (slice(600, 900), slice(400, 700))),
+        "scene.tif": (DATA / "rgb_byte.tif", "raster", (slice(300, 400), slice(200, 400))),
+        "head.nii": (head, "volume", (slice(5, 20), slice(10, 30), slice(0, 25))),
+        "head.nii.gz": (tmp_path / "head.nii.gz", "volume", (slice(5, 20),) * 3),
+    }
+    pairs = [(_put(s3_bucket, key, path), str(path), modality, box)
+             for key, (path, modality, box) in cases.items()]
+    pairs.append((remote_zarr, local_zarr, "volume", (slice(3, 30), slice(0, 9), slice(4, 5))))
+    for remote, local, modality, box in pairs:
+        assert modality_of(remote, InputConfig()) == modality == modality_of(local, InputConfig())
+        reader, expected = open_source(remote, InputConfig()), open_source(local, InputConfig())
+        assert reader.spatial_shape == expected.spatial_shape, remote
+        assert reader.spatial_attrs() == expected.spatial_attrs(), remote
+        # what a Dask worker gets: the URI, re-opened there from its own environment
+        shipped = pickle.loads(pickle.dumps(reader))
+        for got, want in zip(shipped.read(box), expected.read(box), strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=remote)
+
+
+def test_any_fsspec_url_reads_like_a_local_file():
+    """A URL GDAL has no driver for goes through fsspec (rasterio's opener); with no ETag the
+    checksum is the content hash, the same as the local file's."""
+    local = str(DATA / "rgb_byte.tif")
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/segflow-test/scene.tif", Path(local).read_bytes())
+    uri = "memory://segflow-test/scene.tif"
+    try:
+        reader, expected = open_raster(uri), open_raster(local)
+        assert reader.spatial_attrs() == expected.spatial_attrs()
+        box = (slice(100, 300), slice(250, 500))
+        for got, want in zip(reader.read(box), expected.read(box), strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert source_checksum(uri) == source_checksum(local)
+    finally:
+        memory.rm("/segflow-test", recursive=True)
+
+
+# --- fault injection -----------------------------------------------------------------------
+# Written by hand: no library injects faults in front of a standalone S3 endpoint. The proxy
+# runs in its own (forked) process: GDAL holds the GIL during some of its HTTP calls, so a
+# proxy thread in the reading process could never answer them.
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "date", "server"}
+
+
+class _FaultyProxy(ThreadingHTTPServer):
+    """Relays requests to ``upstream``; the first ``budget`` requests matching a rule's method
+    and path fragment get ``503 SlowDown``, as S3 answers when throttling."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, rules: list[tuple[str | None, str, int]]) -> None:
+        super().__init__(("127.0.0.1", 0), _Relay)
+        self.upstream = urlsplit(upstream).netloc
+        self.rules = rules
+        self.left = multiprocessing.get_context("fork").Array("i", [r[2] for r in rules])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def injected(self) -> list[int]:
+        return [rule[2] - left for rule, left in zip(self.rules, self.left[:], strict=True)]
+
+    def should_fail(self, method: str, path: str) -> bool:
+        with self.left.get_lock():
+            for i, (want, fragment, _) in enumerate(self.rules):
+                if want in (None, method) and fragment in path and self.left[i] > 0:
+                    self.left[i] -= 1
+                    return True
+        return False
+
+
+class _Relay(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _relay(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if self.server.should_fail(self.command, self.path):
+            status, headers, data = 503, [("Content-Type", "application/xml")], SLOW_DOWN
+            size = str(len(data))
+        else:
+            upstream = http.client.HTTPConnection(self.server.upstream, timeout=60)
+            upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+            response = upstream.getresponse()
+            status, headers, data = response.status, response.getheaders(), response.read()
+            upstream.close()
+            size = response.getheader("Content-Length", "0") if self.command == "HEAD" \
+                else str(len(data))
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in HOP_BY_HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", size)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+
+def test_transient_s3_faults_are_retried(s3_bucket, s3_endpoint, s3_run, monkeypatch):
+    source = _put(s3_bucket, "scene.tif", DATA / "rgb_byte.tif")
+    root = f"s3://{s3_bucket}/results"
+    rules = [(None, f"/{s3_bucket}/scene.tif", 2),  # source reads (GDAL) and metadata
+             ("PUT", "/masks/", 2),                  # store creation
+             ("PUT", "/0/c/", 2),                    # chunk writes on the Dask workers
+             ("PUT", "/catalog/", 2)]                # catalog rows
+    proxy = _FaultyProxy(os.environ["AWS_ENDPOINT_URL"], rules)
+    server = multiprocessing.get_context("fork").Process(target=proxy.serve_forever,
+                                                         daemon=True)
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        cfg = {**CFG, "cluster": {**CFG["cluster"], "n_workers": 1, "threads_per_worker": 2}}
+        result = segment_image(source, root, cfg, None)  # its own LocalCluster, behind the proxy
+    finally:
+        server.terminate()
+        server.join(10)
+        proxy.server_close()
+    assert proxy.injected() == [2, 2, 2, 2]  # every rule's faults were served ...
+    assert result["status"] == "succeeded"  # ... and retried by GDAL / botocore
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    np.testing.assert_array_equal(_mask(result["output_uri"]),
+                                  _mask(s3_run["local"]["output_uri"]))
