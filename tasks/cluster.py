@@ -1,4 +1,7 @@
-"""Where the chunk work runs: an existing Dask scheduler, or a LocalCluster sized to the machine."""
+"""Where the chunk work runs: an existing Dask scheduler, a LocalCluster sized to the machine
+(dask-cuda's LocalCUDACluster on a GPU host), or a cluster made from a spec by dask-jobqueue
+(SLURM, PBS) or the Dask Kubernetes operator. Those three libraries are optional extras,
+imported only when a config asks for them."""
 
 from __future__ import annotations
 
@@ -8,11 +11,18 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import import_module
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
 
 import dask
+import yaml
 from distributed import Client, LocalCluster
+from distributed.deploy import Cluster
 
 from tasks.config import ClusterConfig
+from tasks.errors import SegflowError, first_line
 
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's
 # dynamic mmap threshold: every torch activation above 128 KiB is then mmap'd and page-faulted
@@ -57,20 +67,104 @@ def inference_resources(client: Client, accelerated: bool) -> dict[str, float] |
     return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
 
 
+#: cluster.kind -> (module, class, the segflow extra that installs it)
+SPEC_CLUSTERS = {
+    "slurm": ("dask_jobqueue", "SLURMCluster", "hpc"),
+    "pbs": ("dask_jobqueue", "PBSCluster", "hpc"),
+    "kubernetes": ("dask_kubernetes.operator", "KubeCluster", "kubernetes"),
+}
+
+
+def _optional(module: str, extra: str) -> Any:
+    try:
+        return import_module(module)
+    except ImportError as exc:
+        raise SegflowError("cluster", f"{module} is not installed: pip install "
+                                      f"'segflow[{extra}]' ({first_line(exc)})") from exc
+
+
+def _read_spec(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SegflowError(path, f"cannot read cluster spec: {first_line(exc)}") from exc
+    if not isinstance(spec, dict):
+        raise SegflowError(path, "a cluster spec is a YAML mapping")
+    return spec
+
+
+def spec_cluster(cfg: ClusterConfig) -> Cluster:
+    """The cluster ``cfg.spec`` describes, with no workers asked for yet.
+
+    slurm/pbs: the spec's keys are the keyword arguments of dask_jobqueue.SLURMCluster /
+    PBSCluster (cores, memory, queue, walltime, job_extra_directives, worker_extra_args, ...);
+    kubernetes: the spec is a DaskCluster resource, created through the Dask operator.
+    """
+    module, name, extra = SPEC_CLUSTERS[cfg.kind]
+    make = getattr(_optional(module, extra), name)
+    spec = _read_spec(cfg.spec)
+    try:
+        if cfg.kind == "kubernetes":
+            return make(custom_cluster_spec=spec) if spec else make()
+        return make(**{"scheduler_options": {"dashboard_address": ":0"}, **spec})
+    except (TypeError, ValueError) as exc:
+        raise SegflowError(cfg.spec or "cluster", f"{name}: {first_line(exc)}") from exc
+
+
+def cuda_cluster(cfg: ClusterConfig) -> Cluster:
+    """One worker per GPU, pinned to its device by dask-cuda, each offering ``GPU=1``.
+
+    ``cfg.cuda`` passes dask-cuda's own options: ``device_memory_limit`` (spill device to host
+    memory above it), ``memory_limit`` (spill host memory to disk), ``rmm_pool_size``. Only GPU
+    hosts with the ``gpu`` extra get here; the CPU-only CI host never runs this branch.
+    """
+    from dask_cuda import LocalCUDACluster
+
+    return LocalCUDACluster(threads_per_worker=cfg.threads_per_worker or 1,
+                            resources={"GPU": 1}, dashboard_address=":0",
+                            silence_logs=logging.CRITICAL, **cfg.cuda)
+
+
+def local_cluster(cfg: ClusterConfig) -> Cluster:
+    """LocalCUDACluster on a GPU host that has dask-cuda, else a LocalCluster of processes.
+
+    Without dask-cuda every local worker on a GPU host offers one ``GPU`` resource and they
+    share device 0.
+    """
+    gpus = cuda_devices() if cfg.gpu != "off" else 0
+    if gpus and find_spec("dask_cuda"):
+        return cuda_cluster(cfg)
+    workers, threads = local_size(cfg)
+    gpu = {"resources": {"GPU": 1}} if gpus else {}
+    return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                        dashboard_address=":0", silence_logs=logging.CRITICAL, **gpu)
+
+
+def _request_workers(cluster: Cluster, cfg: ClusterConfig) -> None:
+    """Ask for the configured jobs/workers and wait until one has joined (an HPC queue may take
+    a while: the run waits for it, as a job submitted by hand would)."""
+    if cfg.adapt_max:
+        cluster.adapt(minimum=cfg.scale or 0, maximum=cfg.adapt_max)
+    elif cfg.scale is not None or cfg.kind != "kubernetes":
+        cluster.scale(cfg.scale if cfg.scale is not None else 1)
+    with Client(cluster, set_as_default=False) as client:
+        client.wait_for_workers(1)
+
+
 @contextmanager
 def dask_cluster(cfg: ClusterConfig, address: str | None = None) -> Iterator[str]:
-    """Yield a scheduler address: ``address``/``cfg.address`` as given, else a LocalCluster's.
-
-    On a GPU host every local worker offers one ``GPU`` resource (they share device 0; a host
-    with several GPUs is better served by dask-cuda's one-worker-per-GPU cluster, see README).
-    """
+    """Yield a scheduler address: ``address``/``cfg.address`` as given, else that of a cluster of
+    ``cfg.kind`` started for this run and closed after it."""
     given = address or cfg.address
     if given:
         yield given
         return
-    workers, threads = local_size(cfg)
-    gpu = {"resources": {"GPU": 1}} if cfg.gpu != "off" and cuda_devices() else {}
-    with dask.config.set(WORKER_MALLOC), \
-            LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                         dashboard_address=":0", silence_logs=logging.CRITICAL, **gpu) as cluster:
+    if cfg.kind != "local":
+        with spec_cluster(cfg) as cluster:
+            _request_workers(cluster, cfg)
+            yield cluster.scheduler_address
+        return
+    with dask.config.set(WORKER_MALLOC), local_cluster(cfg) as cluster:
         yield cluster.scheduler_address

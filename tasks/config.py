@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import SegflowError
 
@@ -89,10 +89,25 @@ class StatsConfig(_Strict):
 
 
 class ClusterConfig(_Strict):
+    """Where the chunk work runs: ``address`` (or ``--scheduler``) when given, else a cluster of
+    ``kind`` started for the run and closed after it (tasks/cluster.py)."""
+
     address: str | None = None           # tcp://host:8786 of a running Dask scheduler
+    kind: Literal["local", "slurm", "pbs", "kubernetes"] = "local"
+    spec: str | None = None              # slurm/pbs: YAML of dask-jobqueue keyword arguments;
+    # kubernetes: a DaskCluster resource for the Dask operator
+    scale: int | None = Field(None, ge=0)  # jobs (slurm/pbs) or workers (kubernetes) to request
+    adapt_max: int | None = Field(None, ge=1)  # then adapt between `scale` and this many
     n_workers: int | None = Field(None, ge=1)
     threads_per_worker: int | None = Field(None, ge=1)
     gpu: Literal["auto", "off"] = "auto"
+    cuda: dict[str, Any] = Field(default_factory=dict)  # LocalCUDACluster keyword arguments
+
+    @model_validator(mode="after")
+    def _spec_needs_a_kind(self) -> ClusterConfig:
+        if self.kind == "local" and (self.spec or self.scale is not None or self.adapt_max):
+            raise ValueError("spec, scale and adapt_max need kind slurm, pbs or kubernetes")
+        return self
 
 
 class JobConfig(_Strict):
