@@ -90,7 +90,7 @@ def build(spec: DeploymentSpec, folder: Path) -> RunnerDeployment:
             name=f"{spec.name}: {OBJECT_CREATED}", expect={OBJECT_CREATED},
             match={"prefect.resource.id": spec.match} if spec.match else {},
             parameters={"source": "{{ event.resource.id }}", "out": spec.out, "config": config,
-                        "scheduler": spec.scheduler})
+                        "scheduler": spec.scheduler, "skip_done": True})
         return segment_image.to_deployment(name=spec.name, triggers=[trigger],
                                            description=f"segment each arriving {spec.match}")
     from flows.batch import segment_batch

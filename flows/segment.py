@@ -30,6 +30,7 @@ from tasks.histogram import fit_foreground
 from tasks.identity import image_id, resume_key, source_checksum
 from tasks.infer import segment_chunk
 from tasks.instances import Instances
+from tasks.inventory import done
 from tasks.label import label_instances, measure_instances, thing_ids
 from tasks.measure import class_rows, count_chunk
 from tasks.metrics import evaluate, open_ground_truth
@@ -272,8 +273,12 @@ def publish(job: Job, found: Measurements) -> str:
 
 @flow(name="segment_image")
 def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
-                  scheduler: str | None = None) -> dict[str, Any]:
-    """Segment one image into ``out``; returns the run row plus class stats and chunk counts."""
+                  scheduler: str | None = None, skip_done: bool = False) -> dict[str, Any]:
+    """Segment one image into ``out``; returns the run row plus class stats and chunk counts.
+
+    ``skip_done`` (event-triggered runs): when the catalog already holds a succeeded run of
+    these bytes with this config, record nothing and return ``status: skipped``, so an event
+    can fire any number of times."""
     cfg = JobConfig.model_validate(config or {})
     started = datetime.now(UTC)
     clock = time.perf_counter()
@@ -285,6 +290,9 @@ def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
         job = open_and_plan(source, out, cfg)
         run.update(source_checksum=job.checksum, output_uri=job.store_uri,
                    chunks_total=len(job.plan.chunks))
+        if skip_done and done(out, source, job.checksum, run["config_hash"]):
+            get_run_logger().info("%s: already done with these bytes and config", source)
+            return {**run, "status": "skipped"}
         with dask_cluster(cfg.cluster, scheduler) as address:
             outcome = segment(job, address)
             objects = label(job, outcome, address)

@@ -137,13 +137,18 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _weights_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """A config's relative ``model.weights`` names a file beside the config, not the CWD, so a
-    shipped config works from any directory."""
-    model = tree.get("model")
-    weights = model.get("weights") if isinstance(model, dict) else None
-    if isinstance(weights, str) and "://" not in weights and not Path(weights).is_absolute():
-        tree = {**tree, "model": {**model, "weights": str((folder / weights).resolve())}}
+#: config keys that name files: a relative one is relative to the config file's folder
+FILE_KEYS = (("model", "weights"), ("cluster", "spec"))
+
+
+def _paths_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A config's relative file paths (model weights, cluster spec) name files beside the
+    config, not in the CWD, so a shipped config works from any directory."""
+    for section, key in FILE_KEYS:
+        node = tree.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            tree = {**tree, section: {**node, key: str((folder / value).resolve())}}
     return tree
 
 
@@ -159,7 +164,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise SegflowError(label, f"cannot read config: {exc}") from exc
         if not isinstance(loaded, dict):
             raise SegflowError(label, "a config is a YAML mapping")
-        tree = _weights_beside(loaded, Path(path).parent)
+        tree = _paths_beside(loaded, Path(path).parent)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:

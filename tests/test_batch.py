@@ -12,6 +12,7 @@ import rasterio
 from rasterio.windows import Window
 
 from flows.batch import run_batch
+from flows.segment import segment_image
 from tasks.config import load_config
 from tasks.inventory import inventory
 from tasks.query import run_query
@@ -111,3 +112,17 @@ def test_inventory_finds_images_not_stores_inside_them_nor_the_output(tmp_path):
     found = inventory(str(prefix), exclude=str(prefix / "out"))
     assert found == [str(prefix / n) for n in ("a.tif", "sub/b.TIFF", "sub/c.nii.gz",
                                                "vol.zarr")]
+
+
+def test_event_runs_skip_what_is_done(rgb_tif, tmp_path, dask_address):
+    """The on-arrival deployment passes ``skip_done``: a repeated event records nothing new,
+    while a plain re-run still records its (reused) run."""
+    out = str(tmp_path / "out")
+    cfg = load_config(overrides=["model.kind=otsu", "tiling.chunk=512"]).model_dump(mode="json")
+    first = segment_image(str(rgb_tif), out, cfg, dask_address, skip_done=True)
+    again = segment_image(str(rgb_tif), out, cfg, dask_address, skip_done=True)
+    assert first["status"] == "succeeded" and again["status"] == "skipped"
+    assert run_query(out, "select count(*) as n from runs").to_pylist() == [{"n": 1}]
+    plain = segment_image(str(rgb_tif), out, cfg, dask_address)
+    assert plain["reused"] and run_query(out, "select count(*) as n from runs"
+                                         ).to_pylist() == [{"n": 2}]

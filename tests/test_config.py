@@ -61,11 +61,13 @@ def test_hand_started_workers_get_the_same_malloc_settings_as_local_ones():
     assert {prefix + k: v for k, v in shipped.items()} == WORKER_MALLOC
 
 
-def test_relative_weights_resolve_beside_the_config(tmp_path):
+def test_relative_paths_resolve_beside_the_config(tmp_path):
     folder = tmp_path / "cfg"
     folder.mkdir()
-    (folder / "job.yaml").write_text("model: {kind: torchscript, weights: ../w/model.pt}\n")
+    (folder / "job.yaml").write_text("model: {kind: torchscript, weights: ../w/model.pt}\n"
+                                     "cluster: {kind: slurm, spec: slurm.yaml}\n")
     cfg = load_config(folder / "job.yaml")
     assert cfg.model.weights == str((tmp_path / "w" / "model.pt").resolve())
+    assert cfg.cluster.spec == str((folder / "slurm.yaml").resolve())
     # an override on the command line is the user's own path, left as given
     assert load_config(folder / "job.yaml", ["model.weights=m.pt"]).model.weights == "m.pt"
