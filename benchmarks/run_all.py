@@ -11,6 +11,9 @@ for other processes to go quiet). The optional extras are not run here:
     .venv/bin/python benchmarks/bench_memory.py --torchscript      # deep model memory (~9 min)
     .venv/bin/python benchmarks/probe_segflow.py                   # where a run's time goes
     .venv/bin/python benchmarks/probe_threads.py                   # torch threads x malloc
+    .venv/bin/python benchmarks/bench_slide_volume.py              # slides and volumes (§4)
+    .venv/bin/python benchmarks/bench_scaling.py                   # 1 vs 2 workers (~5 min, §5)
+    python benchmarks/bench_gpu.py --size 8192                     # on a GPU host (§6)
 """
 
 from __future__ import annotations
