@@ -57,12 +57,13 @@ def _pending(uris: list[str], out: str, cfg: JobConfig) -> tuple[list[tuple[str,
 
 
 @task(name="segment-one", cache_policy=NO_CACHE)
-def segment_one(source: str, out: str, config: dict[str, Any], scheduler: str) -> Row:
+def segment_one(source: str, out: str, config: dict[str, Any], scheduler: str,
+                checksum: str | None) -> Row:
     """Run the per-image flow as a child run; a failure is a summary row, not a batch failure
     (``segment_image`` has already written its ``failed`` runs row)."""
     clock = time.perf_counter()
     try:
-        segment_image(source, out, config, scheduler)
+        segment_image(source, out, config, scheduler, checksum=checksum)
     except Exception as exc:
         reason = exc.reason if isinstance(exc, SegflowError) else first_line(exc)
         get_run_logger().error("%s: %s", source, reason)
@@ -87,8 +88,8 @@ def segment_batch(sources: str | list[str], out: str, config: dict[str, Any] | N
                 ThreadPoolTaskRunner(max_workers=max(1, concurrency)) as runner:
             futures = [runner.submit(segment_one, {"source": uri, "out": out,
                                                    "config": cfg.model_dump(mode="json"),
-                                                   "scheduler": address})
-                       for uri, _ in todo]
+                                                   "scheduler": address, "checksum": checksum})
+                       for uri, checksum in todo]
             rows.update((r["uri"], r) for r in (f.result() for f in futures))
     summary = [rows[u] for u in uris]
     if summary:

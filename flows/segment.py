@@ -85,7 +85,9 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(name="open-and-plan", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
       retry_condition_fn=_retry_unless_user_error)
-def open_and_plan(source: str, root: str, config: JobConfig) -> Job:
+def open_and_plan(source: str, root: str, config: JobConfig, checksum: str | None = None) -> Job:
+    """Open the source, build the model and plan the chunks; ``checksum`` when the caller has
+    already computed it (a batch does, to skip done images: a local file is not hashed twice)."""
     reader = open_source(source, config.input)
     spec = InputSpec(bands=len(reader.bands), dtype=reader.dtype, ndim=len(reader.spatial_shape))
     model = build_model(config, spec, source=source)
@@ -97,7 +99,7 @@ def open_and_plan(source: str, root: str, config: JobConfig) -> Job:
     background = (background_chunks(reader, plan)
                   if isinstance(reader, Slide) and config.tiling.skip_empty else set())
     return Job(source=source, root=root, image_id=image_id(source),
-               checksum=source_checksum(source), reader=reader, plan=plan, model=model,
+               checksum=checksum or source_checksum(source), reader=reader, plan=plan, model=model,
                config=config, background=background)
 
 
@@ -273,12 +275,13 @@ def publish(job: Job, found: Measurements) -> str:
 
 @flow(name="segment_image")
 def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
-                  scheduler: str | None = None, skip_done: bool = False) -> dict[str, Any]:
+                  scheduler: str | None = None, skip_done: bool = False,
+                  checksum: str | None = None) -> dict[str, Any]:
     """Segment one image into ``out``; returns the run row plus class stats and chunk counts.
 
     ``skip_done`` (event-triggered runs): when the catalog already holds a succeeded run of
     these bytes with this config, record nothing and return ``status: skipped``, so an event
-    can fire any number of times."""
+    can fire any number of times. ``checksum``: the source's, when the caller knows it."""
     cfg = JobConfig.model_validate(config or {})
     started = datetime.now(UTC)
     clock = time.perf_counter()
@@ -287,7 +290,7 @@ def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
                            "modality": modality_of(source, cfg.input), "model": cfg.model.kind,
                            "config_hash": cfg.output_hash(), "started_at": started}
     try:
-        job = open_and_plan(source, out, cfg)
+        job = open_and_plan(source, out, cfg, checksum)
         run.update(source_checksum=job.checksum, output_uri=job.store_uri,
                    chunks_total=len(job.plan.chunks))
         if skip_done and done(out, source, job.checksum, run["config_hash"]):

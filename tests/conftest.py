@@ -160,13 +160,18 @@ class DilatedNet(torch.nn.Module):
         return self.body(x)
 
 
+def scripted_model(tmp_path_factory, net_class: type[torch.nn.Module], name: str) -> Path:
+    """A TorchScript file of ``net_class()`` with fixed random weights (seed 0)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / name
+    torch.jit.script(net_class().eval()).save(str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def dilated_model(tmp_path_factory) -> Path:
     """A TorchScript file of DilatedNet with fixed random weights."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "dilated.pt"
-    torch.jit.script(DilatedNet().eval()).save(str(path))
-    return path
+    return scripted_model(tmp_path_factory, DilatedNet, "dilated.pt")
 
 
 @pytest.fixture
@@ -204,10 +209,7 @@ class DilatedNet3d(torch.nn.Module):
 
 @pytest.fixture(scope="session")
 def dilated_model_3d(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "dilated3d.pt"
-    torch.jit.script(DilatedNet3d().eval()).save(str(path))
-    return path
+    return scripted_model(tmp_path_factory, DilatedNet3d, "dilated3d.pt")
 
 
 def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, levels: int = 3) -> Path:

@@ -14,6 +14,7 @@ from tasks.config import load_config
 from tasks.models import InputSpec, build_model
 from tasks.models.torch_model import TilingWarning
 from tasks.stitch import importance_map
+from tests.conftest import scripted_model
 
 DATA = Path(__file__).parent / "data"
 
@@ -87,10 +88,7 @@ class InstanceNormNet(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def instance_norm_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "instnorm.pt"
-    torch.jit.script(InstanceNormNet().eval()).save(str(path))
-    return path
+    return scripted_model(tmp_path_factory, InstanceNormNet, "instnorm.pt")
 
 
 def test_instance_norm_is_flagged_and_never_exact_under_crop(instance_norm_model, scene):

@@ -104,8 +104,11 @@ def test_index_finds_water_and_vegetation(landsat, tmp_path, dask_address):
         truth = src.read(1)
     valid = _valid()
     water, true_water = (mask == 1) & valid, (truth == 6) & valid
-    assert (water & true_water).sum() / water.sum() > 0.5  # precision
-    assert (water & true_water).sum() / true_water.sum() > 0.5  # recall
+    precision = (water & true_water).sum() / water.sum()
+    recall = (water & true_water).sum() / true_water.sum()
+    print(f"water precision {precision:.2f}, recall {recall:.2f}")  # README's figures (-s)
+    assert precision > 0.5
+    assert recall > 0.5
     vegetation = (mask == 2) & valid
     assert vegetation.sum() / valid.sum() > 0.2
     assert (vegetation & np.isin(truth, [3, 4, 5])).sum() / vegetation.sum() > 0.75
