@@ -290,12 +290,14 @@ def segment_image(source: str, out: str, config: dict[str, Any] | None = None,
                            "modality": modality_of(source, cfg.input), "model": cfg.model.kind,
                            "config_hash": cfg.output_hash(), "started_at": started}
     try:
+        if skip_done:  # decided before the source is opened or the model loaded
+            checksum = checksum or source_checksum(source)
+            if done(out, source, checksum, run["config_hash"]):
+                get_run_logger().info("%s: already done with these bytes and config", source)
+                return {**run, "source_checksum": checksum, "status": "skipped"}
         job = open_and_plan(source, out, cfg, checksum)
         run.update(source_checksum=job.checksum, output_uri=job.store_uri,
                    chunks_total=len(job.plan.chunks))
-        if skip_done and done(out, source, job.checksum, run["config_hash"]):
-            get_run_logger().info("%s: already done with these bytes and config", source)
-            return {**run, "status": "skipped"}
         with dask_cluster(cfg.cluster, scheduler) as address:
             outcome = segment(job, address)
             objects = label(job, outcome, address)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from PIL import Image
+from PIL import Image, ImageColor
 
 from tasks.source import SourceBase
 from tasks.storage import filesystem, zarr_options
@@ -83,7 +83,7 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, classes: list[dict[str, Any]],
     out = rgb.astype(np.float64)
     for spec in classes:
         where = labels == spec["id"]
-        colour = np.array([int(spec["colour"].lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)])
+        colour = np.array(ImageColor.getrgb(spec["colour"]))
         out[where] = (1 - alpha) * out[where] + alpha * colour
     return out.round().astype(np.uint8)
 
