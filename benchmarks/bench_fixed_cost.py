@@ -6,7 +6,7 @@ On a 64x64 3-band GeoTIFF with model kind ``otsu`` (one chunk, nothing to comput
   2. the CLI against a running ``prefect server start`` on 127.0.0.1:4299 (started here with
      PREFECT_HOME under benchmarks/out, stopped afterwards);
   3. components, each in a fresh process: the interpreter alone; ``import prefect``,
-     ``import distributed``, ``import torch``, ``import flows.segment``; a Dask LocalCluster
+     ``import distributed``, ``import torch``, ``import segflow.flows.segment``; a Dask LocalCluster
      (1 worker x 2 threads, processes, as segflow sizes it here) start + first task + close; an
      empty Prefect flow with and without the temporary server;
   4. a timeline of one in-process run (benchmarks/probe_segflow.py): where the seconds go.
@@ -203,7 +203,7 @@ def main() -> None:
         "import prefect": [PYTHON, "-c", "import prefect"],
         "import distributed": [PYTHON, "-c", "import distributed"],
         "import torch": [PYTHON, "-c", "import torch"],
-        "import flows.segment": [PYTHON, "-c", "import flows.segment"],
+        "import segflow.flows.segment": [PYTHON, "-c", "import segflow.flows.segment"],
         "segflow --help": [str(Path(PYTHON).parent / "segflow"), "--help"],
     }
     res["components"] = {}
@@ -248,7 +248,7 @@ def main() -> None:
     tasks = t["tasks"]
     print("\none in-process run (probe_segflow.py, temporary server), seconds:")
     print(f"  process wall {t['process_wall_s']:.2f}: interpreter {t['interpreter_s']:.2f}, "
-          f"import flows.segment {t['import_flows_segment_s']:.2f}, call → flow running "
+          f"import segflow.flows.segment {t['import_flows_segment_s']:.2f}, call → flow running "
           f"{t['flow_start_s']:.2f}, flow running → returned "
           f"{t['returned_s'] - t['flow_start_s']:.2f}")
     for name, (a, b) in sorted(tasks.items(), key=lambda kv: kv[1][0]):

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.config import load_config
-from tasks.models import InputSpec, build_model
-from tasks.plan import plan_chunks
+from segflow.tasks.config import load_config
+from segflow.tasks.models import InputSpec, build_model
+from segflow.tasks.plan.grid import plan_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -44,7 +44,7 @@ PROCESS_T0 = psutil.Process().create_time()
 
 
 def timed_segment_chunk(chunk, *args, **kwargs):
-    """``tasks.infer.segment_chunk`` with timings; pickled by value onto the worker.
+    """``segflow.tasks.mask.chunk.segment_chunk`` with timings; pickled by value onto the worker.
 
     Signature-agnostic: it calls the real function with whatever the flow passes, and times the
     reader's ``read``, the model's ``predict`` (and the forwards inside it, for TorchScript) and
@@ -55,7 +55,7 @@ def timed_segment_chunk(chunk, *args, **kwargs):
     import time as _time
 
     entry = _time.time()
-    import tasks.infer as _infer
+    import segflow.tasks.mask.chunk as _infer
 
     lock = _infer.__dict__.setdefault("_bench_lock", _threading.Lock())
     acc = _infer.__dict__.setdefault("_bench_acc", _threading.local())
@@ -80,7 +80,7 @@ def timed_segment_chunk(chunk, *args, **kwargs):
                 fn = getattr(type(obj), method, None)
                 if callable(fn) and not getattr(fn, "_bench", False):
                     setattr(type(obj), method, timed(fn, field))
-        ts = __import__("sys").modules.get("tasks.models.torch_model")
+        ts = __import__("sys").modules.get("segflow.tasks.models.torch_model")
         if ts is not None and not getattr(ts.predict_tiled, "_bench", False):
             original = ts.predict_tiled
 
@@ -137,8 +137,8 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     t_imp0 = time.perf_counter()
-    import flows.segment as fs
-    from tasks.config import load_config
+    import segflow.flows.segment as fs
+    from segflow.tasks.config import load_config
     t_imp1 = time.perf_counter()
 
     marks: dict[str, float] = {}
@@ -154,7 +154,8 @@ def main() -> None:
         marks["cluster_closed"] = time.time()
 
     fs.dask_cluster = timed_cluster
-    fs.segment_chunk = timed_segment_chunk
+    import segflow.tasks.mask.run as mask_run
+    mask_run.segment_chunk = timed_segment_chunk
 
     cfg = load_config(str(config), args.set)
     t_call = time.time()
@@ -179,7 +180,7 @@ def main() -> None:
     base = t_call
     print(f"image {image.name}; config {config}")
     print(f"process start -> script body: {T_START - PROCESS_T0:.2f} s (interpreter + site)")
-    print(f"import flows.segment: {t_imp1 - t_imp0:.2f} s")
+    print(f"import segflow.flows.segment: {t_imp1 - t_imp0:.2f} s")
     print("timeline, seconds from segment_image() call:")
     print(f"  flow run start (Prefect)      {fr.start_time.timestamp() - base:7.2f}")
     for tr in sorted(trs, key=lambda t: t.start_time or fr.start_time):

@@ -46,7 +46,8 @@ def summary() -> None:
         print("fixed cost of one CLI run (64x64, otsu), median wall:")
         print(f"  temporary Prefect server  {fc['cli_temporary_server']['median_wall_s']:6.1f} s")
         print(f"  running Prefect server    {fc['cli_running_server']['median_wall_s']:6.1f} s")
-        print(f"  import flows.segment      {c['import flows.segment']['median_wall_s']:6.1f} s;"
+        imported = c["import segflow.flows.segment"]["median_wall_s"]
+        print(f"  import segflow.flows.segment {imported:6.1f} s;"
               f" empty flow process (temporary server) "
               f"{c['empty flow process (temporary server)']['median_wall_s']:.1f} s; "
               f"LocalCluster process {c['LocalCluster process']['median_wall_s']:.1f} s")

@@ -18,13 +18,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.segment import segment_image
-from tasks.cluster import dask_cluster
-from tasks.config import JobConfig
-from tasks.errors import SegflowError, first_line
-from tasks.identity import source_checksum
-from tasks.inventory import IMAGE_SUFFIXES, completed, inventory, recorded
-from tasks.queue import acknowledge, receive
+from segflow.flows.segment import segment_image
+from segflow.tasks.catalog.done import completed, recorded
+from segflow.tasks.config import JobConfig
+from segflow.tasks.errors import SegflowError, first_line
+from segflow.tasks.intake.inventory import inventory
+from segflow.tasks.intake.queue import acknowledge, receive
+from segflow.tasks.runtime.cluster import dask_cluster
+from segflow.tasks.sources.identity import source_checksum
+from segflow.tasks.sources.registry import is_image
 
 Row = dict[str, Any]
 Report = Callable[[list[Row]], None]
@@ -65,7 +67,7 @@ def segment_one(source: str, out: str, config: dict[str, Any], scheduler: str,
     try:
         segment_image(source, out, config, scheduler, checksum=checksum)
     except Exception as exc:
-        reason = exc.reason if isinstance(exc, SegflowError) else first_line(exc)
+        reason = first_line(exc)
         get_run_logger().error("%s: %s", source, reason)
         return _row(source, "failed", time.perf_counter() - clock, reason)
     return _row(source, "succeeded", time.perf_counter() - clock)
@@ -114,7 +116,7 @@ def run_batch(sources: str | list[str], out: str, config: dict[str, Any] | None 
 def announce(uris: list[str], out: str, cfg: JobConfig, seen: set[tuple[str, str]]) -> list[Row]:
     """Emit one ``segflow.object.created`` event per new or changed image instead of segmenting
     (a Prefect deployment trigger starts the runs); ``seen`` keeps a watcher from repeating one."""
-    from flows.events import emit_object_created
+    from segflow.flows.events import emit_object_created
 
     todo, rows = _pending(uris, out, cfg)
     for uri, checksum in todo:
@@ -162,8 +164,7 @@ def watch_queue(queue_url: str, out: str, config: dict[str, Any], scheduler: str
                 return every
             continue
         since = datetime.now(UTC)
-        uris = list(dict.fromkeys(u for n in notices for u in n.uris
-                                  if u.lower().endswith(IMAGE_SUFFIXES)))
+        uris = list(dict.fromkeys(u for n in notices for u in n.uris if is_image(u)))
         rows = run_batch(uris, out, config, scheduler, concurrency) if uris else []
         status = {r["uri"]: r["status"] for r in rows}
         written = recorded(out, [u for u, s in status.items() if s != "skipped"], since)

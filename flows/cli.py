@@ -15,12 +15,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_SOURCE = REPO / "samples" / "nc_lsat7_2000_b12345.tif"
-DEMO_CONFIG = REPO / "configs" / "landcover.yaml"
-DEMO_DEEP_CONFIG = REPO / "configs" / "landcover_unet.yaml"
-DEMO_TRUTH = REPO / "samples" / "nc_landclass96.tif"
-DEPLOYMENTS = REPO / "configs" / "deployments.yaml"
+from segflow import configs, samples
+
+# package data: found beside the code in a repository checkout and in an installed wheel alike
+DEMO_SOURCE = samples.FOLDER / "nc_lsat7_2000_b12345.tif"
+DEMO_CONFIG = configs.FOLDER / "landcover.yaml"
+DEMO_DEEP_CONFIG = configs.FOLDER / "landcover_unet.yaml"
+DEMO_TRUTH = samples.FOLDER / "nc_landclass96.tif"
+DEPLOYMENTS = configs.FOLDER / "deployments.yaml"
 
 
 def _job_options(p: argparse.ArgumentParser) -> None:
@@ -112,8 +114,8 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
 
 def _segment(source: str, out: str, config: str | None, overrides: list[str],
              scheduler: str | None) -> dict[str, Any]:
-    from flows.segment import segment_image
-    from tasks.config import load_config
+    from segflow.flows.segment import segment_image
+    from segflow.tasks.config import load_config
 
     cfg = load_config(config, overrides)
     return segment_image(source, out, cfg.model_dump(mode="json"), scheduler)
@@ -150,19 +152,19 @@ def _batch_report(rows: list[dict[str, Any]]) -> None:
 
 def _batch(args: argparse.Namespace) -> int:
     """``batch`` and ``watch``: exit 1 when any image failed (the last pass's, when looping)."""
-    from flows.batch import run_batch, watch_prefix, watch_queue
-    from tasks.config import load_config
-    from tasks.errors import SegflowError
+    from segflow.flows.batch import run_batch, watch_prefix, watch_queue
+    from segflow.tasks.config import load_config
+    from segflow.tasks.errors import UserError
+    from segflow.tasks.sources.registry import IMAGE_SUFFIXES
 
     config = load_config(args.config, args.set).model_dump(mode="json")
     if args.command == "batch":
         rows = run_batch(args.source, args.out, config, args.scheduler, args.concurrency)
         if not rows:
-            raise SegflowError(args.source, "no images found (.tif .tiff .svs .nii .nii.gz "
-                                            ".zarr)")
+            raise UserError(args.source, f"no images found ({' '.join(IMAGE_SUFFIXES)})")
         _batch_report(rows)
     elif (args.source is None) == (args.queue is None):
-        raise SegflowError("watch", "give either PREFIX or --queue SQS_URL")
+        raise UserError("watch", "give either PREFIX or --queue SQS_URL")
     elif args.queue:
         rows = watch_queue(args.queue, args.out, config, args.scheduler, args.once,
                            args.concurrency, _batch_report)
@@ -180,7 +182,7 @@ def _json_value(value: Any) -> Any:
 
 
 def _query(sql: str, out: str, fmt: str) -> None:
-    from tasks.query import run_query
+    from segflow.tasks.catalog.query import run_query
 
     table = run_query(out, sql)
     rows = table.to_pylist()
@@ -197,7 +199,7 @@ def _query(sql: str, out: str, fmt: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_prefect_console(args.verbose)
-    from tasks.errors import SegflowError, first_line
+    from segflow.tasks.errors import SegflowError, first_line
 
     try:
         if args.command == "segment":
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "query":
             _query(args.sql, args.out, args.format)
         elif args.command == "serve":
-            from flows.deployments import main as serve_deployments
+            from segflow.flows.deployments import main as serve_deployments
 
             serve_deployments(args.config)
     except SegflowError as exc:

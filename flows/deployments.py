@@ -18,18 +18,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Interval
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from flows.events import OBJECT_CREATED, require_server
-from tasks.config import load_config
-from tasks.errors import SegflowError
+from segflow import configs
+from segflow.flows.events import OBJECT_CREATED, require_server
+from segflow.tasks.config import load_config, problems, read_yaml
+from segflow.tasks.errors import UserError
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "configs" / "deployments.yaml"
+DEFAULT_PATH = configs.FOLDER / "deployments.yaml"
 
 
 class DeploymentSpec(BaseModel):
@@ -69,14 +69,11 @@ class DeploymentsFile(BaseModel):
 
 def load_specs(path: str | Path) -> list[DeploymentSpec]:
     """Read and validate a deployments file."""
+    tree = read_yaml(path, "deployments file")
     try:
-        tree = yaml.safe_load(Path(path).read_text())
         return DeploymentsFile.model_validate(tree).deployments
-    except (OSError, yaml.YAMLError) as exc:
-        raise SegflowError(str(path), f"cannot read deployments: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise SegflowError(str(path), f"invalid deployments: {problems}") from exc
+        raise UserError(str(path), f"invalid deployments: {problems(exc)}") from exc
 
 
 def build(spec: DeploymentSpec, folder: Path) -> RunnerDeployment:
@@ -84,7 +81,7 @@ def build(spec: DeploymentSpec, folder: Path) -> RunnerDeployment:
     config fails at ``serve`` rather than at 2 a.m."""
     config = load_config(folder / spec.config if spec.config else None).model_dump(mode="json")
     if spec.kind == "on-arrival":
-        from flows.segment import segment_image
+        from segflow.flows.segment import segment_image
 
         trigger = DeploymentEventTrigger(
             name=f"{spec.name}: {OBJECT_CREATED}", expect={OBJECT_CREATED},
@@ -93,7 +90,7 @@ def build(spec: DeploymentSpec, folder: Path) -> RunnerDeployment:
                         "scheduler": spec.scheduler, "skip_done": True})
         return segment_image.to_deployment(name=spec.name, triggers=[trigger],
                                            description=f"segment each arriving {spec.match}")
-    from flows.batch import segment_batch
+    from segflow.flows.batch import segment_batch
 
     params: dict[str, Any] = {"sources": spec.prefix, "out": spec.out, "config": config,
                               "scheduler": spec.scheduler, "concurrency": spec.concurrency}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
-from tasks.errors import SegflowError
+from segflow.tasks.errors import UserError
 
 OBJECT_CREATED = "segflow.object.created"
 
@@ -19,7 +19,7 @@ def require_server(what: str, source: str) -> None:
     """Fail in one line when no Prefect server is configured: a temporary API started for this
     process would take events and deployments down with it."""
     if not PREFECT_API_URL.value():
-        raise SegflowError(source, f"{what} need a Prefect server: set PREFECT_API_URL")
+        raise UserError(source, f"{what} need a Prefect server: set PREFECT_API_URL")
 
 
 def emit_object_created(uri: str, checksum: str) -> None:

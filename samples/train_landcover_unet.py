@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from tasks.nets import UNet  # noqa: E402  (run as a script from any folder)
+from segflow.tasks.models.nets import UNet  # noqa: E402  (run as a script from any folder)
 
 CLASSES = ["unlabelled", "developed", "agriculture", "herbaceous", "shrubland", "forest",
            "water", "sediment"]

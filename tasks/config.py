@@ -14,11 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import SegflowError
-
-# Colours for classes that do not name one (matplotlib's tab10), so quick-looks are stable.
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+from segflow.tasks.colours import PALETTE, rgb
+from segflow.tasks.errors import UserError, first_line
 
 
 class _Strict(BaseModel):
@@ -30,7 +27,17 @@ class ClassSpec(_Strict):
 
     id: int = Field(ge=0, le=65534)
     name: str
-    colour: str = ""
+    colour: str = ""  # any CSS colour (red, #d62728, rgb(214,39,40)); "" = from the palette
+
+    @field_validator("colour")
+    @classmethod
+    def _drawable(cls, v: str) -> str:
+        if v:
+            try:
+                rgb(v)
+            except ValueError:
+                raise ValueError(f"unknown colour {v!r}: use a CSS name or #rrggbb") from None
+        return v
 
 
 class Normalize(_Strict):
@@ -90,7 +97,7 @@ class StatsConfig(_Strict):
 
 class ClusterConfig(_Strict):
     """Where the chunk work runs: ``address`` (or ``--scheduler``) when given, else a cluster of
-    ``kind`` started for the run and closed after it (tasks/cluster.py)."""
+    ``kind`` started for the run and closed after it (tasks/runtime/cluster.py)."""
 
     address: str | None = None           # tcp://host:8786 of a running Dask scheduler
     kind: Literal["local", "slurm", "pbs", "kubernetes"] = "local"
@@ -133,7 +140,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise SegflowError("--set", f"{key}: {part} is not a section")
+            raise UserError("--set", f"{key}: {part} is not a section")
     node[parts[-1]] = value
 
 
@@ -152,30 +159,37 @@ def _paths_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> JobConfig:
-    """Read a YAML config (or start from ``base``), apply ``key=value`` overrides, validate."""
-    tree: dict[str, Any] = dict(base or {})
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (``what`` names it in the one-line error)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(str(path), f"cannot read {what}: {first_line(exc)}") from exc
+    if not isinstance(loaded, dict):
+        raise UserError(str(path), f"a {what} is a YAML mapping")
+    return loaded
+
+
+def problems(exc: ValidationError) -> str:
+    """pydantic's errors as one line: ``key.path: message; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML config (or start from the defaults), apply ``key=value`` overrides, validate."""
+    tree: dict[str, Any] = {}
     label = str(path) if path else "config"
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SegflowError(label, f"cannot read config: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise SegflowError(label, "a config is a YAML mapping")
-        tree = _paths_beside(loaded, Path(path).parent)
+        tree = _paths_beside(read_yaml(path, "config"), Path(path).parent)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise SegflowError("--set", f"expected key=value, got {item!r}")
+            raise UserError("--set", f"expected key=value, got {item!r}")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
     try:
         return JobConfig.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise SegflowError(label, f"invalid config: {problems}") from exc
+        raise UserError(label, f"invalid config: {problems(exc)}") from exc
 
 
 def class_table(cfg: ModelConfig, default_names: list[str]) -> list[ClassSpec]:

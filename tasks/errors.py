@@ -1,10 +1,28 @@
-"""One exception type for everything a user can cause: a bad file, a bad config, a missing model."""
+"""Two kinds of failure, each meaning one thing, both rendered as ``<source>: <reason>``.
+
+``UserError``: the input, the config or the model is wrong (a corrupt or missing file, a bad key,
+weights that do not fit). It fails the same way every time, so nothing retries it.
+
+``TransientError``: the storage or the network hiccuped (S3 503/SlowDown, a reset connection, a
+timeout). Prefect retries the stage and the chunk work retries itself on the worker.
+
+Readers turn a library's exception into one of them with ``io_error``: the exception chain is
+searched for a network cause; everything else a reader sees (a file that does not decode) is the
+user's to fix.
+"""
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class SegflowError(Exception):
-    """A user-facing failure about one source: rendered as ``<source>: <reason>`` on one line."""
+    """A one-line failure about one source: ``<source>: <reason>``. Raise a subclass."""
 
     def __init__(self, source: str, reason: str) -> None:
         super().__init__(f"{source}: {reason}")
@@ -16,8 +34,85 @@ class SegflowError(Exception):
         return (type(self), (self.source, self.reason))
 
 
+class UserError(SegflowError):
+    """Bad file, bad config, missing model: fix the input; retrying cannot help."""
+
+
+class TransientError(SegflowError):
+    """Storage or network trouble that may pass: retried by Prefect and on the workers."""
+
+
+#: messages of remote failures that pass: HTTP 5xx/429 and throttling, as S3, GDAL's curl and
+#: aiohttp word them
+_TRANSIENT_TEXT = re.compile(
+    r"SlowDown|reduce your request rate|ServiceUnavailable|Service Unavailable|InternalError|"
+    r"RequestTimeout|Throttl|TooManyRequests|HTTP response code: (5\d\d|429)|"
+    r"Connection (reset|refused|aborted)|timed out|Server disconnected", re.IGNORECASE)
+#: libraries whose own exceptions are about the network
+_NETWORK_MODULES = ("botocore", "aiohttp", "urllib3")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = (response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode") \
+        if isinstance(response, dict) else None
+    return status if isinstance(status, int) else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a network or remote-storage hiccup; a missing
+    object, a refused permission or a file that does not decode is final."""
+    for link in _chain(exc):
+        if isinstance(link, TransientError):
+            return True
+        if isinstance(link, (UserError, FileNotFoundError, PermissionError, IsADirectoryError)):
+            return False
+        if isinstance(link, (ConnectionError, TimeoutError)):
+            return True
+        status = _http_status(link)
+        if status is not None:
+            return status >= 500 or status == 429
+        if type(link).__module__.split(".")[0] in _NETWORK_MODULES:
+            return True
+        if _TRANSIENT_TEXT.search(str(link)):
+            return True
+    return False
+
+
+def io_error(uri: str, what: str, exc: BaseException) -> SegflowError:
+    """The one-line error for a failed read or write of ``uri``: transient or the user's."""
+    kind = TransientError if is_transient(exc) else UserError
+    return kind(uri, f"{what}: {first_line(exc)}")
+
+
+def retry_transient(func: Callable[[], T], attempts: int = 3, delay_s: float = 1.0) -> T:
+    """``func()``, called again (with doubling delays) while it fails transiently.
+
+    For the chunk work on Dask workers: Dask's own ``retries`` would also repeat user errors.
+    """
+    for attempt in range(attempts):
+        try:
+            return func()
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            time.sleep(delay_s * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, for one-line errors."""
+    if isinstance(exc, SegflowError):
+        return exc.reason
     for line in str(exc).splitlines():
         if line.strip():
             return line.strip()

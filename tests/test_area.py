@@ -7,8 +7,8 @@ import pytest
 from pyproj import Geod
 from rasterio.transform import from_origin
 
-from flows.segment import segment_image
-from tasks.config import load_config
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
 from tests.conftest import write_geotiff
 
 WGS84 = Geod(ellps="WGS84")

@@ -20,9 +20,9 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import ArtifactSort
 
-from flows.segment import segment_image
-from tasks.config import load_config
-from tasks.quicklook import mask_level, picture_shape, summary_markdown
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
+from segflow.tasks.mask.quicklook import mask_level, picture_shape, summary_markdown
 
 
 def _artifacts(run_id: str) -> dict[str, object]:

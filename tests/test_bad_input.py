@@ -11,10 +11,10 @@ import pytest
 import zarr
 from rasterio.transform import from_origin
 
-from flows.segment import segment_image
-from tasks.config import load_config
-from tasks.errors import SegflowError
-from tasks.query import run_query
+from segflow.flows.segment import segment_image
+from segflow.tasks.catalog.query import run_query
+from segflow.tasks.config import load_config
+from segflow.tasks.errors import SegflowError
 from tests.conftest import smooth_noise
 
 
@@ -23,7 +23,7 @@ def test_non_image_file_fails_cleanly_from_the_cli(tmp_path, prefect_server):
     bad.write_text("this is not an image\n")
     root = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "segment", str(bad), "--out", str(root),
+        [sys.executable, "-m", "segflow.flows.cli", "segment", str(bad), "--out", str(root),
          "--set", "model.kind=otsu"],
         env={**os.environ, "PREFECT_API_URL": prefect_server}, capture_output=True, text=True,
         timeout=300)
@@ -68,7 +68,7 @@ def test_truncated_geotiff_fails_mid_run_and_is_not_marked_complete(tmp_path, da
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
-    from flows.cli import main
+    from segflow.flows.cli import main
 
     assert main(["segment", str(tmp_path / "x.tif"), "--out", str(tmp_path),
                  "--set", "tiling.chunks=512"]) == 1
@@ -79,7 +79,7 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
 def test_errors_survive_the_trip_from_a_worker():
     import pickle
 
-    from tasks.errors import SegflowError
+    from segflow.tasks.errors import SegflowError
 
     err = pickle.loads(pickle.dumps(SegflowError("a.tif", "cannot read\nwindow")))
     assert (err.source, err.reason, str(err)) == ("a.tif", "cannot read window",

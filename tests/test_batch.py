@@ -11,11 +11,11 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from flows.batch import run_batch
-from flows.segment import segment_image
-from tasks.config import load_config
-from tasks.inventory import inventory
-from tasks.query import run_query
+from segflow.flows.batch import run_batch
+from segflow.flows.segment import segment_image
+from segflow.tasks.catalog.query import run_query
+from segflow.tasks.config import load_config
+from segflow.tasks.intake.inventory import inventory
 from tests.conftest import DATA, write_geotiff
 
 OPTIONS = ["model.kind=otsu", "tiling.chunk=128", "output.pyramid=false"]
@@ -48,7 +48,7 @@ def config() -> dict:
 
 def test_batch_cli_survives_a_bad_image_and_exits_non_zero(scenes, tmp_path, prefect_server):
     root = tmp_path / "out"
-    cmd = [sys.executable, "-m", "flows.cli", "batch", str(scenes), "--out", str(root),
+    cmd = [sys.executable, "-m", "segflow.flows.cli", "batch", str(scenes), "--out", str(root),
            "--concurrency", "2", *(a for o in OPTIONS for a in ("--set", o))]
     proc = subprocess.run(cmd, env={**os.environ, "PREFECT_API_URL": prefect_server,
                                    "COLUMNS": "250"},

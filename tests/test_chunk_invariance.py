@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from flows.segment import segment_image
-from tasks.config import load_config
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
 
 
 @pytest.mark.parametrize("kind", ["otsu", "kmeans"])

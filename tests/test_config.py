@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import JobConfig, load_config
-from tasks.errors import SegflowError
+from segflow.tasks.config import JobConfig, load_config
+from segflow.tasks.errors import SegflowError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -53,7 +53,7 @@ def test_output_hash_ignores_where_it_runs_but_not_what_it_computes():
 
 
 def test_hand_started_workers_get_the_same_malloc_settings_as_local_ones():
-    from tasks.cluster import WORKER_MALLOC
+    from segflow.tasks.runtime.cluster import WORKER_MALLOC
 
     shipped = yaml.safe_load((CONFIGS.parent / "infra" / "dask" / "segflow-workers.yaml")
                              .read_text())["distributed"]["nanny"]["pre-spawn-environ"]

@@ -14,11 +14,11 @@ import rasterio
 import torch
 import zarr
 
-from flows.segment import segment_image
-from tasks.config import load_config
-from tasks.errors import SegflowError
-from tasks.models import InputSpec, build_model
-from tasks.nets import UNet, unet_receptive_field
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
+from segflow.tasks.errors import SegflowError
+from segflow.tasks.models import InputSpec, build_model
+from segflow.tasks.models.nets import UNet, unet_receptive_field
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "samples" / "nc_lsat7_2000_b12345.tif"
@@ -136,7 +136,7 @@ def test_unet_3d_through_the_flow_equals_a_whole_volume_pass(unet3d_weights, tmp
 
 def test_torchvision_lraspp_with_one_tile_equals_a_direct_call(rgb_tif, tmp_path,
                                                                 dask_address):
-    from tasks.models.torchvision_models import import_torchvision
+    from segflow.tasks.models.torchvision_models import import_torchvision
 
     with rasterio.open(rgb_tif) as src:
         x = src.read().astype(np.float32) / 255
@@ -165,7 +165,7 @@ def test_torchvision_lraspp_with_one_tile_equals_a_direct_call(rgb_tif, tmp_path
 
 
 def test_smp_unet_predict_equals_a_direct_call(tmp_path):
-    from tasks.models.torchvision_models import import_torchvision
+    from segflow.tasks.models.torchvision_models import import_torchvision
 
     import_torchvision()  # smp imports torchvision: the same CPU-torch workaround
     smp = pytest.importorskip(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import zarr
 
-from flows.cli import main
-from tasks.query import run_query
+from segflow.flows.cli import main
+from segflow.tasks.catalog.query import run_query
 
 SAMPLES = Path(__file__).parents[1] / "samples"
 

@@ -21,11 +21,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.sorting import FlowRunSort
 
-from flows.deployments import DEFAULT_PATH, load_specs
-from flows.events import emit_object_created
-from tasks.errors import SegflowError
-from tasks.identity import source_checksum
-from tasks.query import run_query
+from segflow.flows.deployments import DEFAULT_PATH, load_specs
+from segflow.flows.events import emit_object_created
+from segflow.tasks.catalog.query import run_query
+from segflow.tasks.errors import SegflowError
+from segflow.tasks.sources.identity import source_checksum
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,8 @@ def served(tmp_path, prefect_server, dask_address):
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     with log.open("w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-c", f"from flows.deployments import main; main({str(path)!r})"],
+            [sys.executable, "-c",
+             f"from segflow.flows.deployments import main; main({str(path)!r})"],
             cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         yield {"tag": tag, "incoming": incoming, "out": tmp_path / "out", "log": log,

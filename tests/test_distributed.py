@@ -24,11 +24,11 @@ import zarr
 from distributed import Client, get_task_stream
 from rasterio.transform import from_origin
 
-from flows.segment import segment_image
-from tasks.cluster import spec_cluster
-from tasks.config import load_config
-from tasks.errors import SegflowError
-from tasks.identity import image_id
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
+from segflow.tasks.errors import SegflowError
+from segflow.tasks.runtime.cluster import spec_cluster
+from segflow.tasks.sources.identity import image_id
 from tests.conftest import smooth_noise, write_geotiff
 
 ROOT = Path(__file__).parents[1]

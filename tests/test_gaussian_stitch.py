@@ -10,10 +10,10 @@ import pytest
 import rasterio
 import torch
 
-from tasks.config import load_config
-from tasks.models import InputSpec, build_model
-from tasks.models.torch_model import TilingWarning
-from tasks.stitch import importance_map
+from segflow.tasks.config import load_config
+from segflow.tasks.models import InputSpec, build_model
+from segflow.tasks.models.tiling import importance_map
+from segflow.tasks.models.torch_model import TilingWarning
 from tests.conftest import scripted_model
 
 DATA = Path(__file__).parent / "data"

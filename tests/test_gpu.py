@@ -10,8 +10,8 @@ import torch
 import zarr
 from distributed import Client
 
-from flows.segment import segment_image
-from tasks.config import load_config
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "samples" / "nc_lsat7_2000_b12345.tif"
@@ -31,7 +31,7 @@ def test_unet_runs_on_cuda_with_amp_and_agrees_with_cpu(tmp_path, dask_address):
     amp = _run(tmp_path, "cuda", dask_address, "model.amp=true")
 
     def devices() -> list[str]:
-        from tasks.models import torch_model
+        from segflow.tasks.models import torch_model
 
         return [f"{key[1]}|{next(m.parameters()).device}"
                 for key, m in torch_model._CACHE.items() if key[0].endswith("landcover_unet.pt")]

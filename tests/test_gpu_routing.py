@@ -13,8 +13,8 @@ import time
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
 
-from flows.segment import segment_image
-from tasks.config import load_config
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
 
 
 def _is_chunk(task: dict) -> bool:

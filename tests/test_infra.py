@@ -22,7 +22,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from flows.deployments import load_specs
+from segflow.flows.deployments import load_specs
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"

@@ -15,17 +15,17 @@ from rasterio.transform import from_origin
 from scipy.ndimage import gaussian_filter
 from skimage.measure import label, regionprops
 
-from flows.segment import segment_image
-from tasks.catalog import write_rows
-from tasks.config import ClassSpec, load_config
-from tasks.errors import SegflowError
-from tasks.label import label_instances, measure_instances, thing_ids
-from tasks.plan import Plan, plan_chunks
-from tasks.query import run_query
-from tasks.read_raster import open_raster
-from tasks.read_slide import Slide
-from tasks.read_volume import open_volume
-from tasks.store import MaskStore, open_or_create
+from segflow.flows.segment import segment_image
+from segflow.tasks.catalog.query import run_query
+from segflow.tasks.catalog.tables import write_rows
+from segflow.tasks.config import ClassSpec, load_config
+from segflow.tasks.errors import SegflowError
+from segflow.tasks.mask.store import MaskStore, open_or_create
+from segflow.tasks.measure.instances import label_instances, measure_instances, thing_ids
+from segflow.tasks.plan.grid import Plan, plan_chunks
+from segflow.tasks.sources.raster import open_raster
+from segflow.tasks.sources.slide import Slide
+from segflow.tasks.sources.volume import open_nifti
 from tests.conftest import write_geotiff
 
 CLASSES = [ClassSpec(id=0, name="background"), ClassSpec(id=1, name="cell"),
@@ -124,7 +124,7 @@ def test_chunked_ids_equal_whole_image_label(chunk, tmp_path, client):
 def test_measurements_equal_regionprops_with_the_affine(geo_raster, tmp_path, client):
     mask = shapes_2d()
     reader = open_raster(str(geo_raster))
-    row_areas, unit = reader.cell_measure()
+    row_areas = reader.cell_measure()
     store, plan = write_mask(str(tmp_path / "m.zarr"), mask, 32, ("y", "x"))
     result = label_instances(client, store, plan, thing_ids(CLASSES, None, "test"), row_areas)
     rows = result.rows(reader, "ha")
@@ -177,8 +177,8 @@ def volume_mask(tmp_path: Path) -> tuple[np.ndarray, Path]:
 
 def test_volume_ids_and_measurements(volume_mask, tmp_path, client):
     mask, path = volume_mask
-    reader = open_volume(str(path))
-    row_areas, _ = reader.cell_measure()
+    reader = open_nifti(str(path))
+    row_areas = reader.cell_measure()
     store, plan = write_mask(str(tmp_path / "v.zarr"), mask, 16, ("i", "j", "k"))
     result = label_instances(client, store, plan, [1, 2], row_areas)
     expected = whole_label(mask, [1, 2])

@@ -16,12 +16,17 @@ import pytest
 import rasterio
 import zarr
 
-from flows.segment import segment_image
-from tasks.config import load_config
-from tasks.errors import SegflowError
-from tasks.filters import filled_band, filtered_band, gradient_magnitude, gradient_radius
-from tasks.models import InputSpec, build_model
-from tasks.readers import open_source
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
+from segflow.tasks.errors import SegflowError
+from segflow.tasks.models import InputSpec, build_model
+from segflow.tasks.models.filters import (
+    filled_band,
+    filtered_band,
+    gradient_magnitude,
+    gradient_radius,
+)
+from segflow.tasks.sources.registry import open_source
 
 SAMPLES = Path(__file__).parents[1] / "samples"
 SCENE = SAMPLES / "nc_lsat7_2000_b12345.tif"

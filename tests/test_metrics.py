@@ -13,15 +13,15 @@ import zarr
 from distributed import Client
 from rasterio.transform import from_origin
 
-from flows.segment import segment_image
-from tasks.catalog import write_rows
-from tasks.config import ClassSpec, load_config
-from tasks.errors import SegflowError
-from tasks.metrics import evaluate, open_ground_truth
-from tasks.plan import plan_chunks
-from tasks.query import run_query
-from tasks.read_raster import open_raster
-from tasks.store import MaskStore
+from segflow.flows.segment import segment_image
+from segflow.tasks.catalog.query import run_query
+from segflow.tasks.catalog.tables import write_rows
+from segflow.tasks.config import ClassSpec, load_config
+from segflow.tasks.errors import SegflowError
+from segflow.tasks.mask.store import MaskStore
+from segflow.tasks.measure.metrics import evaluate, open_ground_truth
+from segflow.tasks.plan.grid import plan_chunks
+from segflow.tasks.sources.raster import open_raster
 from tests.conftest import write_geotiff
 
 SAMPLES = Path(__file__).parent.parent / "samples"

@@ -9,8 +9,8 @@ import numpy as np
 import zarr
 from ome_zarr_models.v05 import ImageLabel
 
-from flows.segment import segment_image
-from tasks.config import load_config
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

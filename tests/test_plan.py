@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.plan import plan_chunks
+from segflow.tasks.plan.grid import plan_chunks
 
 
 @pytest.mark.parametrize("shape, chunk, halo", [((718, 791), 300, 8), ((64, 64), 64, 0),

@@ -6,9 +6,9 @@ import json
 
 import zarr
 
-from flows.cli import main
-from flows.segment import segment_image
-from tasks.config import load_config
+from segflow.flows.cli import main
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
 
 
 def test_query_over_two_runs_returns_the_right_sums(rgb_tif, textured_tif, tmp_path,

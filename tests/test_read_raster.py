@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import rasterio
 
-from tasks.errors import SegflowError
-from tasks.read_raster import open_raster
+from segflow.tasks.config import InputConfig
+from segflow.tasks.errors import SegflowError
+from segflow.tasks.sources.raster import open_raster
 
 
 def test_windows_bands_and_nodata_match_rasterio(rgb_tif):
-    raster = open_raster(str(rgb_tif), bands=[3, 1])
+    raster = open_raster(str(rgb_tif), InputConfig(bands=[3, 1]))
     with rasterio.open(rgb_tif) as src:
         expected = src.read([3, 1], window=((100, 300), (50, 450)))
         # valid where any selected band is valid (GDAL's per-dataset rule, on these bands)
@@ -38,7 +39,7 @@ def test_dask_view_is_lazy_and_masks_nodata(rgb_tif):
 
 def test_band_out_of_range_is_a_clear_error(rgb_tif):
     with pytest.raises(SegflowError, match="band 4 requested but the raster has 3"):
-        open_raster(str(rgb_tif), bands=[4])
+        open_raster(str(rgb_tif), InputConfig(bands=[4]))
 
 
 def test_missing_file_names_the_file(tmp_path):

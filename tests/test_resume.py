@@ -12,9 +12,9 @@ import numpy as np
 import zarr
 from rasterio.transform import from_origin
 
-from flows.segment import segment_image
-from tasks.config import load_config
-from tasks.identity import image_id
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
+from segflow.tasks.sources.identity import image_id
 from tests.conftest import smooth_noise, write_geotiff
 
 SETTINGS = ["model.kind=torchscript", "model.params.receptive_field=7", "tiling.chunk=128",
@@ -29,7 +29,7 @@ def test_resume_after_sigkill(tmp_path, dilated_model, prefect_server, dask_addr
     root = tmp_path / "killed"
     store = root / "masks" / f"{image_id(str(scene))}.zarr"
 
-    cmd = [sys.executable, "-m", "flows.cli", "segment", str(scene), "--out", str(root)]
+    cmd = [sys.executable, "-m", "segflow.flows.cli", "segment", str(scene), "--out", str(root)]
     for item in overrides:
         cmd += ["--set", item]
     env = {**os.environ, "PREFECT_API_URL": prefect_server}

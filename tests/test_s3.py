@@ -3,6 +3,7 @@ s3://, checksums from object metadata, retried transient faults, and no credenti
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import json
@@ -24,14 +25,14 @@ import pytest
 import zarr
 from rasterio.transform import from_origin
 
-from flows.segment import segment_image
-from tasks.config import InputConfig, load_config
-from tasks.errors import SegflowError
-from tasks.identity import source_checksum
-from tasks.query import query_frame, run_query
-from tasks.read_raster import open_raster
-from tasks.readers import modality_of, open_source
-from tasks.storage import zarr_options
+from segflow.flows.segment import segment_image
+from segflow.tasks.catalog.query import query_frame, run_query
+from segflow.tasks.config import InputConfig, load_config
+from segflow.tasks.errors import SegflowError, UserError
+from segflow.tasks.runtime.storage import zarr_options
+from segflow.tasks.sources.identity import source_checksum
+from segflow.tasks.sources.raster import open_raster
+from segflow.tasks.sources.registry import open_source, reader_for
 from tests.conftest import DATA, write_geotiff
 
 CFG = load_config(overrides=["model.kind=otsu", "tiling.chunk=512"]).model_dump(mode="json")
@@ -119,7 +120,7 @@ def test_cli_query_on_s3_root(s3_run, prefect_server):
     sql = ("select status, count(*) as n, sum(chunks_total) as chunks from runs "
            "group by status order by status")
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "query", sql, "--out",
+    done = subprocess.run([sys.executable, "-m", "segflow.flows.cli", "query", sql, "--out",
                            s3_run["root"], "--format", "json"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -175,7 +176,7 @@ def test_readers_open_s3_lazily_and_match_local(s3_bucket, tmp_path):
              for key, (path, modality, box) in cases.items()]
     pairs.append((remote_zarr, local_zarr, "volume", (slice(3, 30), slice(0, 9), slice(4, 5))))
     for remote, local, modality, box in pairs:
-        assert modality_of(remote, InputConfig()) == modality == modality_of(local, InputConfig())
+        assert reader_for(remote).modality == modality == reader_for(local).modality
         reader, expected = open_source(remote, InputConfig()), open_source(local, InputConfig())
         assert reader.spatial_shape == expected.spatial_shape, remote
         assert reader.spatial_attrs() == expected.spatial_attrs(), remote
@@ -210,20 +211,27 @@ def test_any_fsspec_url_reads_like_a_local_file():
 
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
+UNAVAILABLE = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+               b"<Message>Service is unable to handle request.</Message></Error>")
 HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "date", "server"}
 
 
 class _FaultyProxy(ThreadingHTTPServer):
     """Relays requests to ``upstream``; the first ``budget`` requests matching a rule's method
-    and path fragment get ``503 SlowDown``, as S3 answers when throttling."""
+    and path fragment get a 503 with ``fault`` (``SlowDown``, as S3 answers when throttling).
+    ``seen`` counts every request matching each rule, failed or relayed."""
 
     daemon_threads = True
 
-    def __init__(self, upstream: str, rules: list[tuple[str | None, str, int]]) -> None:
+    def __init__(self, upstream: str, rules: list[tuple[str | None, str, int]],
+                 fault: bytes = SLOW_DOWN) -> None:
         super().__init__(("127.0.0.1", 0), _Relay)
         self.upstream = urlsplit(upstream).netloc
         self.rules = rules
-        self.left = multiprocessing.get_context("fork").Array("i", [r[2] for r in rules])
+        self.fault = fault
+        context = multiprocessing.get_context("fork")
+        self.left = context.Array("i", [r[2] for r in rules])
+        self.seen = context.Array("i", [0] * len(rules))
 
     @property
     def url(self) -> str:
@@ -233,12 +241,15 @@ class _FaultyProxy(ThreadingHTTPServer):
         return [rule[2] - left for rule, left in zip(self.rules, self.left[:], strict=True)]
 
     def should_fail(self, method: str, path: str) -> bool:
+        fail = False
         with self.left.get_lock():
             for i, (want, fragment, _) in enumerate(self.rules):
-                if want in (None, method) and fragment in path and self.left[i] > 0:
-                    self.left[i] -= 1
-                    return True
-        return False
+                if want in (None, method) and fragment in path:
+                    self.seen[i] += 1
+                    if self.left[i] > 0 and not fail:
+                        self.left[i] -= 1
+                        fail = True
+        return fail
 
 
 class _Relay(BaseHTTPRequestHandler):
@@ -251,7 +262,7 @@ class _Relay(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         if self.server.should_fail(self.command, self.path):
-            status, headers, data = 503, [("Content-Type", "application/xml")], SLOW_DOWN
+            status, headers, data = 503, [("Content-Type", "application/xml")], self.server.fault
             size = str(len(data))
         else:
             upstream = http.client.HTTPConnection(self.server.upstream, timeout=60)
@@ -280,20 +291,62 @@ def test_transient_s3_faults_are_retried(s3_bucket, s3_endpoint, s3_run, monkeyp
              ("PUT", "/masks/", 2),                  # store creation
              ("PUT", "/0/c/", 2),                    # chunk writes on the Dask workers
              ("PUT", "/catalog/", 2)]                # catalog rows
-    proxy = _FaultyProxy(os.environ["AWS_ENDPOINT_URL"], rules)
+    with _behind_proxy(monkeypatch, rules) as proxy:
+        cfg = {**CFG, "cluster": {**CFG["cluster"], "n_workers": 1, "threads_per_worker": 2}}
+        result = segment_image(source, root, cfg, None)  # its own LocalCluster, behind the proxy
+    assert proxy.injected() == [2, 2, 2, 2]  # every rule's faults were served ...
+    assert result["status"] == "succeeded"  # ... and retried by GDAL / botocore
+    np.testing.assert_array_equal(_mask(result["output_uri"]),
+                                  _mask(s3_run["local"]["output_uri"]))
+
+
+@contextlib.contextmanager
+def _behind_proxy(monkeypatch, rules, fault: bytes = SLOW_DOWN):
+    """Every S3 call of this process (and of workers it starts) goes through a fault proxy."""
+    proxy = _FaultyProxy(os.environ["AWS_ENDPOINT_URL"], rules, fault)
     server = multiprocessing.get_context("fork").Process(target=proxy.serve_forever,
                                                          daemon=True)
     server.start()
+    upstream = os.environ["AWS_ENDPOINT_URL"]
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        cfg = {**CFG, "cluster": {**CFG["cluster"], "n_workers": 1, "threads_per_worker": 2}}
-        result = segment_image(source, root, cfg, None)  # its own LocalCluster, behind the proxy
+        yield proxy
     finally:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", upstream)
         server.terminate()
         server.join(10)
         proxy.server_close()
-    assert proxy.injected() == [2, 2, 2, 2]  # every rule's faults were served ...
-    assert result["status"] == "succeeded"  # ... and retried by GDAL / botocore
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    np.testing.assert_array_equal(_mask(result["output_uri"]),
-                                  _mask(s3_run["local"]["output_uri"]))
+
+
+def test_transient_fault_at_open_is_retried_and_a_corrupt_file_is_not(s3_bucket, tmp_path,
+                                                                      monkeypatch,
+                                                                      dask_address):
+    """The first two reads of a slide on S3 answer 503 with botocore's and s3fs's own retries
+    off: the ``open-and-plan`` stage fails twice with a transient error, Prefect retries it and
+    the run gives the local mask. A corrupt slide fails once, in one line, never retried."""
+    slide = DATA / "cmu1_pyramid.tif"
+    source = _put(s3_bucket, "slide.tif", slide)
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"not a slide, whatever its name says\n" * 1000)
+    corrupt = _put(s3_bucket, "bad.svs", bad)
+    cfg = load_config(overrides=["model.kind=stain", "tiling.chunk=1024",
+                                 "input.target_mpp=2"]).model_dump(mode="json")
+    local = segment_image(str(slide), str(tmp_path / "local"), cfg, dask_address)
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no botocore retries behind segflow's
+    rules = [("GET", f"/{s3_bucket}/slide.tif", 2), ("GET", f"/{s3_bucket}/bad.svs", 0)]
+    with _behind_proxy(monkeypatch, rules, UNAVAILABLE) as proxy:
+        result = segment_image(source, f"s3://{s3_bucket}/results", cfg, dask_address)
+        assert proxy.injected() == [2, 0]
+        before = proxy.seen[1]
+        with pytest.raises(UserError) as once:
+            open_source(corrupt, InputConfig())
+        one_open = proxy.seen[1] - before
+        with pytest.raises(UserError) as failed:
+            segment_image(corrupt, f"s3://{s3_bucket}/results", cfg, dask_address)
+        flow_opens = proxy.seen[1] - before - one_open
+    assert result["status"] == "succeeded" and result["modality"] == "slide"
+    np.testing.assert_array_equal(_mask(result["output_uri"]), _mask(local["output_uri"]))
+    assert one_open > 0 and flow_opens == one_open  # opened once: a user error is not retried
+    assert str(failed.value) == str(once.value) and "\n" not in str(failed.value)
+    assert str(failed.value).startswith(f"{corrupt}: not a readable slide")

@@ -8,8 +8,8 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
 
-from flows.segment import segment_image
-from tasks.config import load_config
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
 
 
 def test_flow_on_real_geotiff_with_default_local_cluster(rgb_tif, tmp_path):

@@ -11,10 +11,10 @@ import tifffile
 import zarr
 from ome_zarr_models.v05 import ImageLabel
 
-from flows.segment import segment_image
-from tasks.config import load_config
-from tasks.read_slide import base_mpp, open_slide
-from tasks.readers import modality_of
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import InputConfig, load_config
+from segflow.tasks.sources.registry import reader_for
+from segflow.tasks.sources.slide import base_mpp, open_slide
 
 DATA = Path(__file__).parent / "data"
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -22,18 +22,18 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 
 def test_pixel_size_and_level_come_from_the_file():
     path = str(DATA / "cmu1_pyramid.tif")
-    assert modality_of(path, load_config().input) == "slide"
+    assert reader_for(path).modality == "slide"
     full = open_slide(path)
     assert full.level == 0 and full.mpp == pytest.approx(0.499)
     assert full.spatial_shape == (2967, 2220)
-    coarse = open_slide(path, target_mpp=1.0)
+    coarse = open_slide(path, InputConfig(target_mpp=1.0))
     assert coarse.level == 1 and coarse.mpp == pytest.approx(0.998, rel=1e-3)
     assert coarse.spatial_shape == (1484, 1110)
     pixels, valid = coarse.read((slice(100, 200), slice(50, 90)))
     expected = tifffile.imread(path, level=1)[100:200, 50:90]
     np.testing.assert_array_equal(np.moveaxis(pixels, 0, -1), expected)
     assert valid.all()
-    assert open_slide(path, mpp=0.25).mpp == 0.25  # input.mpp overrides the file
+    assert open_slide(path, InputConfig(mpp=0.25)).mpp == 0.25  # input.mpp overrides the file
 
 
 def test_aperio_description_gives_the_pixel_size(tmp_path):

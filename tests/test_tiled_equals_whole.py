@@ -8,9 +8,9 @@ import rasterio
 import torch
 import zarr
 
-from flows.segment import segment_image
-from tasks.config import load_config
-from tasks.stitch import predict_tiled
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
+from segflow.tasks.models.tiling import predict_tiled
 
 
 def _whole_image(model_path, pixels: np.ndarray) -> np.ndarray:
@@ -75,7 +75,7 @@ def test_model_is_loaded_once_per_worker(rgb_tif, dilated_model, tmp_path, dask_
     assert result["chunks_total"] - result["chunks_skipped"] > 10
 
     def loaded():
-        from tasks.models import torch_model
+        from segflow.tasks.models import torch_model
 
         return [path for path, _ in torch_model._CACHE if path.endswith("dilated.pt")]
 

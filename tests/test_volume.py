@@ -10,10 +10,10 @@ import pytest
 import torch
 import zarr
 
-from flows.segment import segment_image
-from tasks.config import load_config
-from tasks.errors import SegflowError
-from tasks.read_volume import open_volume
+from segflow.flows.segment import segment_image
+from segflow.tasks.config import load_config
+from segflow.tasks.errors import SegflowError
+from segflow.tasks.sources.volume import open_nifti
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 DATA = Path(__file__).parent / "data"
@@ -21,7 +21,7 @@ DATA = Path(__file__).parent / "data"
 
 def test_reader_slices_match_nibabel_for_a_big_endian_las_volume():
     path = DATA / "nibabel_anatomical.nii"
-    vol = open_volume(str(path))
+    vol = open_nifti(str(path))
     expected = np.asarray(nib.load(path).dataobj)
     assert vol.spatial_shape == expected.shape == (33, 41, 25)
     pixels, valid = vol.read((slice(3, 20), slice(0, 41), slice(10, 25)))
@@ -37,7 +37,7 @@ def test_not_a_volume_is_a_clear_error(tmp_path):
     bad = tmp_path / "scan.nii"
     bad.write_bytes(b"\0" * 100)
     with pytest.raises(SegflowError, match="not a readable NIfTI volume"):
-        open_volume(str(bad))
+        open_nifti(str(bad))
 
 
 def test_tiled_3d_torchscript_equals_whole_volume_pass(head_nii, dilated_model_3d, tmp_path,

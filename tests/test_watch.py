@@ -13,10 +13,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from flows.batch import watch_prefix
-from flows.cli import main
-from tasks.query import run_query
-from tasks.queue import object_uris
+from segflow.flows.batch import watch_prefix
+from segflow.flows.cli import main
+from segflow.tasks.catalog.query import run_query
+from segflow.tasks.intake.queue import object_uris
 from tests.test_batch import OPTIONS, config, crop
 
 
@@ -85,7 +85,7 @@ def test_watch_queue_consumes_s3_notifications(s3_bucket, tmp_path, prefect_serv
     s3.put_object(Bucket=s3_bucket, Key="in/notes.txt", Body=b"not an image")
 
     root = tmp_path / "out"
-    cmd = [sys.executable, "-m", "flows.cli", "watch", "--queue", queue, "--once",
+    cmd = [sys.executable, "-m", "segflow.flows.cli", "watch", "--queue", queue, "--once",
            "--out", str(root), *(a for o in OPTIONS for a in ("--set", o))]
     proc = subprocess.run(cmd, env={**os.environ, "PREFECT_API_URL": prefect_server,
                                     "COLUMNS": "250"},
@@ -116,7 +116,7 @@ def test_emit_events_announces_each_new_image_once(tmp_path, dask_address, prefe
     import httpx
     from prefect.events.worker import EventsWorker
 
-    from flows.batch import run_batch
+    from segflow.flows.batch import run_batch
 
     folder = tmp_path / "incoming"
     done, new = str(crop(folder / "done.tif", 200, 200)), str(crop(folder / "new.tif", 300, 350))

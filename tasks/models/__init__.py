@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import importlib
 
-from tasks.config import JobConfig
-from tasks.errors import SegflowError
-from tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.config import JobConfig
+from segflow.tasks.errors import UserError
+from segflow.tasks.models.base import InputSpec, SegmentationModel
 
 REGISTRY: dict[str, str] = {
-    "threshold": "tasks.models.threshold:ThresholdModel",
-    "otsu": "tasks.models.threshold:OtsuModel",
-    "multiotsu": "tasks.models.threshold:MultiOtsuModel",
-    "adaptive": "tasks.models.adaptive:AdaptiveModel",
-    "edges": "tasks.models.edges:EdgesModel",
-    "kmeans": "tasks.models.kmeans:KMeansModel",
-    "watershed": "tasks.models.watershed:WatershedModel",
-    "index": "tasks.models.spectral_index:SpectralIndexModel",
-    "stain": "tasks.models.stain:StainModel",
-    "unet": "tasks.models.unet:UNetModel",
-    "torchscript": "tasks.models.torchscript:TorchScriptModel",
-    "torchvision": "tasks.models.torchvision_models:TorchvisionModel",
-    "smp": "tasks.models.smp_models:SMPModel",
+    "threshold": "segflow.tasks.models.threshold:ThresholdModel",
+    "otsu": "segflow.tasks.models.threshold:OtsuModel",
+    "multiotsu": "segflow.tasks.models.threshold:MultiOtsuModel",
+    "adaptive": "segflow.tasks.models.adaptive:AdaptiveModel",
+    "edges": "segflow.tasks.models.edges:EdgesModel",
+    "kmeans": "segflow.tasks.models.kmeans:KMeansModel",
+    "watershed": "segflow.tasks.models.watershed:WatershedModel",
+    "index": "segflow.tasks.models.spectral_index:SpectralIndexModel",
+    "stain": "segflow.tasks.models.stain:StainModel",
+    "unet": "segflow.tasks.models.unet:UNetModel",
+    "torchscript": "segflow.tasks.models.torchscript:TorchScriptModel",
+    "torchvision": "segflow.tasks.models.torchvision_models:TorchvisionModel",
+    "smp": "segflow.tasks.models.smp_models:SMPModel",
 }
 
 
@@ -37,7 +37,7 @@ def model_class(kind: str) -> type[SegmentationModel]:
 def build_model(cfg: JobConfig, spec: InputSpec, source: str) -> SegmentationModel:
     """Construct and validate the configured model for the input described by ``spec``."""
     if cfg.model.kind not in REGISTRY:
-        raise SegflowError(source, f"unknown model kind {cfg.model.kind!r}")
+        raise UserError(source, f"unknown model kind {cfg.model.kind!r}")
     return model_class(cfg.model.kind).from_config(cfg, spec, source)
 
 

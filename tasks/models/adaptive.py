@@ -19,16 +19,16 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_local
 
-from tasks.config import JobConfig, class_table
-from tasks.errors import SegflowError
-from tasks.filters import filled_band, gaussian_radius, valid_mean
-from tasks.models.base import InputSpec, SegmentationModel
-from tasks.models.params import band_param
+from segflow.tasks.config import JobConfig, class_table
+from segflow.tasks.errors import UserError
+from segflow.tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.models.filters import filled_band, gaussian_radius, valid_mean
+from segflow.tasks.models.params import band_param
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from tasks.source import SourceBase
+    from segflow.tasks.sources.base import SourceBase
 
 METHODS = ("gaussian", "mean")
 
@@ -66,11 +66,11 @@ class AdaptiveModel(SegmentationModel):
         band = band_param(params, spec, source)
         block_size = int(params.get("block_size", 49))
         if block_size < 3 or block_size % 2 == 0:
-            raise SegflowError(source,
+            raise UserError(source,
                                f"model.params.block_size={block_size}: use an odd number >= 3")
         method = str(params.get("method", "gaussian"))
         if method not in METHODS:
-            raise SegflowError(source, f"model.params.method={method!r}: use one of {METHODS}")
+            raise UserError(source, f"model.params.method={method!r}: use one of {METHODS}")
         classes = class_table(cfg.model, ["background", "foreground"])
         return cls(classes, params, band, block_size, method, float(params.get("offset", 0.0)))
 

@@ -12,12 +12,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from tasks.config import ClassSpec, JobConfig
+from segflow.tasks.config import ClassSpec, JobConfig
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from tasks.source import SourceBase
+    from segflow.tasks.sources.base import SourceBase
+
+
+def label_dtype(n_labels: int) -> tuple[np.dtype, int]:
+    """The dtype of class ids 0..``n_labels`` - 1, everywhere (model output, stitching, the
+    store): the smallest unsigned one that keeps its maximum free for nodata, and that value."""
+    return (np.dtype("uint8"), 255) if n_labels < 255 else (np.dtype("uint16"), 65535)
 
 
 @dataclass(frozen=True)

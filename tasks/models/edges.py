@@ -26,22 +26,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from skimage.morphology import remove_small_holes
 
-from tasks.config import JobConfig, class_table
-from tasks.filters import (
+from segflow.tasks.config import JobConfig, class_table
+from segflow.tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.models.filters import (
     filled_band,
     filtered_band,
     gradient_magnitude,
     gradient_radius,
     valid_mean,
 )
-from tasks.histogram import otsu_threshold
-from tasks.models.base import InputSpec, SegmentationModel
-from tasks.models.params import at_least, band_param
+from segflow.tasks.models.histogram import otsu_threshold
+from segflow.tasks.models.params import at_least, band_param
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from tasks.source import SourceBase
+    from segflow.tasks.sources.base import SourceBase
 
 
 class EdgesModel(SegmentationModel):

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.cluster import KMeans
 
-from tasks.config import JobConfig, class_table
-from tasks.errors import SegflowError
-from tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.config import JobConfig, class_table
+from segflow.tasks.errors import UserError
+from segflow.tasks.models.base import InputSpec, SegmentationModel
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from tasks.source import SourceBase
+    from segflow.tasks.sources.base import SourceBase
 
 
 class KMeansModel(SegmentationModel):
@@ -39,17 +39,17 @@ class KMeansModel(SegmentationModel):
         params = dict(cfg.model.params)
         k = int(params.get("k", 4))
         if not 2 <= k <= 254:
-            raise SegflowError(source, f"model.params.k={k}: k-means needs 2..254 clusters")
+            raise UserError(source, f"model.params.k={k}: k-means needs 2..254 clusters")
         classes = class_table(cfg.model, [f"cluster_{i + 1}" for i in range(k)])
         if len(classes) != k:
-            raise SegflowError(source, f"model.classes names {len(classes)} classes but k={k}")
+            raise UserError(source, f"model.classes names {len(classes)} classes but k={k}")
         return cls(classes, params, k, int(params.get("seed", 0)),
                    int(params.get("max_samples", 200_000)))
 
     def fit(self, source: SourceBase, client: Client) -> None:
         sample = source.read_overview(self.max_samples).astype(np.float64)
         if len(sample) < self.k:
-            raise SegflowError(source.uri,
+            raise UserError(source.uri,
                                f"{len(sample)} valid pixels cannot make {self.k} clusters")
         km = KMeans(n_clusters=self.k, random_state=self.seed, n_init=4).fit(sample)
         # Sort clusters by brightness so ids mean the same thing from run to run.

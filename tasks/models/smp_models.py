@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.errors import SegflowError, first_line
-from tasks.models.torch_model import TorchModel, fill, load_state_dict
-from tasks.models.torchvision_models import import_torchvision
+from segflow.tasks.errors import UserError, first_line
+from segflow.tasks.models.torch_model import TorchModel, fill, load_state_dict
+from segflow.tasks.models.torchvision_models import import_torchvision
 
 STRIDE = 32
 
@@ -50,20 +50,20 @@ class SMPModel(TorchModel):
     def build(cls, weights: str, params: dict[str, Any], bands: int, ndim: int,
               classes: int | None) -> nn.Module:
         if ndim != 2 or not classes:
-            raise SegflowError(weights, "smp networks are 2-D and need model.classes or "
+            raise UserError(weights, "smp networks are 2-D and need model.classes or "
                                         "model.params.num_classes")
         try:
             import_torchvision()  # smp imports it; this also works with a CPU-only torch
             import segmentation_models_pytorch as smp
         except ImportError as exc:
-            raise SegflowError(weights, "model.kind=smp needs segmentation-models-pytorch "
+            raise UserError(weights, "model.kind=smp needs segmentation-models-pytorch "
                                         "(pip install 'segflow[smp]')") from exc
         arch, encoder = params.get("arch", "Unet"), params.get("encoder", "resnet34")
         try:
             net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None,
                                    in_channels=bands, classes=classes)
         except Exception as exc:  # smp raises KeyError/ValueError for unknown names
-            raise SegflowError(weights, f"smp cannot build {arch}/{encoder}: "
+            raise UserError(weights, f"smp cannot build {arch}/{encoder}: "
                                         f"{first_line(exc)}") from exc
         fill(net, weights, load_state_dict(weights), f"smp {arch}/{encoder} ({classes} classes)")
         return _Padded(net).eval()

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import JobConfig, class_table
-from tasks.errors import SegflowError
-from tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.config import JobConfig, class_table
+from segflow.tasks.errors import UserError
+from segflow.tasks.models.base import InputSpec, SegmentationModel
 
 DEFAULT_BANDS = {"green": 2, "red": 3, "nir": 4, "swir1": 5}
 WATER_INDEX = {"ndwi": "nir", "mndwi": "swir1"}  # the band the water index sets against green
@@ -50,17 +50,17 @@ class SpectralIndexModel(SegmentationModel):
         given = dict(params.get("bands") or {})
         unknown = sorted(set(given) - set(DEFAULT_BANDS))
         if unknown:
-            raise SegflowError(source, f"model.params.bands: unknown role(s) {unknown}; "
+            raise UserError(source, f"model.params.bands: unknown role(s) {unknown}; "
                                        f"roles are {sorted(DEFAULT_BANDS)}")
         water_index = str(params.get("water_index", "ndwi")).lower()
         if water_index not in WATER_INDEX:
-            raise SegflowError(source, f"model.params.water_index={water_index!r}: "
+            raise UserError(source, f"model.params.water_index={water_index!r}: "
                                        f"use one of {sorted(WATER_INDEX)}")
         bands = {role: int(given.get(role, DEFAULT_BANDS[role]))
                  for role in ("green", "red", "nir", WATER_INDEX[water_index])}
         for role, index in bands.items():
             if not 1 <= index <= spec.bands:
-                raise SegflowError(source, f"model.params.bands.{role}={index} but the input "
+                raise UserError(source, f"model.params.bands.{role}={index} but the input "
                                            f"has {spec.bands} bands")
         limits = {name: float(params.get(name, default))
                   for name, default in (("ndwi", 0.0), ("ndvi", 0.3), ("bare", 0.1))}

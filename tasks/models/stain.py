@@ -13,14 +13,14 @@ import numpy as np
 from skimage.color import rgb2hed, rgb2hsv
 from skimage.filters import threshold_otsu
 
-from tasks.config import JobConfig, class_table
-from tasks.errors import SegflowError
-from tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.config import JobConfig, class_table
+from segflow.tasks.errors import UserError
+from segflow.tasks.models.base import InputSpec, SegmentationModel
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from tasks.source import SourceBase
+    from segflow.tasks.sources.base import SourceBase
 
 STAINS = {"hematoxylin": 0, "eosin": 1, "dab": 2}  # rgb2hed channel order
 
@@ -54,9 +54,9 @@ class StainModel(SegmentationModel):
         params = dict(cfg.model.params)
         stain = str(params.get("stain", "hematoxylin")).lower()
         if stain not in STAINS:
-            raise SegflowError(source, f"model.params.stain={stain!r}: use one of {list(STAINS)}")
+            raise UserError(source, f"model.params.stain={stain!r}: use one of {list(STAINS)}")
         if spec.bands < 3 or np.dtype(spec.dtype) != np.uint8:
-            raise SegflowError(source, "model.kind=stain needs 8-bit RGB input")
+            raise UserError(source, "model.kind=stain needs 8-bit RGB input")
         classes = class_table(cfg.model, ["glass", "tissue", f"{stain}_positive"])
         return cls(classes, params, stain, params.get("tissue"), params.get("positive"))
 
@@ -65,7 +65,7 @@ class StainModel(SegmentationModel):
         # never read at full resolution. It depends on the slide only, not on the chunking.
         sample = source.read_overview(self.max_samples).T[:3, :, None]  # (3, n, 1)
         if sample.shape[1] < 2:
-            raise SegflowError(source.uri, "too few pixels to fit stain thresholds")
+            raise UserError(source.uri, "too few pixels to fit stain thresholds")
         if self.tissue is None:
             self.tissue = float(threshold_otsu(saturation(sample)))
         if self.positive is None:

@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks.config import JobConfig, class_table
-from tasks.errors import SegflowError
-from tasks.filters import FIT_CHUNK
-from tasks.histogram import multiotsu_thresholds, otsu_threshold
-from tasks.models.base import InputSpec, SegmentationModel
-from tasks.models.params import band_param
+from segflow.tasks.config import JobConfig, class_table
+from segflow.tasks.errors import UserError
+from segflow.tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.models.filters import FIT_CHUNK
+from segflow.tasks.models.histogram import multiotsu_thresholds, otsu_threshold
+from segflow.tasks.models.params import band_param
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from tasks.source import SourceBase
+    from segflow.tasks.sources.base import SourceBase
 
 
 class ThresholdModel(SegmentationModel):
@@ -43,7 +43,7 @@ class ThresholdModel(SegmentationModel):
         band = band_param(params, spec, source)
         value = params.get("value")
         if cls.kind == "threshold" and value is None:
-            raise SegflowError(source, "model.kind=threshold needs model.params.value")
+            raise UserError(source, "model.kind=threshold needs model.params.value")
         classes = class_table(cfg.model, ["background", "foreground"])
         return cls(classes, params, band, None if value is None else float(value))
 
@@ -86,10 +86,10 @@ class MultiOtsuModel(SegmentationModel):
         band = band_param(params, spec, source)
         k = int(params.get("classes_k", 3))
         if not 2 <= k <= 254:
-            raise SegflowError(source, f"model.params.classes_k={k}: multi-Otsu needs 2..254")
+            raise UserError(source, f"model.params.classes_k={k}: multi-Otsu needs 2..254")
         classes = class_table(cfg.model, [f"level_{i + 1}" for i in range(k)])
         if len(classes) != k:
-            raise SegflowError(source,
+            raise UserError(source,
                                f"model.classes names {len(classes)} classes but classes_k={k}")
         return cls(classes, params, band, k)
 

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.config import ClassSpec, JobConfig, Normalize, class_table
-from tasks.errors import SegflowError, first_line
-from tasks.models.base import InputSpec, SegmentationModel
-from tasks.stitch import predict_blended, predict_tiled
+from segflow.tasks.config import ClassSpec, JobConfig, Normalize, class_table
+from segflow.tasks.errors import UserError, first_line
+from segflow.tasks.models.base import InputSpec, SegmentationModel, label_dtype
+from segflow.tasks.models.tiling import predict_blended, predict_tiled
 
 _CACHE: dict[tuple[str, str], nn.Module] = {}
 _LOCK = threading.Lock()
@@ -67,16 +67,16 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")  # torch's notes on TorchScript zips / pickle protocol
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise SegflowError(path, "holds pickled Python objects, not only tensors; refusing to "
+        raise UserError(path, "holds pickled Python objects, not only tensors; refusing to "
                                  "unpickle them (save module.state_dict() instead)") from exc
     except Exception as exc:  # zip, EOF, key and runtime errors alike
         if "TorchScript" in str(exc):
-            raise SegflowError(path, "is a TorchScript archive, not a state_dict; use "
+            raise UserError(path, "is a TorchScript archive, not a state_dict; use "
                                      "model.kind=torchscript") from exc
-        raise SegflowError(path, f"not a torch state_dict file: {first_line(exc)}") from exc
+        raise UserError(path, f"not a torch state_dict file: {first_line(exc)}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
-        raise SegflowError(path, f"holds a {type(state).__name__}, not a state_dict of tensors")
+        raise UserError(path, f"holds a {type(state).__name__}, not a state_dict of tensors")
     return state
 
 
@@ -91,7 +91,7 @@ def fill(module: nn.Module, path: str, state: dict[str, torch.Tensor], what: str
                 (("missing keys", missing), ("unexpected keys", unexpected),
                  ("shape mismatches, file vs model", shapes)) if keys]
     if problems:
-        raise SegflowError(path, f"weights do not fit {what}: {'; '.join(problems)}")
+        raise UserError(path, f"weights do not fit {what}: {'; '.join(problems)}")
     module.load_state_dict(state)
     return module.eval()
 
@@ -142,13 +142,13 @@ class TorchModel(SegmentationModel):
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> TorchModel:
         weights = cfg.model.weights
         if not weights:
-            raise SegflowError(source, f"model.kind={cls.kind} needs model.weights (a .pt file)")
+            raise UserError(source, f"model.kind={cls.kind} needs model.weights (a .pt file)")
         path = str(Path(weights).expanduser().resolve())
         if not Path(path).is_file():
-            raise SegflowError(weights, "model weights file not found")
+            raise UserError(weights, "model weights file not found")
         norm = cfg.model.normalize
         if norm is not None and not len(norm.mean) == len(norm.std) == spec.bands:
-            raise SegflowError(source, f"model.normalize needs {spec.bands} means and stds")
+            raise UserError(source, f"model.normalize needs {spec.bands} means and stds")
         params = dict(cfg.model.params)
         declared = len(cfg.model.classes) or params.get("num_classes")
         module = cls.build(path, params, spec.bands, spec.ndim,
@@ -156,7 +156,7 @@ class TorchModel(SegmentationModel):
         n_classes = cls._probe(module, path, spec, params)
         classes = class_table(cfg.model, [f"class_{i}" for i in range(n_classes)])
         if len(classes) != n_classes:
-            raise SegflowError(weights, f"model outputs {n_classes} classes, "
+            raise UserError(weights, f"model outputs {n_classes} classes, "
                                         f"config names {len(classes)}")
         norms = global_norms(module)
         if norms or cls.global_context:
@@ -181,10 +181,10 @@ class TorchModel(SegmentationModel):
             with torch.inference_mode():
                 out = module(probe)
         except Exception as exc:
-            raise SegflowError(path, f"model rejects {spec.bands}-band input: "
+            raise UserError(path, f"model rejects {spec.bands}-band input: "
                                      f"{first_line(exc)}") from exc
         if out.ndim != spec.ndim + 2 or tuple(out.shape[2:]) != probe.shape[2:]:
-            raise SegflowError(path, f"model maps a {tuple(probe.shape)} input to "
+            raise UserError(path, f"model maps a {tuple(probe.shape)} input to "
                                      f"{tuple(out.shape)}, not one logit per class and cell")
         return int(out.shape[1])
 
@@ -216,7 +216,8 @@ class TorchModel(SegmentationModel):
                 core: tuple[slice, ...]) -> np.ndarray:
         device = pick_device(self.gpu)
         module = self._module(device)
-        ids = torch.uint8 if len(self.classes) <= 256 else torch.int32
+        # class ids leave the device in the smallest type that holds them
+        ids = torch.uint8 if label_dtype(len(self.classes))[0] == np.uint8 else torch.int32
         blend = self.stitch == "gaussian"
         amp = (torch.autocast("cuda", dtype=torch.float16) if self.amp and device == "cuda"
                else contextlib.nullcontext())

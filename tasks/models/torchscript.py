@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasks.errors import SegflowError, first_line
-from tasks.models.torch_model import TorchModel
+from segflow.tasks.errors import UserError, first_line
+from segflow.tasks.models.torch_model import TorchModel
 
 
 class TorchScriptModel(TorchModel):
@@ -26,4 +26,4 @@ class TorchScriptModel(TorchModel):
         try:
             return torch.jit.load(weights, map_location="cpu").eval()
         except Exception as exc:  # torch raises RuntimeError/ValueError/zip errors alike
-            raise SegflowError(weights, f"not a TorchScript model: {first_line(exc)}") from exc
+            raise UserError(weights, f"not a TorchScript model: {first_line(exc)}") from exc

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasks.errors import SegflowError
-from tasks.models.torch_model import TorchModel, fill, load_state_dict
+from segflow.tasks.errors import UserError
+from segflow.tasks.models.torch_model import TorchModel, fill, load_state_dict
 
 ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
          "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large")
@@ -78,14 +78,14 @@ class TorchvisionModel(TorchModel):
               classes: int | None) -> nn.Module:
         arch = params.get("arch")
         if arch not in ARCHS:
-            raise SegflowError(weights, f"params.arch must be one of {', '.join(ARCHS)}")
+            raise UserError(weights, f"params.arch must be one of {', '.join(ARCHS)}")
         if ndim != 2 or not classes:
-            raise SegflowError(weights, "torchvision networks are 2-D and need model.classes "
+            raise UserError(weights, "torchvision networks are 2-D and need model.classes "
                                         "or model.params.num_classes")
         try:
             segmentation = import_torchvision().models.segmentation
         except ImportError as exc:
-            raise SegflowError(weights, str(exc)) from exc
+            raise UserError(weights, str(exc)) from exc
         net = getattr(segmentation, arch)(weights=None, weights_backbone=None,
                                           num_classes=classes)
         fill(net, weights, load_state_dict(weights), f"torchvision {arch} ({classes} classes)")

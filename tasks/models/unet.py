@@ -1,4 +1,4 @@
-"""The project's U-Net (tasks/nets.py) from a state_dict: 2-D images or 3-D volumes.
+"""The project's U-Net (tasks/models/nets.py) from a state_dict: 2-D images or 3-D volumes.
 
 Params: ``dims`` 2 or 3 (default: the input's spatial axes), ``base`` channels at full
 resolution (default 16), ``depth`` poolings (default 3), ``num_classes`` when ``model.classes``
@@ -13,9 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from tasks.errors import SegflowError
-from tasks.models.torch_model import TorchModel, fill, load_state_dict
-from tasks.nets import UNet, unet_receptive_field
+from segflow.tasks.errors import UserError
+from segflow.tasks.models.nets import UNet, unet_receptive_field
+from segflow.tasks.models.torch_model import TorchModel, fill, load_state_dict
 
 
 def _arch(params: dict[str, Any]) -> tuple[int, int]:
@@ -37,9 +37,9 @@ class UNetModel(TorchModel):
               classes: int | None) -> nn.Module:
         dims = int(params.get("dims", ndim))
         if dims != ndim:
-            raise SegflowError(weights, f"params.dims={dims} but the input has {ndim} axes")
+            raise UserError(weights, f"params.dims={dims} but the input has {ndim} axes")
         if not classes:
-            raise SegflowError(weights, "unet needs model.classes or model.params.num_classes")
+            raise UserError(weights, "unet needs model.classes or model.params.num_classes")
         base, depth = _arch(params)
         net = UNet(bands, classes, dims=dims, base=base, depth=depth)
         what = f"a {dims}-D unet (bands={bands}, classes={classes}, base={base}, depth={depth})"

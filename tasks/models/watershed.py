@@ -34,17 +34,23 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from tasks.config import JobConfig, class_table
-from tasks.errors import SegflowError
-from tasks.filters import FIT_CHUNK, filled_band, gradient_magnitude, gradient_radius, valid_mean
-from tasks.histogram import multiotsu_thresholds
-from tasks.models.base import InputSpec, SegmentationModel
-from tasks.models.params import at_least, band_param
+from segflow.tasks.config import JobConfig, class_table
+from segflow.tasks.errors import UserError
+from segflow.tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.models.filters import (
+    FIT_CHUNK,
+    filled_band,
+    gradient_magnitude,
+    gradient_radius,
+    valid_mean,
+)
+from segflow.tasks.models.histogram import multiotsu_thresholds
+from segflow.tasks.models.params import at_least, band_param
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from tasks.source import SourceBase
+    from segflow.tasks.sources.base import SourceBase
 
 
 def flood(gradient: np.ndarray, markers: np.ndarray, uncertain: np.ndarray,
@@ -91,9 +97,9 @@ class WatershedModel(SegmentationModel):
         band = band_param(params, spec, source)
         low, high = params.get("low"), params.get("high")
         if (low is None) != (high is None):
-            raise SegflowError(source, "model.params.low and high go together (or neither)")
+            raise UserError(source, "model.params.low and high go together (or neither)")
         if low is not None and not float(low) < float(high):
-            raise SegflowError(source, f"model.params.low={low} must be below high={high}")
+            raise UserError(source, f"model.params.low={low} must be below high={high}")
         max_extent = int(at_least(params, "max_extent", 24, 1, source))
         sigma = at_least(params, "sigma", 1.0, 0, source)
         bounds = None if low is None else (float(low), float(high))

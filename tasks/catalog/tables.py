@@ -1,0 +1,92 @@
+"""The catalog: append-only Parquet tables under ``ROOT/catalog/<table>/``, one file per run.
+
+Each run writes its own files (named by run id), so concurrent runs never touch the same
+object; a file appears under its final name only when complete (local: rename; object stores:
+a PUT is atomic). DuckDB, pandas, Spark and Athena read the folders as tables: table ``runs``
+is every ``*.parquet`` under ``ROOT/catalog/runs/`` (e.g. ``s3://bucket/results/catalog/runs/``),
+one external table per folder, unpartitioned, with the schema in ``SCHEMAS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from segflow.tasks.runtime.storage import filesystem
+
+_TS = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "runs": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("source_uri", pa.string()),
+        ("source_checksum", pa.string()), ("modality", pa.string()), ("model", pa.string()),
+        ("config_hash", pa.string()), ("status", pa.string()), ("error", pa.string()),
+        ("started_at", _TS), ("finished_at", _TS), ("seconds", pa.float64()),
+        ("chunks_total", pa.int64()), ("chunks_skipped", pa.int64()),
+        ("output_uri", pa.string()),
+    ]),
+    "class_stats": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("class_id", pa.int64()),
+        ("class_name", pa.string()), ("pixels", pa.int64()), ("area", pa.float64()),
+        ("area_unit", pa.string()), ("fraction", pa.float64()),
+        ("objects", pa.int64()), ("density", pa.float64()),
+    ]),
+    # one row per object; centroid and box in the reader's physical axes (z null for 2-D)
+    "instances": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("instance_id", pa.int64()),
+        ("class_id", pa.int64()), ("pixels", pa.int64()), ("area", pa.float64()),
+        ("area_unit", pa.string()),
+        *((f"{part}_{axis}", pa.float64())
+          for part in ("centroid", "bbox_min", "bbox_max") for axis in "xyz"),
+    ]),
+    # one row per class; a ratio whose denominator is 0 is null
+    "metrics": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("class_id", pa.int64()),
+        ("class_name", pa.string()), ("iou", pa.float64()), ("dice", pa.float64()),
+        ("precision", pa.float64()), ("recall", pa.float64()), ("tp", pa.int64()),
+        ("fp", pa.int64()), ("fn", pa.int64()),
+    ]),
+    "confusion": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("true_class", pa.int64()),
+        ("predicted_class", pa.int64()), ("pixels", pa.int64()),
+    ]),
+}
+
+
+def table_dir(root: str, table: str) -> str:
+    return f"{root.rstrip('/')}/catalog/{table}"
+
+
+def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -> str:
+    """Write one run's rows of ``table`` as ``<run_id>.parquet``; returns its URI."""
+    schema = SCHEMAS[table]
+    data = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows],
+                                schema=schema)
+    fs, folder = filesystem(table_dir(root, table))
+    fs.makedirs(folder, exist_ok=True)
+    final = f"{folder}/{run_id}.parquet"
+    if isinstance(fs, LocalFileSystem):
+        partial = f"{folder}/.{run_id}.parquet.partial"
+        pq.write_table(data, partial, filesystem=fs)
+        fs.mv(partial, final)
+    else:
+        pq.write_table(data, final, filesystem=fs)
+    return final
+
+
+#: tables a run writes besides ``runs``, in the order they are written
+RESULT_TABLES = ("class_stats", "instances", "metrics", "confusion")
+
+
+def record_run(root: str, run: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> None:
+    """Append one run's rows (``results`` by table name); the ``runs`` row goes last, so a run
+    row means all of the run's rows are in."""
+    keys = {"run_id": run["run_id"], "image_id": run["image_id"]}
+    for table in RESULT_TABLES:
+        rows = results.get(table)
+        if rows:
+            write_rows(root, table, run["run_id"], [{**r, **keys} for r in rows])
+    write_rows(root, "runs", run["run_id"], [run])

@@ -1,0 +1,1 @@
+"""What to segment: images under a prefix or in a manifest, and S3 notifications on SQS."""

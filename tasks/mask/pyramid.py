@@ -1,0 +1,66 @@
+"""OME-Zarr (NGFF 0.5) multiscale levels for a finished mask, so napari, QuPath or neuroglancer
+open a giant mask at any zoom.
+
+Each level halves the previous one by nearest-neighbour sampling (class ids must never be
+averaged). Levels are computed by Dask on the workers, one task per output chunk, reading only
+the level below: memory is bounded by a chunk, never by the mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import zarr
+from distributed import Client
+
+from segflow.tasks.colours import rgba
+from segflow.tasks.config import ClassSpec
+from segflow.tasks.runtime.storage import zarr_options
+
+MIN_SIDE = 256  # stop when the largest side of a level is at most this
+
+
+def level_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Shapes of levels 0, 1, ...: each the ceiling half of the last, until small enough."""
+    shapes = [tuple(shape)]
+    while max(shapes[-1]) > MIN_SIDE:
+        shapes.append(tuple((n + 1) // 2 for n in shapes[-1]))
+    return shapes
+
+
+def build_levels(uri: str, client: Client) -> int:
+    """Write levels 1.. under the store at ``uri`` from level 0; returns how many levels exist."""
+    group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
+    base = group["0"]
+    inner = base.chunks  # the read unit of level 0; reused for the smaller levels
+    shapes = level_shapes(base.shape)
+    for level in range(1, len(shapes)):
+        source = da.from_zarr(group[str(level - 1)])
+        target = group.create_array(str(level), shape=shapes[level], dtype=base.dtype,
+                                    fill_value=base.fill_value, chunks=inner,
+                                    dimension_names=base.metadata.dimension_names,
+                                    overwrite=True)
+        step = (slice(None, None, 2),) * base.ndim
+        # One Dask chunk per Zarr chunk of the target: no two tasks write one object.
+        halved = source[step].rechunk(inner)
+        client.compute(da.store(halved, target, lock=False, compute=False), sync=True)
+    return len(shapes)
+
+
+def ome_metadata(dims: tuple[str, ...], units: str | None, cell_size: list[float],
+                 levels: int, classes: list[ClassSpec], name: str) -> dict[str, Any]:
+    """The ``ome`` attribute of a multiscale label image (NGFF 0.5)."""
+    axes = [{"name": d, "type": "space", **({"unit": units} if units else {})} for d in dims]
+    datasets = [{"path": str(level),
+                 "coordinateTransformations": [
+                     {"type": "scale", "scale": [s * 2 ** level for s in cell_size]},
+                     # level n keeps every 2^n-th cell from index 0, so cell 0 stays at 0
+                     {"type": "translation", "translation": [0.0] * len(cell_size)}]}
+                for level in range(levels)]
+    colours = [{"label-value": c.id, "rgba": rgba(c.colour)} for c in classes]
+    return {"version": "0.5",
+            "multiscales": [{"name": name, "axes": axes, "datasets": datasets,
+                             "type": "nearest (every 2nd cell)"}],
+            "image-label": {"colors": colours, "source": {"image": "../"}}}
+

@@ -1,0 +1,134 @@
+"""What a run shows at a glance: a quick-look PNG (the class colours blended over a thumbnail of
+the image) and the class table as markdown, for the Prefect UI and for anyone listing ``masks/``.
+
+Memory is bounded by the picture, never by the image: the image is read decimated (GDAL
+overviews, slide pyramid levels; one middle slice of a volume) and the mask from its smallest
+OME-Zarr level that is still at least as large as the picture.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import zarr
+from PIL import Image
+
+from segflow.tasks.colours import rgb
+from segflow.tasks.runtime.storage import filesystem, zarr_options
+from segflow.tasks.sources.base import SourceBase
+
+SIDE = 512  # longest side of the picture, in pixels
+ALPHA = 0.5  # weight of the class colour over the image
+
+
+def picture_shape(shape: tuple[int, ...], side: int = SIDE) -> tuple[int, int]:
+    """(height, width) of the picture of a (..., y, x) grid, longest side ``side`` (a small
+    image is enlarged, so a tiny volume slice is still readable)."""
+    height, width = shape[-2:]
+    scale = side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def mask_level(group: zarr.Group, target: tuple[int, int]) -> zarr.Array:
+    """The coarsest pyramid level (``0``, ``1``, ...) whose plane is at least ``target``."""
+    levels = sorted(int(name) for name in group.array_keys() if name.isdigit())
+    chosen = group["0"]
+    for level in levels:
+        candidate = group[str(level)]
+        if all(n >= t for n, t in zip(candidate.shape[-2:], target, strict=True)):
+            chosen = candidate
+    return chosen
+
+
+def _plane(array: Any, target: tuple[int, int]) -> np.ndarray:
+    """A strided read of the (middle slice of the) array's last two axes, no smaller than
+    ``target``: only the cells kept are decoded into the result."""
+    height, width = array.shape[-2:]
+    step = max(1, min(height // target[0], width // target[1]))
+    lead = tuple(n // 2 for n in array.shape[:-2])
+    return np.asarray(array[(*lead, slice(None, None, step), slice(None, None, step))])
+
+
+def _thumbnail(reader: SourceBase, target: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (bands, h, w) and valid mask of the image at about the picture's size."""
+    if len(reader.spatial_shape) == 3:  # a volume: its middle slice, read whole (one slice)
+        middle = reader.spatial_shape[0] // 2
+        pixels, valid = reader.read((slice(middle, middle + 1),
+                                     *(slice(0, n) for n in reader.spatial_shape[1:])))
+        return pixels[:, 0], valid[0]
+    step = max(1, min(n // t for n, t in zip(reader.spatial_shape, target, strict=True)))
+    # the reader's own decimated read (the one read_overview uses), kept as a grid
+    return reader.read_decimated(step)
+
+
+def stretch(pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8: bands 1-3 as RGB (band 1 as grey for fewer), each stretched between its
+    2nd and 98th percentile over valid cells; invalid cells black."""
+    bands = pixels[:3] if len(pixels) >= 3 else np.repeat(pixels[:1], 3, axis=0)
+    out = np.zeros((*bands.shape[1:], 3), np.uint8)
+    if not valid.any():
+        return out
+    for i, band in enumerate(bands.astype(np.float64)):
+        low, high = np.percentile(band[valid], [2, 98])
+        scaled = (band - low) / (high - low) if high > low else np.zeros_like(band)
+        out[..., i] = np.clip(scaled * 255, 0, 255).round().astype(np.uint8)
+    out[~valid] = 0
+    return out
+
+
+def overlay(picture: np.ndarray, labels: np.ndarray, classes: list[dict[str, Any]],
+            alpha: float = ALPHA) -> np.ndarray:
+    """Blend each class's colour over the (h, w, 3) ``picture`` where ``labels`` holds that
+    class id."""
+    out = picture.astype(np.float64)
+    for spec in classes:
+        where = labels == spec["id"]
+        colour = np.array(rgb(spec["colour"]))
+        out[where] = (1 - alpha) * out[where] + alpha * colour
+    return out.round().astype(np.uint8)
+
+
+def render(reader: SourceBase, store_uri: str, side: int = SIDE) -> bytes:
+    """The quick-look PNG of the finished mask at ``store_uri`` over the image of ``reader``."""
+    group = zarr.open_group(store=store_uri, mode="r", **zarr_options(store_uri))
+    height, width = picture_shape(reader.spatial_shape, side)
+    labels = _plane(mask_level(group, (height, width)), (height, width))
+    pixels, valid = _thumbnail(reader, (height, width))
+    image = Image.fromarray(stretch(pixels, valid)).resize((width, height),
+                                                           Image.Resampling.BILINEAR)
+    mask = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
+    blended = overlay(np.asarray(image), mask, group.attrs["segflow"]["classes"])
+    buffer = io.BytesIO()
+    Image.fromarray(blended).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def write_quicklook(reader: SourceBase, store_uri: str, png_uri: str) -> bytes:
+    """Render the quick look and write it to ``png_uri`` (any fsspec URL); returns the PNG."""
+    png = render(reader, store_uri)
+    fs, path = filesystem(png_uri)
+    fs.pipe_file(path, png)
+    return png
+
+
+def summary_markdown(title: str, class_stats: list[dict[str, Any]],
+                     metrics: list[dict[str, Any]], png_uri: str) -> str:
+    """The class table (and metrics against a ground truth, when given) as markdown."""
+    lines = [f"# {title}", "", "| class | pixels | area | fraction |", "|---|--:|--:|--:|"]
+    for row in class_stats:
+        lines.append(f"| {row['class_id']} {row['class_name']} | {row['pixels']:,} "
+                     f"| {row['area']:,.4f} {row['area_unit']} | {row['fraction']:.4f} |")
+    scored = [m for m in metrics if m["tp"] + m["fn"]]
+    if scored:
+        lines += ["", "| class | IoU | Dice | precision | recall |", "|---|--:|--:|--:|--:|"]
+        lines += [f"| {m['class_id']} {m['class_name']} | {_ratio(m['iou'])} "
+                  f"| {_ratio(m['dice'])} | {_ratio(m['precision'])} | {_ratio(m['recall'])} |"
+                  for m in scored]
+    lines += ["", f"Quick look: `{png_uri}`"]
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"

@@ -1,0 +1,161 @@
+"""The output mask store: a Zarr v3 group, created whole before any chunk is inferred.
+
+Layout (``ROOT/masks/<image_id>.zarr``):
+  0            class ids (y, x); one Zarr shard (or chunk) per work chunk, so no two workers
+               ever write the same object (concurrent writers of one shard lose data)
+  instances    object ids (uint32, 0 = no object), laid out like ``0``; only when instances are on
+  progress     one uint8 per work chunk: 0 to do, 1 written, 2 skipped (all nodata); set after
+               the chunk's mask is written, it is the resume record; its chunks are 1x1 so
+               every worker writes only its own object
+  x, y         pixel-centre coordinates, spatial_ref: CF grid mapping (crs_wkt, GeoTransform),
+               so ``xarray.open_zarr`` + rioxarray recover the CRS and transform
+The group attribute ``segflow.complete`` turns true only once every chunk is in.
+ROOT may be a local path or an fsspec URL (s3://bucket/results): zarr writes every chunk or
+shard as one object (a PUT on S3), so "one writer per shard" holds on object stores too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from segflow.tasks.models.base import label_dtype
+from segflow.tasks.plan.grid import Chunk, Plan
+from segflow.tasks.plan.job import Job
+from segflow.tasks.runtime.storage import zarr_options
+from segflow.tasks.sources.georef import Coordinates
+from segflow.tasks.sources.identity import resume_key
+
+SHARD_INNER = {2: 512, 3: 64}  # inner chunk side per spatial rank: the unit a reader fetches
+DONE_WRITTEN, DONE_SKIPPED = 1, 2
+
+
+@dataclass(frozen=True)
+class MaskStore:
+    """Where one image's mask lives and how its class-id array is laid out."""
+
+    uri: str
+    dtype: str
+    nodata: int
+
+    def labels(self, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(store=self.uri, path="0", mode=mode, **zarr_options(self.uri))
+
+    def instances(self, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(store=self.uri, path="instances", mode=mode,
+                               **zarr_options(self.uri))
+
+    def progress(self, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(store=self.uri, path="progress", mode=mode,
+                               **zarr_options(self.uri))
+
+    def write_chunk(self, chunk: Chunk, labels: np.ndarray, skipped: bool = False) -> None:
+        """Write one chunk's class ids (if any: an all-nodata chunk writes none), then record
+        it done."""
+        if labels.size:
+            self.labels("r+")[chunk.core] = labels
+        self.progress("r+")[chunk.index] = DONE_SKIPPED if skipped else DONE_WRITTEN
+
+
+def _inner_chunk(chunk: int, ndim: int) -> int | None:
+    """Inner chunk for a shard of side ``chunk``, or None when sharding does not fit evenly."""
+    inner = SHARD_INNER[ndim]
+    return inner if chunk > inner and chunk % inner == 0 else None
+
+
+def store_attrs(job: Job) -> dict[str, Any]:
+    """The group attributes: what made the mask (source, model, fitted values, config, classes)
+    and where it lies (the reader's spatial reference)."""
+    spatial = {k: v for k, v in job.reader.spatial_attrs().items() if k != "grid_mapping"}
+    return {
+        "segflow": {
+            "source_uri": job.source, "source_checksum": job.checksum,
+            "model": job.model.identity(), "model_kind": job.model.kind,
+            "fitted": job.model.fitted(), "config": job.config.model_dump(mode="json"),
+            "config_hash": job.config.output_hash(),
+            "classes": [c.model_dump() for c in job.model.classes],
+            "chunks_total": len(job.plan.chunks),
+        },
+        "spatial": {"modality": job.reader.modality, **spatial},
+    }
+
+
+def open_job_store(job: Job) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
+    """The store of a fitted job: resumed when it was made from the same bytes, model and
+    config, else created anew. Returns it, the chunks already written, and whether complete."""
+    key = resume_key(job.checksum, job.model.identity(), job.config.output_hash())
+    return open_or_create(job.store_uri, job.plan, job.reader.dims,
+                          max(c.id for c in job.model.classes) + 1, store_attrs(job), key,
+                          job.reader.spatial_attrs().get("grid_mapping"),
+                          job.reader.coordinates())
+
+
+def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
+                   attrs: dict[str, Any], resume: str, grid_mapping: dict[str, Any] | None,
+                   coords: Coordinates) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
+    """Open the store for resuming (same resume key) or create it anew with its full schema,
+    for class ids 0..``n_labels`` - 1.
+
+    Returns the store, the chunk indexes already written, and whether the store is complete.
+    """
+    dtype, nodata = label_dtype(n_labels)
+    store = MaskStore(uri=uri, dtype=dtype.name, nodata=nodata)
+    try:
+        group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
+        meta = group.attrs.get("segflow", {})
+        if meta.get("resume_key") == resume:
+            done = store.progress()[:]
+            finished = {tuple(int(i) for i in idx) for idx in np.argwhere(done > 0)}
+            return store, finished, bool(meta.get("complete"))
+    except (FileNotFoundError, KeyError, zarr.errors.NodeTypeValidationError,
+            zarr.errors.GroupNotFoundError):
+        pass
+
+    group = zarr.open_group(store=uri, mode="w", zarr_format=3, **zarr_options(uri))
+    rank = len(plan.shape)
+    inner = _inner_chunk(plan.chunk, rank)
+    side = min(plan.chunk, max(plan.shape))
+    layout: dict[str, Any] = ({"shards": (plan.chunk,) * rank, "chunks": (inner,) * rank}
+                              if inner else {"chunks": (side,) * rank})
+    group.create_array("0", shape=plan.shape, dtype=dtype, fill_value=nodata,
+                       dimension_names=list(dims),
+                       attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+                       if grid_mapping else {},
+                       **layout)
+    group.create_array("progress", shape=plan.grid, dtype="uint8", fill_value=0,
+                       chunks=(1,) * rank, dimension_names=[f"chunk_{d}" for d in dims])
+    for name, (values, coord_attrs) in coords.items():
+        arr = group.create_array(name, shape=values.shape, dtype=values.dtype,
+                                 chunks=values.shape, dimension_names=[name],
+                                 attributes=coord_attrs)
+        arr[:] = values
+    if grid_mapping:
+        sref = group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0,
+                                  dimension_names=[], attributes=grid_mapping)
+        sref[...] = 0
+    group.attrs.update({**attrs, "segflow": {**attrs.get("segflow", {}), "resume_key": resume,
+                                             "complete": False}})
+    return store, set(), False
+
+
+def create_instances(store: MaskStore) -> None:
+    """(Re)create the ``instances`` array with the shape, chunks and shards of ``0``, so each
+    work chunk writes only its own shards of it too."""
+    group = zarr.open_group(store=store.uri, mode="r+", **zarr_options(store.uri))
+    labels = group["0"]
+    group.create_array("instances", shape=labels.shape, dtype="uint32", fill_value=0,
+                       chunks=labels.chunks, shards=labels.shards, overwrite=True,
+                       dimension_names=labels.metadata.dimension_names,
+                       attributes=labels.attrs.asdict())
+
+
+def mark_complete(uri: str, summary: dict[str, Any], ome: dict[str, Any]) -> None:
+    """Write the OME-Zarr metadata and flag the store complete, last of all."""
+    group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
+    group.attrs["ome"] = ome
+    meta = dict(group.attrs["segflow"])
+    meta.update(summary, complete=True)
+    group.attrs["segflow"] = meta

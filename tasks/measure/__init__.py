@@ -1,0 +1,1 @@
+"""Measuring the written mask: class statistics, object instances, quality against a truth."""

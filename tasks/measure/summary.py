@@ -1,0 +1,69 @@
+"""Every measurement of one written mask, streamed on the workers: class statistics, objects
+(``stats.instances``) and quality against a ground truth (``stats.ground_truth``), as rows for
+the catalog tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed import Client
+
+from segflow.tasks.mask.store import MaskStore
+from segflow.tasks.measure.classes import class_rows, count_chunk, report_unit
+from segflow.tasks.measure.instances import label_instances, measure_instances, thing_ids
+from segflow.tasks.measure.metrics import evaluate, open_ground_truth
+from segflow.tasks.measure.objects import Instances
+from segflow.tasks.plan.job import Job
+
+
+@dataclass
+class Measurements:
+    """Rows for the catalog tables, by table name."""
+
+    class_stats: list[dict[str, Any]]
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    confusion: list[dict[str, Any]] = field(default_factory=list)
+    #: valid ground-truth cells holding no class id of the model, left out of the metrics
+    unknown_truth: int = 0
+
+
+def find_objects(client: Client, job: Job, store: MaskStore, reused: bool) -> Instances | None:
+    """Give every object one id across chunk borders (``stats.instances``) and measure it; a
+    reused store is already labelled, so it is only measured."""
+    if not job.config.stats.instances:
+        return None
+    row_areas = job.reader.cell_measure()
+    if reused:
+        return measure_instances(client, store, job.plan, row_areas)
+    things = thing_ids(job.model.classes, job.config.stats.things, job.source)
+    return label_instances(client, store, job.plan, things, row_areas)
+
+
+def measure_mask(client: Client, job: Job, store: MaskStore,
+                 objects: Instances | None) -> Measurements:
+    """Per-class cells, area or volume, fraction (and objects), per-object rows and, with a
+    ground truth, quality metrics."""
+    row_areas = job.reader.cell_measure()
+    want = job.config.stats
+    unit = report_unit(job.reader, row_areas, want)
+    n_labels = max(c.id for c in job.model.classes) + 1
+    [areas] = client.scatter([row_areas], broadcast=True) if row_areas is not None else [None]
+    counts = client.gather(client.map(count_chunk, job.plan.chunks, store=store,
+                                      n_labels=n_labels, row_areas=areas, pure=False))
+    per_class = None
+    if objects is not None:
+        found = objects.counts_per_class()
+        per_class = {t: found.get(t, 0)
+                     for t in thing_ids(job.model.classes, want.things, job.source)}
+    result = Measurements(class_rows(job.model.classes, counts, unit, per_class))
+    if objects is not None:
+        result.instances = objects.rows(job.reader, unit)
+    if want.ground_truth:
+        evaluation = evaluate(client, store, job.plan,
+                              open_ground_truth(want.ground_truth, job.reader), job.model.classes)
+        result.unknown_truth = evaluation.unknown
+        result.metrics = evaluation.metric_rows()
+        result.confusion = evaluation.confusion_rows()
+    return result

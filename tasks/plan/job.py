@@ -1,0 +1,72 @@
+"""The job: everything later stages need about one image, decided once when it is planned.
+
+A ``Job`` is immutable. Fitting global parameters (the foreground threshold, a model's fit) makes
+a new one with ``fitted``, so no stage changes what an earlier one handed on.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+
+from distributed import Client
+
+from segflow.tasks.config import JobConfig
+from segflow.tasks.models import InputSpec, SegmentationModel, build_model
+from segflow.tasks.plan.grid import Plan, plan_chunks
+from segflow.tasks.sources.base import SourceBase
+from segflow.tasks.sources.foreground import fit_foreground
+from segflow.tasks.sources.identity import image_id, source_checksum
+from segflow.tasks.sources.registry import open_source
+from segflow.tasks.sources.tissue import background_chunks
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image: its source and reader, the model, the chunk plan and the config."""
+
+    source: str
+    root: str
+    image_id: str
+    checksum: str
+    reader: SourceBase
+    plan: Plan
+    model: SegmentationModel
+    config: JobConfig
+    #: chunks known to be background before reading (slide glass): written as class 0
+    background: frozenset[tuple[int, ...]] = field(default_factory=frozenset)
+
+    @property
+    def store_uri(self) -> str:
+        return f"{self.root.rstrip('/')}/masks/{self.image_id}.zarr"
+
+    @property
+    def unreached_halo(self) -> bool:
+        """True when the model reads further than the halo: chunk seams are not exact."""
+        return self.model.receptive_field > self.plan.halo
+
+
+def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = None) -> Job:
+    """Open the source, build the model and plan the chunks; ``checksum`` when the caller has
+    already computed it (a batch does, to skip done images: a local file is not hashed twice).
+    Readers that offer a tissue thumbnail mark chunks of bare glass as background."""
+    reader = open_source(source, config.input)
+    spec = InputSpec(bands=len(reader.bands), dtype=reader.dtype, ndim=len(reader.spatial_shape))
+    model = build_model(config, spec, source=source)
+    plan = plan_chunks(reader.spatial_shape, config.tiling.chunk, config.tiling.halo,
+                       stride=model.stride)
+    skip_glass = reader.capabilities.has_tissue_thumbnail and config.tiling.skip_empty
+    background = frozenset(background_chunks(reader, plan)) if skip_glass else frozenset()
+    return Job(source=source, root=root, image_id=image_id(source),
+               checksum=checksum or source_checksum(source), reader=reader, plan=plan,
+               model=model, config=config, background=background)
+
+
+def fitted(job: Job, client: Client) -> Job:
+    """The job with its global parameters fitted on the whole image: the foreground threshold
+    (``input.foreground``), then the model's own fit, on a copy of the model."""
+    reader = fit_foreground(job.reader, client) if job.config.input.foreground == "otsu" \
+        else job.reader
+    model = copy.copy(job.model)
+    model.fit(reader, client)
+    return replace(job, reader=reader, model=model)

@@ -1,0 +1,160 @@
+"""Where the chunk work runs: an existing Dask scheduler, a LocalCluster sized to the machine
+(dask-cuda's LocalCUDACluster on a GPU host), or a cluster made from a spec by dask-jobqueue
+(SLURM, PBS) or the Dask Kubernetes operator. Those three libraries are optional extras,
+imported only when a config asks for them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import import_module
+from importlib.util import find_spec
+from typing import Any
+
+import dask
+from distributed import Client, LocalCluster
+from distributed.deploy import Cluster
+
+from segflow.tasks.config import ClusterConfig, read_yaml
+from segflow.tasks.errors import UserError, first_line
+
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's
+# dynamic mmap threshold: every torch activation above 128 KiB is then mmap'd and page-faulted
+# again on every layer, halving CPU inference speed (BENCHMARKS.md §2). Keep freed heap instead;
+# glibc reads these at process start, so they must be the nanny's pre-spawn environment.
+# For workers started by hand: DASK_CONFIG=infra/dask (infra/dask/segflow-workers.yaml).
+WORKER_MALLOC = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": "100000000000",
+    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": "33554432",
+}
+
+
+def local_size(cfg: ClusterConfig) -> tuple[int, int]:
+    """Workers and threads per worker: one process per 4 cores, threads filling the rest.
+
+    Fewer, fatter workers share one copy of a model and one set of torch threads per process.
+    """
+    cores = os.cpu_count() or 1
+    workers = cfg.n_workers or max(1, cores // 4)
+    threads = cfg.threads_per_worker or max(1, cores // workers)
+    return workers, threads
+
+
+def cuda_devices() -> int:
+    """GPUs this host shows, asked of nvidia-smi: importing torch on the client costs seconds."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "" or not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                 timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.splitlines())
+
+
+def inference_resources(client: Client, accelerated: bool) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when a model can use a GPU and some worker offers one, so its chunks run
+    only there (passed to ``client.map``; graph annotations can be optimised away)."""
+    if not accelerated:
+        return None
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
+
+
+#: cluster.kind -> (module, class, the segflow extra that installs it)
+SPEC_CLUSTERS = {
+    "slurm": ("dask_jobqueue", "SLURMCluster", "hpc"),
+    "pbs": ("dask_jobqueue", "PBSCluster", "hpc"),
+    "kubernetes": ("dask_kubernetes.operator", "KubeCluster", "kubernetes"),
+}
+
+
+def _optional(module: str, extra: str) -> Any:
+    try:
+        return import_module(module)
+    except ImportError as exc:
+        raise UserError("cluster", f"{module} is not installed: pip install "
+                                      f"'segflow[{extra}]' ({first_line(exc)})") from exc
+
+
+def _read_spec(path: str | None) -> dict[str, Any]:
+    return read_yaml(path, "cluster spec") if path else {}
+
+
+def spec_cluster(cfg: ClusterConfig) -> Cluster:
+    """The cluster ``cfg.spec`` describes, with no workers asked for yet.
+
+    slurm/pbs: the spec's keys are the keyword arguments of dask_jobqueue.SLURMCluster /
+    PBSCluster (cores, memory, queue, walltime, job_extra_directives, worker_extra_args, ...);
+    kubernetes: the spec is a DaskCluster resource, created through the Dask operator.
+    """
+    module, name, extra = SPEC_CLUSTERS[cfg.kind]
+    make = getattr(_optional(module, extra), name)
+    spec = _read_spec(cfg.spec)
+    try:
+        if cfg.kind == "kubernetes":
+            return make(custom_cluster_spec=spec) if spec else make()
+        return make(**{"scheduler_options": {"dashboard_address": ":0"}, **spec})
+    except (TypeError, ValueError) as exc:
+        raise UserError(cfg.spec or "cluster", f"{name}: {first_line(exc)}") from exc
+
+
+def cuda_cluster(cfg: ClusterConfig) -> Cluster:
+    """One worker per GPU, pinned to its device by dask-cuda, each offering ``GPU=1``.
+
+    ``cfg.cuda`` passes dask-cuda's own options: ``device_memory_limit`` (spill device to host
+    memory above it), ``memory_limit`` (spill host memory to disk), ``rmm_pool_size``. Only GPU
+    hosts with the ``gpu`` extra get here; the CPU-only CI host never runs this branch.
+    """
+    from dask_cuda import LocalCUDACluster
+
+    return LocalCUDACluster(threads_per_worker=cfg.threads_per_worker or 1,
+                            resources={"GPU": 1}, dashboard_address=":0",
+                            silence_logs=logging.CRITICAL, **cfg.cuda)
+
+
+def local_cluster(cfg: ClusterConfig) -> Cluster:
+    """LocalCUDACluster on a GPU host that has dask-cuda, else a LocalCluster of processes.
+
+    Without dask-cuda every local worker on a GPU host offers one ``GPU`` resource and they
+    share device 0.
+    """
+    gpus = cuda_devices() if cfg.gpu != "off" else 0
+    if gpus and find_spec("dask_cuda"):
+        return cuda_cluster(cfg)
+    workers, threads = local_size(cfg)
+    gpu = {"resources": {"GPU": 1}} if gpus else {}
+    return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                        dashboard_address=":0", silence_logs=logging.CRITICAL, **gpu)
+
+
+def _request_workers(cluster: Cluster, cfg: ClusterConfig) -> None:
+    """Ask for the configured jobs/workers and wait until one has joined (an HPC queue may take
+    a while: the run waits for it, as a job submitted by hand would)."""
+    if cfg.adapt_max:
+        cluster.adapt(minimum=cfg.scale or 0, maximum=cfg.adapt_max)
+    elif cfg.scale is not None or cfg.kind != "kubernetes":
+        cluster.scale(cfg.scale if cfg.scale is not None else 1)
+    with Client(cluster, set_as_default=False) as client:
+        client.wait_for_workers(1)
+
+
+@contextmanager
+def dask_cluster(cfg: ClusterConfig, address: str | None = None) -> Iterator[str]:
+    """Yield a scheduler address: ``address``/``cfg.address`` as given, else that of a cluster of
+    ``cfg.kind`` started for this run and closed after it."""
+    given = address or cfg.address
+    if given:
+        yield given
+        return
+    if cfg.kind != "local":
+        with spec_cluster(cfg) as cluster:
+            _request_workers(cluster, cfg)
+            yield cluster.scheduler_address
+        return
+    with dask.config.set(WORKER_MALLOC), local_cluster(cfg) as cluster:
+        yield cluster.scheduler_address

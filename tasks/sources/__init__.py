@@ -1,0 +1,1 @@
+"""Reading the input: which reader, its pixels and valid mask, identity, tissue/foreground."""

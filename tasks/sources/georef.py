@@ -1,0 +1,111 @@
+"""A raster's place on Earth, in the forms its users need: per-row pixel areas, the CF grid
+mapping and pixel-centre coordinates that xarray + rioxarray read back, and the OME cell size.
+
+One ``Georef`` holds the CRS and the affine (rasterio's order: x = a*col + b*row + c,
+y = d*col + e*row + f), so the unpacking and the CRS's unit live here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from pyproj import CRS
+
+Coordinates = dict[str, tuple[np.ndarray, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Georef:
+    """A grid's CRS (WKT, None for none) and affine."""
+
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+
+    @cached_property
+    def crs(self) -> CRS | None:
+        return CRS.from_wkt(self.crs_wkt) if self.crs_wkt else None
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform[:6])
+
+    @property
+    def north_up(self) -> bool:
+        """No rotation or shear terms."""
+        return not (self.affine.b or self.affine.d)
+
+    @property
+    def unit_factor(self) -> float:
+        """Metres per CRS unit along the axes (1 for degrees, which are not lengths)."""
+        crs = self.crs
+        return crs.axis_info[0].unit_conversion_factor if crs and crs.axis_info else 1.0
+
+    def row_areas_m2(self, height: int) -> np.ndarray | None:
+        """Area in m² of one pixel in each row, or None without a CRS.
+
+        Projected CRSs: the affine's determinant. Geographic ones: a pixel shrinks with latitude,
+        so each row is one geodesic quadrilateral on the CRS's own ellipsoid (pyproj.Geod), not
+        the area at the centre latitude.
+        """
+        crs = self.crs
+        if crs is None:
+            return None
+        t = self.affine
+        if not crs.is_geographic:
+            return np.full(height, abs(t.determinant) * self.unit_factor ** 2)
+        if not self.north_up:
+            raise ValueError("geodesic areas need a north-up grid (no rotation terms)")
+        geod = crs.get_geod()
+        areas = np.empty(height)
+        for r, top in enumerate(t.f + t.e * np.arange(height)):
+            lats = [top, top, top + t.e, top + t.e]
+            lons = [t.c, t.c + t.a, t.c + t.a, t.c]
+            area, _ = geod.polygon_area_perimeter(lons, lats)
+            areas[r] = abs(area)
+        return areas
+
+    def cell_size(self) -> tuple[str | None, list[float]]:
+        """(unit, [y, x] size) of one cell for OME-Zarr axes; no unit for degrees or a rotated
+        grid (pixels then)."""
+        t = self.affine
+        if self.crs is None or not self.north_up:
+            return None, [1.0, 1.0]
+        if self.crs.is_geographic:
+            return None, [abs(t.e), abs(t.a)]
+        return "meter", [abs(t.e) * self.unit_factor, abs(t.a) * self.unit_factor]
+
+    def physical(self, index: np.ndarray) -> np.ndarray:
+        """x, y in CRS units (pixel units without a CRS) of continuous (row, col) indexes."""
+        xs, ys = self.affine @ (index[:, 1], index[:, 0])
+        return np.stack([np.asarray(xs), np.asarray(ys)], axis=1)
+
+    def grid_mapping(self) -> dict[str, Any] | None:
+        """Attributes of the CF ``spatial_ref`` variable (as rioxarray writes them), or None."""
+        if self.crs is None:
+            return None
+        t = self.affine
+        return {
+            "crs_wkt": self.crs_wkt,
+            "spatial_ref": self.crs_wkt,
+            "GeoTransform": f"{t.c!r} {t.a!r} {t.b!r} {t.f!r} {t.d!r} {t.e!r}",  # GDAL order
+            **self.crs.to_cf(),
+        }
+
+    def pixel_centres(self, height: int, width: int) -> Coordinates:
+        """1-D x/y coordinates of pixel centres for a north-up grid (pixel indexes otherwise)."""
+        if self.crs is None or not self.north_up:
+            return {"y": (np.arange(height, dtype=np.float64), {"units": "pixel"}),
+                    "x": (np.arange(width, dtype=np.float64), {"units": "pixel"})}
+        t = self.affine
+        xs = np.asarray((t @ (np.arange(width) + 0.5, np.full(width, 0.5)))[0])
+        ys = np.asarray((t @ (np.full(height, 0.5), np.arange(height) + 0.5))[1])
+        if self.crs.is_geographic:
+            return {"y": (ys, {"units": "degrees_north", "standard_name": "latitude"}),
+                    "x": (xs, {"units": "degrees_east", "standard_name": "longitude"})}
+        unit = self.crs.axis_info[0].unit_name if self.crs.axis_info else "metre"
+        return {"y": (ys, {"units": unit, "standard_name": "projection_y_coordinate"}),
+                "x": (xs, {"units": unit, "standard_name": "projection_x_coordinate"})}

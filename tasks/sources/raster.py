@@ -1,0 +1,111 @@
+"""GeoTIFF/COG reader: windows read lazily with rasterio, carrying CRS and affine.
+
+Workers open the file themselves for each window (rasterio datasets are not thread-safe), so the
+client never holds pixels and memory is bounded by the window size, never by the image size.
+On S3 each window is a few HTTP range requests (GDAL's /vsis3/, see runtime/storage.py); the
+handle pickled to a worker is only the URI, the worker's own environment supplies credentials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from segflow.tasks.config import InputConfig
+from segflow.tasks.errors import UserError, io_error
+from segflow.tasks.runtime.storage import raster_dataset
+from segflow.tasks.sources.base import Box, SourceBase, select_bands
+from segflow.tasks.sources.georef import Coordinates, Georef
+
+
+@dataclass(frozen=True)
+class Raster(SourceBase):
+    """A GeoTIFF/COG: what to read (uri, bands) and where it lies (CRS, affine)."""
+
+    nodata: float | None = None
+    crs_wkt: str | None = None
+    transform: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # affine a, b, c, d, e, f
+
+    reader: ClassVar[str] = "geotiff"
+
+    @property
+    def height(self) -> int:
+        return self.spatial_shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.spatial_shape[1]
+
+    @property
+    def georef(self) -> Georef:
+        return Georef(self.crs_wkt, self.transform)
+
+    def _read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = box
+        window = Window.from_slices(rows, cols)
+        try:
+            with raster_dataset(self.uri) as ds:
+                pixels = ds.read(self.bands, window=window)
+                masks = ds.read_masks(self.bands, window=window)
+        except RasterioError as exc:
+            raise io_error(self.uri, f"cannot read window {rows.start}:{rows.stop}, "
+                                     f"{cols.start}:{cols.stop}", exc) from exc
+        return pixels, masks.any(axis=0)  # GDAL's per-dataset rule: valid if any band is valid
+
+    def _read_decimated(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        # GDAL decimates block by block (or uses overviews): memory is bounded by the output.
+        shape = (len(self.bands), max(1, self.height // step), max(1, self.width // step))
+        try:
+            with raster_dataset(self.uri) as ds:
+                pixels = ds.read(self.bands, out_shape=shape, resampling=Resampling.nearest)
+                masks = ds.read_masks(self.bands, out_shape=shape, resampling=Resampling.nearest)
+        except RasterioError as exc:
+            raise io_error(self.uri, "cannot read overview", exc) from exc
+        return pixels, masks.any(axis=0)
+
+    def cell_measure(self) -> np.ndarray | None:
+        return self.georef.row_areas_m2(self.height)
+
+    def cell_size(self) -> tuple[str | None, list[float]]:
+        return self.georef.cell_size()
+
+    def physical(self, index: np.ndarray) -> np.ndarray:
+        """x, y in CRS units (pixel units without a CRS) through the affine."""
+        return self.georef.physical(index)
+
+    def spatial_attrs(self) -> dict[str, Any]:
+        return {"crs_wkt": self.crs_wkt, "transform": list(self.transform),
+                "transform_order": "affine a b c d e f (x = a*col + b*row + c)",
+                "grid_mapping": self.georef.grid_mapping()}
+
+    def coordinates(self) -> Coordinates:
+        return self.georef.pixel_centres(self.height, self.width)
+
+
+def open_raster(uri: str, cfg: InputConfig | None = None) -> Raster:
+    """Open a GeoTIFF/COG header (no pixels), check the request against it, return a handle."""
+    cfg = cfg or InputConfig()
+    try:
+        with raster_dataset(uri) as ds:
+            count, height, width = ds.count, ds.height, ds.width
+            dtypes = set(ds.dtypes)
+            nodata = ds.nodata
+            crs_wkt = ds.crs.to_wkt() if ds.crs else None
+            transform = tuple(ds.transform)[:6]
+            # A header alone does not prove the pixels decode: read one block now so a corrupt
+            # file fails here, in planning, not half-way through a run.
+            ds.read(1, window=Window(0, 0, min(width, 16), min(height, 16)))
+    except RasterioError as exc:
+        raise io_error(uri, "not a readable raster", exc) from exc
+    if height == 0 or width == 0:
+        raise UserError(uri, "raster has no pixels")
+    chosen = select_bands(uri, cfg.bands, count, "raster")
+    if len(dtypes) != 1:
+        raise UserError(uri, f"bands have mixed dtypes {sorted(dtypes)}")
+    return Raster(uri=uri, spatial_shape=(height, width), bands=chosen, dtype=dtypes.pop(),
+                  nodata=nodata, crs_wkt=crs_wkt, transform=transform)

@@ -1,0 +1,167 @@
+"""Volume readers: NIfTI (.nii, .nii.gz) with nibabel, and Zarr / OME-Zarr volumes with zarr.
+
+Uncompressed NIfTI is memory-mapped, so a window costs only its own bytes. For .nii.gz nibabel
+must decompress the stream up to the window (indexed_gzip makes that seekable when installed);
+memory stays bounded by the window, but time grows with its offset: prefer .nii for big
+volumes. On S3 (or any fsspec URL) a window is read with range requests, never the whole
+object; a remote .nii.gz streams from its start for each window, fine for MRI-sized volumes.
+Axes stay in the file's voxel order (i, j, k); the affine maps them to RAS+ millimetres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import nibabel as nib
+import numpy as np
+import zarr
+
+from segflow.tasks.config import InputConfig
+from segflow.tasks.errors import UserError, io_error
+from segflow.tasks.runtime.storage import is_local, open_input, zarr_options
+from segflow.tasks.sources.base import Box, SourceBase, select_bands
+
+
+@contextmanager
+def _nifti(uri: str) -> Iterator[nib.Nifti1Image]:
+    """A NIfTI image whose voxels stay on disk: memory-mapped locally; on S3 or any fsspec URL
+    read through a range-requesting file (``.nii.gz`` decompressed as it streams), valid only
+    inside the ``with``."""
+    if is_local(uri):
+        yield nib.load(uri)
+        return
+    with open_input(uri, compression="infer") as fh:
+        yield nib.Nifti1Image.from_stream(fh)
+
+
+@dataclass(frozen=True)
+class Volume(SourceBase):
+    """A 3-D (or 4-D, the 4th axis as bands) NIfTI volume and its voxel-to-mm affine."""
+
+    affine: tuple[tuple[float, ...], ...] = ()
+
+    reader: ClassVar[str] = "nifti"
+    dims: ClassVar[tuple[str, ...]] = ("i", "j", "k")
+    physical_axes: ClassVar[tuple[str, ...]] = ("x", "y", "z")
+
+    def _slab(self, index: tuple[slice, ...]) -> np.ndarray:
+        try:
+            with _nifti(self.uri) as img:
+                proxy = img.dataobj
+                if len(proxy.shape) == 3:
+                    data = np.asarray(proxy[index])[None]
+                else:
+                    bands = [b - 1 for b in self.bands]
+                    data = np.moveaxis(np.asarray(proxy[(*index, bands)]), -1, 0)
+        except Exception as exc:  # nibabel raises OSError, ValueError, zlib errors alike
+            raise io_error(self.uri, "cannot read voxels", exc) from exc
+        return data.astype(data.dtype.newbyteorder("="), copy=False)
+
+    def _read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        pixels = self._slab(tuple(box))
+        return pixels, np.ones(pixels.shape[1:], bool)
+
+    def _read_decimated(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        pixels = self._slab((slice(None, None, step),) * 3)
+        return pixels, np.ones(pixels.shape[1:], bool)
+
+    def voxel_mm3(self) -> float:
+        return float(abs(np.linalg.det(np.asarray(self.affine)[:3, :3])))
+
+    def cell_measure(self) -> np.ndarray | None:
+        return np.full(self.spatial_shape[0], self.voxel_mm3())
+
+    def cell_size(self) -> tuple[str | None, list[float]]:
+        affine = np.asarray(self.affine)
+        return "millimeter", np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).tolist()
+
+    def physical(self, index: np.ndarray) -> np.ndarray:
+        """RAS+ x, y, z in mm: the NIfTI affine maps voxel centres, which sit at index + 0.5."""
+        affine = np.asarray(self.affine)
+        return (index - 0.5) @ affine[:3, :3].T + affine[:3, 3]
+
+    def spatial_attrs(self) -> dict[str, Any]:
+        affine = np.asarray(self.affine)
+        return {"affine": affine.tolist(), "axes": list(self.dims),
+                "orientation": "".join(nib.aff2axcodes(affine)),
+                "voxel_size_mm": self.cell_size()[1]}
+
+
+def open_nifti(uri: str, cfg: InputConfig | None = None) -> Volume:
+    """Read a NIfTI header (no voxels), check it, return a lazy handle."""
+    cfg = cfg or InputConfig()
+    try:
+        with _nifti(uri) as img:
+            shape = tuple(int(n) for n in img.shape)
+            dtype = np.dtype(img.get_data_dtype()).newbyteorder("=").str
+            affine = img.affine
+            np.asarray(img.dataobj[(slice(0, 1),) * len(shape)])  # the voxels decode at all
+    except Exception as exc:
+        raise io_error(uri, "not a readable NIfTI volume", exc) from exc
+    if len(shape) not in (3, 4) or min(shape) == 0:
+        raise UserError(uri, f"expected a 3-D volume (or 4-D with channels), got {shape}")
+    count = 1 if len(shape) == 3 else shape[3]
+    chosen = select_bands(uri, cfg.bands, count, "volume")
+    if len(shape) == 3 and chosen != (1,):
+        raise UserError(uri, "a 3-D volume has one band")
+    return Volume(uri=uri, spatial_shape=shape[:3], bands=chosen, dtype=np.dtype(dtype).name,
+                  affine=tuple(tuple(float(v) for v in row) for row in affine))
+
+
+@dataclass(frozen=True)
+class ZarrVolume(Volume):
+    """A 3-D Zarr array, or level 0 of an OME-Zarr image, read chunk-wise by zarr itself."""
+
+    path: str = ""
+
+    reader: ClassVar[str] = "zarr"
+
+    def _slab(self, index: tuple[slice, ...]) -> np.ndarray:
+        try:
+            data = np.asarray(zarr.open_array(store=self.uri, path=self.path, mode="r",
+                                           **zarr_options(self.uri))[index])
+        except Exception as exc:
+            raise io_error(self.uri, "cannot read voxels", exc) from exc
+        return data[None]
+
+
+def _ome_level0(group: zarr.Group) -> tuple[str, list[float], list[float]]:
+    """Path, scale and translation of level 0 from OME-Zarr multiscales (0.4 or 0.5)."""
+    attrs = group.attrs.asdict()
+    multiscales = attrs.get("ome", attrs).get("multiscales")
+    if not multiscales:
+        raise ValueError("a Zarr group without OME multiscales metadata")
+    dataset = multiscales[0]["datasets"][0]
+    scale, shift = [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]
+    for transform in dataset.get("coordinateTransformations", []):
+        if transform["type"] == "scale":
+            scale = [float(v) for v in transform["scale"]][-3:]
+        if transform["type"] == "translation":
+            shift = [float(v) for v in transform["translation"]][-3:]
+    return dataset["path"], scale, shift
+
+
+def open_zarr_volume(uri: str, cfg: InputConfig | None = None) -> ZarrVolume:
+    """Open a 3-D Zarr array or OME-Zarr image; voxel sizes from its scale (taken as mm)."""
+    try:
+        node = zarr.open(store=uri, mode="r", **zarr_options(uri))
+        if isinstance(node, zarr.Group):
+            path, scale, shift = _ome_level0(node)
+            array = node[path]
+        else:
+            path, scale, shift, array = "", [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], node
+        shape = tuple(int(n) for n in array.shape)
+        dtype = np.dtype(array.dtype).name
+    except Exception as exc:
+        raise io_error(uri, "not a readable Zarr volume", exc) from exc
+    if len(shape) != 3:
+        raise UserError(uri, f"expected a 3-D Zarr volume, got shape {shape}")
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(scale)
+    affine[:3, 3] = shift
+    bands = select_bands(uri, (cfg or InputConfig()).bands, 1, "volume")
+    return ZarrVolume(uri=uri, spatial_shape=shape, bands=bands, dtype=dtype, path=path,
+                      affine=tuple(tuple(float(v) for v in row) for row in affine))

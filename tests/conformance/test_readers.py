@@ -1,0 +1,228 @@
+"""Every registered reader, local and on S3, passes ``ReaderContract``."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import rasterio
+import tifffile
+import zarr
+from nibabel.affines import apply_affine
+from rasterio.windows import Window
+
+from segflow.tasks.sources.registry import READERS
+from tests.conformance.reader_contract import ReaderContract
+from tests.conftest import DATA
+
+SCENE = DATA / "rgb_byte.tif"  # real Landsat RGB, nodata 0 around a rotated footprint
+SLIDE = DATA / "cmu1_pyramid.tif"  # real H&E (CMU-1), pyramidal, 0.499 µm/px
+HEAD = DATA / "nibabel_anatomical.nii"  # real T1, big-endian, LAS
+WINDOW = Window(0, 100, 240, 200)  # a crop of the scene: 46 % nodata outside the footprint
+
+
+def _truncated(path: Path, folder: Path) -> Path:
+    bad = folder / path.name
+    bad.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    return bad
+
+
+class _GeoTiff(ReaderContract):
+    reader_name = "geotiff"
+    suffix = ".tif"
+    windows = [(slice(10, 90), slice(30, 200)), (slice(150, 200), slice(0, 240))]
+    driver = "GTiff"
+
+    def make(self, folder: Path) -> Path:
+        with rasterio.open(SCENE) as src:
+            data = src.read(window=WINDOW)
+            profile = {**src.profile, "width": WINDOW.width, "height": WINDOW.height,
+                       "transform": src.window_transform(WINDOW), "driver": self.driver}
+        if self.driver == "COG":
+            profile = {k: v for k, v in profile.items()
+                       if k not in ("tiled", "blockxsize", "blockysize", "interleave")}
+            profile.update(blocksize=64, overview_count=1)
+        path = folder / f"scene{self.suffix}"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        return path
+
+    def expected(self, path: Path) -> dict[str, Any]:
+        with rasterio.open(path) as ds:
+            pixels = ds.read()
+            nodata = ds.nodata
+            corners = {(0, 0): ds.xy(0, 0), (199, 239): ds.xy(199, 239)}
+        return {"pixels": pixels, "valid": (pixels != nodata).any(axis=0),
+                "physical": corners}
+
+    def corrupt(self, path: Path, folder: Path) -> Path:
+        return _truncated(path, folder)
+
+
+class _Cog(_GeoTiff):
+    driver = "COG"
+
+
+class _Slide(ReaderContract):
+    reader_name = "slide"
+    suffix = ".tif"
+    windows = [(slice(600, 900), slice(400, 700)), (slice(2900, 2967), slice(2000, 2220))]
+
+    def make(self, folder: Path) -> Path:
+        return Path(shutil.copy(SLIDE, folder / "slide.tif"))
+
+    def expected(self, path: Path) -> dict[str, Any]:
+        with tifffile.TiffFile(path) as tif:
+            pixels = np.moveaxis(tif.series[0].levels[0].asarray(), -1, 0)
+            page = tif.pages[0]
+            numerator, denominator = page.tags["XResolution"].value
+            assert page.tags["ResolutionUnit"].value == 3  # per centimetre
+            mpp = 1e4 * denominator / numerator
+        cells = [(0, 0), (2966, 2219), (100, 7)]
+        return {"pixels": pixels, "valid": np.ones(pixels.shape[1:], bool),
+                "physical": {c: ((c[1] + 0.5) * mpp, (c[0] + 0.5) * mpp) for c in cells}}
+
+    def corrupt(self, path: Path, folder: Path) -> Path:
+        return _truncated(path, folder)
+
+
+class _Nifti(ReaderContract):
+    reader_name = "nifti"
+    suffix = ".nii"
+    windows = [(slice(5, 20), slice(10, 30), slice(0, 25)), (slice(30, 33), slice(0, 41),
+                                                           slice(3, 4))]
+
+    def make(self, folder: Path) -> Path:
+        path = folder / f"head{self.suffix}"
+        if self.suffix == ".nii.gz":
+            with HEAD.open("rb") as src, gzip.open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copy(HEAD, path)
+        return path
+
+    def expected(self, path: Path) -> dict[str, Any]:
+        img = nib.load(path)
+        voxels = np.asarray(img.dataobj)
+        voxels = voxels.astype(voxels.dtype.newbyteorder("="))[None]
+        cells = [(0, 0, 0), (32, 40, 24), (10, 3, 17)]
+        return {"pixels": voxels, "valid": np.ones(voxels.shape[1:], bool),
+                "physical": {c: apply_affine(img.affine, c) for c in cells}}
+
+    def corrupt(self, path: Path, folder: Path) -> Path:
+        bad = folder / path.name
+        bad.write_bytes(b"\0" * 100)
+        return bad
+
+
+class _NiftiGz(_Nifti):
+    suffix = ".nii.gz"
+
+
+SCALE, SHIFT = [2.0, 3.0, 4.0], [10.0, -20.0, 30.0]
+
+
+class _ZarrVolume(ReaderContract):
+    reader_name = "zarr"
+    suffix = ".zarr"
+    windows = [(slice(3, 30), slice(0, 9), slice(4, 5)), (slice(0, 33), slice(20, 41),
+                                                         slice(10, 25))]
+
+    def make(self, folder: Path) -> Path:
+        """An OME-Zarr (NGFF 0.5) image of the T1 volume with its own scale and translation."""
+        voxels = np.asarray(nib.load(HEAD).dataobj)
+        voxels = voxels.astype(voxels.dtype.newbyteorder("="))
+        path = folder / "head.zarr"
+        group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
+        group.create_array("0", shape=voxels.shape, chunks=(16, 16, 16), dtype=voxels.dtype)[:] \
+            = voxels
+        group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+            "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in "zyx"],
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": SCALE},
+                {"type": "translation", "translation": SHIFT}]}]}]}
+        return path
+
+    def expected(self, path: Path) -> dict[str, Any]:
+        voxels = zarr.open_array(store=str(path), path="0", mode="r")[:]
+        cells = [(0, 0, 0), (32, 40, 24), (10, 3, 17)]
+        # NGFF: a voxel's centre sits at its integer index, scaled then translated
+        return {"pixels": voxels[None], "valid": np.ones(voxels.shape, bool),
+                "physical": {c: np.asarray(c) * SCALE + SHIFT for c in cells}}
+
+    def corrupt(self, path: Path, folder: Path) -> Path:
+        bad = Path(shutil.copytree(path, folder / path.name))
+        (bad / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                   "attributes": {"ome": "not metadata"}}))
+        return bad
+
+
+IMPLEMENTATIONS: list[type[ReaderContract]] = [_GeoTiff, _Cog, _Slide, _Nifti, _NiftiGz,
+                                               _ZarrVolume]
+
+
+class TestGeoTiff(_GeoTiff):
+    pass
+
+
+class TestGeoTiffOnS3(_GeoTiff):
+    location = "s3"
+
+
+class TestCog(_Cog):
+    pass
+
+
+class TestCogOnS3(_Cog):
+    location = "s3"
+
+
+class TestSlide(_Slide):
+    pass
+
+
+class TestSlideOnS3(_Slide):
+    location = "s3"
+
+
+class TestNifti(_Nifti):
+    pass
+
+
+class TestNiftiOnS3(_Nifti):
+    location = "s3"
+
+
+class TestNiftiGz(_NiftiGz):
+    pass
+
+
+class TestNiftiGzOnS3(_NiftiGz):
+    location = "s3"
+
+
+class TestZarrVolume(_ZarrVolume):
+    pass
+
+
+class TestZarrVolumeOnS3(_ZarrVolume):
+    location = "s3"
+
+
+def test_every_registered_reader_and_suffix_is_covered_local_and_on_s3():
+    """A reader added to the registry without a contract subclass, locally and on S3, fails."""
+    tested = [c for c in globals().values()
+              if isinstance(c, type) and issubclass(c, ReaderContract) and c.__name__[:4] == "Test"]
+    for reader in READERS:
+        for location in ("local", "s3"):
+            assert any(c.reader_name == reader.name and c.location == location for c in tested), \
+                f"{reader.name} has no {location} conformance test"
+    suffixes = {(c.reader_name, c.suffix) for c in tested}
+    for reader in READERS:
+        named = [s for s in reader.suffixes if (reader.name, s) in suffixes]
+        assert named, f"{reader.name}: none of {reader.suffixes} is tested"
