@@ -16,6 +16,7 @@ so ``import segflow`` stays cheap (no Prefect, Dask or torch until a function is
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
     from segflow.tasks.config import load_config
 
 __all__ = ["segment_image", "segment_batch", "query_frame", "load_config"]
-__version__ = "0.1.0"
+try:
+    __version__ = version("segflow")
+except PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "unknown"
 
 _WHERE = {
     "segment_image": "segflow.flows.segment",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -39,6 +40,7 @@ def test_overrides_parse_yaml_scalars_and_nested_keys():
     ("model.kind=magic", "model.kind"),
     ("tiling.chunk=0", "tiling.chunk"),
     ("nonsense", "key=value"),
+    ("model.classes=[{id: 0, name: a, colour: reddish}]", "unknown colour 'reddish'"),
 ])
 def test_bad_settings_are_one_line_errors(override, needle):
     with pytest.raises(SegflowError) as info:
@@ -71,3 +73,21 @@ def test_relative_paths_resolve_beside_the_config(tmp_path):
     assert cfg.cluster.spec == str((folder / "slurm.yaml").resolve())
     # an override on the command line is the user's own path, left as given
     assert load_config(folder / "job.yaml", ["model.weights=m.pt"]).model.weights == "m.pt"
+
+
+def test_any_css_colour_reaches_the_label_metadata_and_the_picture():
+    """One parser everywhere: a colour name the config accepts is drawn by every output
+    (it used to pass validation and fail in the pyramid after all inference had run)."""
+    from segflow.tasks.mask.pyramid import ome_metadata
+    from segflow.tasks.mask.quicklook import overlay
+
+    cfg = load_config(overrides=[
+        "model.classes=[{id: 0, name: a, colour: red}, {id: 1, name: b, colour: '#00ff00'},"
+        " {id: 2, name: c, colour: 'rgb(0, 0, 255)'}]"])
+    classes = cfg.model.classes
+    ome = ome_metadata(("y", "x"), None, [1.0, 1.0], 1, classes, "x")
+    assert [c["rgba"] for c in ome["image-label"]["colors"]] == [
+        [255, 0, 0, 255], [0, 255, 0, 255], [0, 0, 255, 255]]
+    black = np.zeros((1, 3, 3), np.uint8)
+    drawn = overlay(black, np.array([[0, 1, 2]]), [c.model_dump() for c in classes], alpha=1.0)
+    assert drawn[0].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255]]

@@ -162,7 +162,7 @@ def test_builtin_kubernetes_kinds_pass_their_schemas() -> None:
 
 def _operator_crds(tmp: Path) -> dict[str, dict[str, Any]]:
     """The DaskCluster/DaskWorkerGroup CRDs' openAPIV3Schema, from the installed dask-kubernetes
-    or else from its wheel fetched with pip (not installed: it moves pydantic; DESIGN.md)."""
+    or else from its wheel fetched with pip (not installed: it moves pydantic)."""
     crd_dir = "dask_kubernetes/operator/deployment/helm/dask-kubernetes-operator/crds"
     spec = find_spec("dask_kubernetes")
     if spec is not None and spec.submodule_search_locations:

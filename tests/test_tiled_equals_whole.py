@@ -74,11 +74,13 @@ def test_model_is_loaded_once_per_worker(rgb_tif, dilated_model, tmp_path, dask_
                            dask_address)
     assert result["chunks_total"] - result["chunks_skipped"] > 10
 
+    target = str(dilated_model)
+
     def loaded():
         from segflow.tasks.models import torch_model
 
-        return [path for path, _ in torch_model._CACHE if path.endswith("dilated.pt")]
+        return [path for path, _ in torch_model._CACHE if path == target]
 
     with Client(dask_address, set_as_default=False) as client:
         per_worker = client.run(loaded)
-    assert all(paths == [str(dilated_model)] for paths in per_worker.values())
+    assert all(paths == [target] for paths in per_worker.values())

@@ -13,35 +13,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from affine import Affine
 from distributed import Client
-from pyproj import CRS, Transformer
+from pyproj import Transformer
 
 from segflow.tasks.config import ClassSpec, InputConfig
 from segflow.tasks.errors import UserError
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.sources.base import SourceBase
-from segflow.tasks.sources.raster import Raster
+from segflow.tasks.sources.georef import Georef
 from segflow.tasks.sources.registry import open_source
 
 GRID_TOLERANCE = 0.25  # cells: how far the truth's grid may sit from the input's
 
 
-def _check_raster_grid(uri: str, truth: Raster, reader: Raster) -> None:
+def _check_grid(uri: str, truth: Georef, reader: Georef, shape: tuple[int, ...]) -> None:
     """The truth's corners, taken to the input's CRS, must land on the input's corners."""
-    if (truth.crs_wkt is None) != (reader.crs_wkt is None):
+    if (truth.crs is None) != (reader.crs is None):
         raise UserError(uri, "ground truth and input must both have a CRS or both have none")
-    height, width = reader.spatial_shape
+    height, width = shape
     corners = np.array([[0, 0], [0, width], [height, 0], [height, width]], np.float64)
     x, y = truth.physical(corners).T
-    if truth.crs_wkt and not CRS.from_wkt(truth.crs_wkt).equals(CRS.from_wkt(reader.crs_wkt)):
-        x, y = Transformer.from_crs(truth.crs_wkt, reader.crs_wkt, always_xy=True).transform(x, y)
-    cols, rows = ~Affine(*reader.transform) @ (np.asarray(x), np.asarray(y))
+    if truth.crs is not None and not truth.crs.equals(reader.crs):
+        x, y = Transformer.from_crs(truth.crs, reader.crs, always_xy=True).transform(x, y)
+    cols, rows = ~reader.affine @ (np.asarray(x), np.asarray(y))
     shift = float(np.abs(np.stack([rows, cols], axis=1) - corners).max())
     if not shift <= GRID_TOLERANCE:
         raise UserError(uri, f"ground truth is not on the input's grid: its corners are "
-                                f"{shift:.3g} cells off (different transform or CRS)")
+                             f"{shift:.3g} cells off (different transform or CRS)")
 
 
 def open_ground_truth(uri: str, reader: SourceBase) -> SourceBase:
@@ -49,9 +48,9 @@ def open_ground_truth(uri: str, reader: SourceBase) -> SourceBase:
     truth = open_source(uri, InputConfig(bands=[1]))
     if truth.spatial_shape != reader.spatial_shape:
         raise UserError(uri, f"ground truth has shape {truth.spatial_shape} but the input "
-                                f"has {reader.spatial_shape}")
-    if isinstance(reader, Raster) and isinstance(truth, Raster):
-        _check_raster_grid(uri, truth, reader)
+                             f"has {reader.spatial_shape}")
+    if reader.georef is not None and truth.georef is not None:
+        _check_grid(uri, truth.georef, reader.georef, reader.spatial_shape)
     return truth
 
 

@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 
 from segflow.tasks.errors import UserError
+from segflow.tasks.sources.georef import Georef
 from segflow.tasks.sources.registry import BY_NAME, Reader
 
 Box = tuple[slice, ...]  # spatial window, in cell coordinates of the source
@@ -54,6 +55,11 @@ class SourceBase(ABC):
     @property
     def modality(self) -> str:
         return self.capabilities.modality
+
+    @property
+    def georef(self) -> Georef | None:
+        """CRS and affine, for readers whose registry entry ``has_georef``; else None."""
+        return None
 
     def coordinates(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
         """1-D coordinate arrays (values, attributes) by dim name, for the store. Default none."""

@@ -32,7 +32,8 @@ class Reader:
     has_georef: bool = False
     #: a cheap low-resolution level to find tissue on, so chunks of glass are never read
     has_tissue_thumbnail: bool = False
-    #: "module:function" deciding whether a file with a shared suffix (.tif) is this format
+    #: "module:function" deciding whether a file whose name another reader also matches
+    #: (.tif) is this format; a name only this reader matches (.svs) needs no claim
     claims: str | None = None
     #: the reader for its modality when no suffix says (a forced ``input.modality``)
     fallback: bool = False
@@ -80,7 +81,7 @@ def reader_for(uri: str, modality: str = "auto") -> Reader:
     matching = sorted((r for r in candidates if _suffix_length(r, name)),
                       key=lambda r: -_suffix_length(r, name))
     for reader in matching:
-        if reader.claim(uri):
+        if len(matching) == 1 or reader.claim(uri):
             return reader
     if modality == "auto":
         return BY_NAME[DEFAULT]

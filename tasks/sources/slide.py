@@ -23,16 +23,12 @@ from segflow.tasks.errors import UserError, io_error, is_transient
 from segflow.tasks.runtime.storage import open_input
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
 
-#: suffixes only slides use; a .tif/.tiff is a slide only when its header says so (is_slide)
-SLIDE_ONLY = (".svs", ".ndpi", ".scn", ".qptiff")
 _UM_PER = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "mm": 1e3, "cm": 1e4}
 
 
 def is_slide(uri: str) -> bool:
-    """A slide format by name, or a TIFF without georeferencing that is SVS, OME or a pyramid
-    (read from the header only, on any URL)."""
-    if uri.lower().endswith(SLIDE_ONLY):
-        return True
+    """A TIFF without georeferencing that is SVS, OME or a pyramid (read from the header only,
+    on any URL): what tells a slide from a raster when both readers match the name."""
     try:
         with open_input(uri) as fh, tifffile.TiffFile(fh) as tif:
             if tif.is_geotiff:

@@ -83,6 +83,11 @@ class ReaderContract:
         assert reader.name == self.reader_name
         source = open_source(uri, InputConfig())
         assert source.capabilities is reader and source.modality == reader.modality
+        # what the registry says the reader can do, it does
+        assert (source.georef is not None) == reader.has_georef
+        if reader.has_tissue_thumbnail:
+            thumb, factor = source.thumbnail(4)
+            assert factor >= 4 and thumb.shape[0] == len(source.bands)
 
     def test_windows_equal_a_full_read(self, uri: str, truth: dict[str, Any]) -> None:
         source = open_source(uri, InputConfig())

@@ -149,7 +149,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         many.head.bias.copy_(-((torch.arange(MANY) - 280.0) ** 2))
     out["unet_many"] = folder / "unet_many.pt"
     torch.save(many.state_dict(), out["unet_many"])
-    out["dilated"] = folder / "dilated.pt"
+    out["dilated"] = folder / "dilated5.pt"
     torch.jit.script(DilatedNet(bands=5).eval()).save(str(out["dilated"]))
     out["script_many"] = folder / "many.pt"
     torch.jit.script(_ValueClasses().eval()).save(str(out["script_many"]))

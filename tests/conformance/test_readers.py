@@ -166,52 +166,11 @@ IMPLEMENTATIONS: list[type[ReaderContract]] = [_GeoTiff, _Cog, _Slide, _Nifti, _
                                                _ZarrVolume]
 
 
-class TestGeoTiff(_GeoTiff):
-    pass
-
-
-class TestGeoTiffOnS3(_GeoTiff):
-    location = "s3"
-
-
-class TestCog(_Cog):
-    pass
-
-
-class TestCogOnS3(_Cog):
-    location = "s3"
-
-
-class TestSlide(_Slide):
-    pass
-
-
-class TestSlideOnS3(_Slide):
-    location = "s3"
-
-
-class TestNifti(_Nifti):
-    pass
-
-
-class TestNiftiOnS3(_Nifti):
-    location = "s3"
-
-
-class TestNiftiGz(_NiftiGz):
-    pass
-
-
-class TestNiftiGzOnS3(_NiftiGz):
-    location = "s3"
-
-
-class TestZarrVolume(_ZarrVolume):
-    pass
-
-
-class TestZarrVolumeOnS3(_ZarrVolume):
-    location = "s3"
+# every implementation, on local disk and on the moto S3 server: TestGeoTiff, TestGeoTiffOnS3, ...
+for _impl in IMPLEMENTATIONS:
+    for _where, _tail in (("local", ""), ("s3", "OnS3")):
+        _name = f"Test{_impl.__name__.lstrip('_')}{_tail}"
+        globals()[_name] = type(_name, (_impl,), {"location": _where})
 
 
 def test_every_registered_reader_and_suffix_is_covered_local_and_on_s3():

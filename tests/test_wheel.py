@@ -1,0 +1,86 @@
+"""A newcomer's install: the built wheel, alone in a fresh virtual environment, away from the
+repository, runs ``segflow demo`` and ``segflow segment``; it installs only ``segflow``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA
+
+REPO = Path(__file__).resolve().parents[1]
+#: the CPU build the Makefile installs first (a looser spec pulls several GB of CUDA)
+TORCH = next(line.split("?=")[1].strip() for line in (REPO / "Makefile").read_text().splitlines()
+             if line.startswith("TORCH"))
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, f"{args}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    dist = tmp_path_factory.mktemp("dist")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO)],
+         dist, dict(os.environ), 600)
+    [built] = dist.glob("segflow-*.whl")
+    return built
+
+
+def test_the_wheel_holds_one_top_level_package_with_the_demo_data(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"segflow"}
+    for data in ("segflow/configs/landcover.yaml", "segflow/configs/landcover_unet.yaml",
+                 "segflow/samples/nc_lsat7_2000_b12345.tif", "segflow/samples/landcover_unet.pt",
+                 "segflow/samples/nc_landclass96.tif", "segflow/samples/SOURCES.md"):
+        assert data in names
+    for stage in ("sources", "plan", "models", "mask", "measure", "catalog", "runtime",
+                  "intake"):
+        assert f"segflow/tasks/{stage}/__init__.py" in names
+    assert sum(zipfile.ZipFile(wheel).getinfo(n).file_size for n in names) < 12e6
+
+
+@pytest.mark.timeout(1500)
+def test_a_fresh_venv_runs_the_demo_from_another_directory(wheel, tmp_path):
+    env_dir = tmp_path / "env"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("PREFECT_", "AWS_", "VIRTUAL_ENV", "PYTHON"))}
+    env = {**clean, "PATH": f"{bin_dir}:{clean['PATH']}", "PREFECT_HOME": str(tmp_path / "ph")}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    pip = [str(bin_dir / "python"), "-m", "pip", "install", "-q"]
+    _run([*pip, TORCH], work, env, 900)
+    _run([*pip, str(wheel)], work, env, 900)
+
+    # nothing generic at the top of site-packages; the public API is there
+    probe = ("import importlib.util as u, segflow; "
+             "print(u.find_spec('flows'), u.find_spec('tasks'), sorted(segflow.__all__))")
+    out = _run([str(bin_dir / "python"), "-c", probe], work, env, 120)
+    assert out.strip() == ("None None ['load_config', 'query_frame', 'segment_batch', "
+                           "'segment_image']")
+
+    demo = _run([str(bin_dir / "segflow"), "demo", "--out", "demo-out"], work, env, 900)
+    assert "cluster_1" in demo and "developed" in demo  # both class tables printed
+    assert (work / "demo-out" / "catalog" / "runs").is_dir()
+    assert list((work / "demo-out" / "unet" / "masks").glob("*.zarr"))
+
+    scene = Path(shutil.copy(DATA / "rgb_byte.tif", work / "scene.tif"))
+    seg = _run([str(bin_dir / "segflow"), "segment", scene.name, "--out", "seg-out",
+                "--set", "model.kind=otsu"], work, env, 600)
+    assert "background" in seg and "foreground" in seg
+    query = _run([str(bin_dir / "segflow"), "query", "select count(*) as n from class_stats",
+                  "--out", "seg-out", "--format", "csv"], work, env, 300)
+    assert query.replace('"', "").split() == ["n", "2"]
