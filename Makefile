@@ -25,8 +25,10 @@ install-test: $(BIN)/python
 demo: install
 	$(BIN)/segflow demo --out segflow-demo
 
+# two test processes at most (each with its own Prefect API, moto server and Dask cluster),
+# a file's tests together; the suite waits on servers half the time, so two share 2 cores well
 test: install-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=2 --dist loadfile
 
 bench: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)

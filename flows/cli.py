@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
 def _quiet_prefect_console(verbose: bool) -> None:
     """Keep Prefect's console handler for warnings only (tracebacks stay in the Prefect API)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the temporary API's first start in a new PREFECT_HOME creates its database: on a busy
+    # 2-core machine that can take longer than Prefect's default 20 s wait
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not verbose:  # Prefect reads handler levels from PREFECT_LOGGING_<path> variables
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 

@@ -24,6 +24,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: test files that take minutes on their own: started first, so that under pytest-xdist they
+#: overlap with the rest of the suite instead of ending it
+LONGEST_FIRST = ("tests/test_wheel.py", "tests/test_resume.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FIRST)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def s3_endpoint():
     """moto's standalone S3/SQS server on 127.0.0.1, as s3fs's own suite runs it.
