@@ -26,9 +26,9 @@ demo: install
 	$(BIN)/segflow demo --out segflow-demo
 
 # two test processes at most (each with its own Prefect API, moto server and Dask cluster),
-# a file's tests together; the suite waits on servers half the time, so two share 2 cores well
+# a file's tests together, in collection order (tests/conftest.py starts the longest files first)
 test: install-test
-	$(BIN)/python -m pytest -q -n auto --maxprocesses=2 --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=2 --dist loadfile --no-loadscope-reorder
 
 bench: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)

@@ -160,9 +160,10 @@ def _paths_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (``what`` names it in the one-line error)."""
+    """A YAML mapping from ``path`` (an empty file is an empty mapping; ``what`` names the file
+    in the one-line error)."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(str(path), f"cannot read {what}: {first_line(exc)}") from exc
     if not isinstance(loaded, dict):

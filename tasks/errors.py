@@ -48,8 +48,10 @@ _TRANSIENT_TEXT = re.compile(
     r"SlowDown|reduce your request rate|ServiceUnavailable|Service Unavailable|InternalError|"
     r"RequestTimeout|Throttl|TooManyRequests|HTTP response code: (5\d\d|429)|"
     r"Connection (reset|refused|aborted)|timed out|Server disconnected", re.IGNORECASE)
-#: libraries whose own exceptions are about the network
-_NETWORK_MODULES = ("botocore", "aiohttp", "urllib3")
+#: exception classes (by name, so none of these libraries is imported here) that botocore,
+#: aiohttp and urllib3 raise for a connection or transfer that failed on the way
+_NETWORK_ERRORS = {"HTTPClientError", "ConnectionError", "ClientConnectionError",
+                   "ClientPayloadError", "ServerTimeoutError", "ProtocolError"}
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -62,15 +64,17 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a botocore ``ClientError`` (its ``response`` dict), else None."""
     response = getattr(exc, "response", None)
-    status = (response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode") \
-        if isinstance(response, dict) else None
+    if not isinstance(response, dict):
+        return None
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return status if isinstance(status, int) else None
 
 
 def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is a network or remote-storage hiccup; a missing
-    object, a refused permission or a file that does not decode is final."""
+    object, a refused permission, missing credentials or a file that does not decode is final."""
     for link in _chain(exc):
         if isinstance(link, TransientError):
             return True
@@ -81,7 +85,7 @@ def is_transient(exc: BaseException) -> bool:
         status = _http_status(link)
         if status is not None:
             return status >= 500 or status == 429
-        if type(link).__module__.split(".")[0] in _NETWORK_MODULES:
+        if _NETWORK_ERRORS & {cls.__name__ for cls in type(link).__mro__}:
             return True
         if _TRANSIENT_TEXT.search(str(link)):
             return True
@@ -99,14 +103,14 @@ def retry_transient(func: Callable[[], T], attempts: int = 3, delay_s: float = 1
 
     For the chunk work on Dask workers: Dask's own ``retries`` would also repeat user errors.
     """
-    for attempt in range(attempts):
+    for attempt in range(attempts - 1):
         try:
             return func()
         except Exception as exc:
-            if attempt == attempts - 1 or not is_transient(exc):
+            if not is_transient(exc):
                 raise
-            time.sleep(delay_s * 2**attempt)
-    raise AssertionError("unreachable")
+        time.sleep(delay_s * 2**attempt)
+    return func()
 
 
 def first_line(exc: BaseException) -> str:
