@@ -75,9 +75,19 @@ class InputConfig(_Strict):
 
 class TilingConfig(_Strict):
     chunk: int = Field(2048, ge=16)      # pixels per side of one Dask task (and one Zarr shard)
-    tile: int = Field(256, ge=8)         # pixels per side of one model call inside a chunk
+    # pixels per side of one model call inside a chunk; auto: the whole chunk when the device's
+    # memory allows it, else the largest tile that fits (tasks/models/sizing.py)
+    tile: int | Literal["auto"] = "auto"
     halo: int = Field(32, ge=0)          # context pixels added on every side, then cropped
-    batch: int = Field(8, ge=1)          # tiles per forward pass
+    batch: int | Literal["auto"] = "auto"  # tiles per forward pass; auto: as many as fit
+
+    @field_validator("tile", "batch")
+    @classmethod
+    def _at_least(cls, v: int | str, info: Any) -> int | str:
+        least = 8 if info.field_name == "tile" else 1
+        if isinstance(v, int) and v < least:
+            raise ValueError(f"at least {least}, or auto")
+        return v
     stitch: Literal["crop", "gaussian"] = "crop"
     skip_empty: bool = True              # chunks that are all nodata are not inferred
 

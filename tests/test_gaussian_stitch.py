@@ -51,12 +51,12 @@ def _disagreement(model_path: Path, scene, stitch: str, tile: int, halo: int) ->
 
 
 def test_importance_map_peaks_in_the_centre_with_sigma_an_eighth_of_the_side():
-    w = importance_map((64, 33))
+    w = importance_map((64, 33)).numpy()
     assert w.shape == (64, 33) and w.dtype == np.float32
     assert w.max() == pytest.approx(1.0, abs=0.01)  # an even side peaks between cells
     assert np.unravel_index(w.argmax(), w.shape) in {(31, 16), (32, 16)}
     # sigma = side / 8: 8 cells from the centre of a 65-cell window, exp(-8² / (2 sigma²))
-    row = importance_map((65,))
+    row = importance_map((65,)).numpy()
     assert row[32 + 8] / row[32] == pytest.approx(np.exp(-64 / (2 * (65 / 8) ** 2)), rel=1e-6)
     assert (w > 0).all()
 

@@ -25,11 +25,12 @@ def test_predict_tiled_equals_whole_block(dilated_model):
     module = torch.jit.load(str(dilated_model)).eval()
 
     def forward(batch):
-        with torch.inference_mode():
-            return module(torch.from_numpy(batch)).argmax(1).numpy().astype(np.uint8)
+        return module(batch).argmax(1).to(torch.uint8)
 
     whole = (slice(0, 301), slice(0, 257))
-    tiled = predict_tiled(forward, block, whole, tile=64, halo=8, batch=3)
+    with torch.inference_mode():
+        tiled = predict_tiled(forward, torch.from_numpy(block), whole, tile=64, halo=8,
+                              batch=3).numpy()
     np.testing.assert_array_equal(tiled, _whole_image(dilated_model, block))
 
 

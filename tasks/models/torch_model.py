@@ -25,6 +25,7 @@ from torch import nn
 from segflow.tasks.config import ClassSpec, JobConfig, Normalize, class_table
 from segflow.tasks.errors import UserError, first_line
 from segflow.tasks.models.base import InputSpec, SegmentationModel, label_dtype
+from segflow.tasks.models.sizing import auto_sizes, bytes_per_cell, memory_budget
 from segflow.tasks.models.tiling import predict_blended, predict_tiled
 
 _CACHE: dict[tuple[str, str], nn.Module] = {}
@@ -37,8 +38,45 @@ class TilingWarning(UserWarning):
     """Tiled output cannot equal a whole-image pass, whatever the halo."""
 
 
+_TORCH_DTYPES = {np.dtype(t) for t in ("uint8", "int8", "int16", "int32", "int64", "float16",
+                                         "float32", "float64", "bool")}
+_PINNED = threading.local()
+
+
 def pick_device(gpu: str) -> str:
-    return "cuda" if gpu != "off" and torch.cuda.is_available() else "cpu"
+    """``cuda:i`` on a GPU host (worker ``i`` of a LocalCluster on GPU ``i mod n``, so one
+    worker per GPU spreads over them; dask-cuda pins each worker to one visible device)."""
+    if gpu == "off" or not torch.cuda.is_available():
+        return "cpu"
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        name = 0
+    index = name if isinstance(name, int) else 0
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the GPU has it (no overflow, no loss scaling), else float16."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` on ``device``; to CUDA through this thread's reused pinned buffer, copied
+    asynchronously (the stream orders the copy before the kernels that read it)."""
+    host = torch.from_numpy(array)
+    if device.type != "cuda":
+        return host
+    buffer = getattr(_PINNED, "buffer", None)
+    if buffer is None or buffer.numel() < host.nbytes:
+        buffer = torch.empty(host.nbytes, dtype=torch.uint8, pin_memory=True)
+        _PINNED.buffer = buffer
+    torch.cuda.current_stream(device).synchronize()  # the last copy out of it has finished
+    staged = buffer[:host.nbytes].view(host.dtype).view(host.shape)
+    staged.copy_(host)
+    return staged.to(device, non_blocking=True)
 
 
 def _worker_threads() -> int:
@@ -118,10 +156,12 @@ class TorchModel(SegmentationModel):
         self.normalize, self.scale = normalize, scale
         self.receptive_field, self.stride = self.geometry(params)
         t = cfg.tiling
-        # tiles start on multiples of the stride, so every tile sees the whole image's phase
-        self.tile = -(-t.tile // self.stride) * self.stride
+        # tiles start on multiples of the stride, so every tile sees the whole image's phase;
+        # None: chosen on the worker from the device's memory (sizing.auto_sizes)
+        self.tile = None if t.tile == "auto" else -(-t.tile // self.stride) * self.stride
         self.halo = -(-t.halo // self.stride) * self.stride
-        self.batch, self.stitch = t.batch, t.stitch
+        self.batch = None if t.batch == "auto" else t.batch
+        self.stitch = t.stitch
         self.gpu, self.amp = cfg.cluster.gpu, cfg.model.amp
 
     @classmethod
@@ -200,38 +240,59 @@ class TorchModel(SegmentationModel):
                 _CACHE[key] = module.to(device)
             return _CACHE[key]
 
-    def _prepare(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        x = pixels.astype(np.float32)
+    def _sizes(self, module: nn.Module, device: torch.device,
+               core: tuple[int, ...]) -> tuple[int, int]:
+        """Tile and batch for a chunk core: the config's, or ``auto`` from the device memory."""
+        if self.tile is not None and self.batch is not None:
+            return self.tile, self.batch
+        cell = bytes_per_cell(f"{self.kind}:{self.digest}", module, self.bands, self.ndim,
+                              self.stride, device)
+        return auto_sizes(core, self.halo, self.stride, cell, memory_budget(device),
+                          self.tile, self.batch)
+
+    def _block(self, pixels: np.ndarray, valid: np.ndarray, device: torch.device
+               ) -> torch.Tensor:
+        """The chunk as normalised float32 on ``device``, nodata cells 0.
+
+        Raw pixels travel (uint8 is a quarter of float32), through a pinned host buffer on
+        CUDA so the copy is asynchronous; scaling and normalisation run on the device.
+        """
+        if pixels.dtype not in _TORCH_DTYPES:  # uint16/uint32: torch cannot cast them on GPU
+            pixels = pixels.astype(np.float32)
+        x = to_device(np.ascontiguousarray(pixels), device).float()
+        mask = to_device(np.ascontiguousarray(valid), device)
         if self.normalize is not None:
             per_band = (-1,) + (1,) * (x.ndim - 1)
-            mean = np.asarray(self.normalize.mean, np.float32).reshape(per_band)
-            std = np.asarray(self.normalize.std, np.float32).reshape(per_band)
+            mean = torch.tensor(self.normalize.mean, device=device).reshape(per_band)
+            std = torch.tensor(self.normalize.std, device=device).reshape(per_band)
             x = (x - mean) / std
         elif self.scale:
-            x /= self.scale
-        x[:, ~valid] = 0.0
-        return x
+            x = x / self.scale
+        return torch.where(mask, x, 0.0)
 
     def predict(self, pixels: np.ndarray, valid: np.ndarray,
                 core: tuple[slice, ...]) -> np.ndarray:
-        device = pick_device(self.gpu)
-        module = self._module(device)
+        device = torch.device(pick_device(self.gpu))
+        module = self._module(str(device))
         # class ids leave the device in the smallest type that holds them
         ids = torch.uint8 if label_dtype(len(self.classes))[0] == np.uint8 else torch.int32
         blend = self.stitch == "gaussian"
-        amp = (torch.autocast("cuda", dtype=torch.float16) if self.amp and device == "cuda"
-               else contextlib.nullcontext())
+        amp = (torch.autocast("cuda", dtype=amp_dtype(device)) if self.amp
+               and device.type == "cuda" else contextlib.nullcontext())
 
-        def forward(batch: np.ndarray) -> np.ndarray:
-            with torch.inference_mode(), amp:
-                logits = module(torch.from_numpy(batch).to(device))
-            if blend:  # probabilities to blend; crop keeps the argmax on the device
-                return logits.float().softmax(dim=1).cpu().numpy()
-            return logits.argmax(dim=1).to(ids).cpu().numpy()
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            with amp:
+                logits = module(batch)
+            if blend:  # probabilities to blend; crop keeps only the argmax
+                return logits.float().softmax(dim=1)
+            return logits.argmax(dim=1).to(ids)
 
+        tile, batch = self._sizes(module, device, tuple(s.stop - s.start for s in core))
         stitch = predict_blended if blend else predict_tiled
-        return stitch(forward, self._prepare(pixels, valid), core, self.tile, self.halo,
-                      self.batch)
+        with torch.inference_mode():
+            block = self._block(pixels, valid, device)
+            labels = stitch(forward, block, core, tile, self.halo, batch)
+            return labels.to(ids).cpu().numpy()
 
     def identity(self) -> str:
         return f"{self.kind}({Path(self.weights).name}@{self.digest})"
