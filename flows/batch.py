@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,22 +130,29 @@ def announce(uris: list[str], out: str, cfg: JobConfig, seen: set[tuple[str, str
 
 
 def watch_prefix(prefix: str, out: str, config: dict[str, Any], scheduler: str | None,
-                 interval: float, once: bool, concurrency: int, emit_events: bool,
+                 interval: float, passes: int | None, concurrency: int, emit_events: bool,
                  report: Report) -> list[Row]:
-    """List ``prefix`` every ``interval`` seconds and process what is new or changed; with
-    ``once``, one pass whose rows are returned (for cron and CI)."""
+    """List ``prefix`` every ``interval`` seconds and process what is new or changed, on one
+    Dask cluster for all passes (warm workers keep the model); ``passes`` (None: forever)
+    bounds the loop, and the last pass's rows are returned (``--once``: one, for cron and CI).
+    """
     cfg = JobConfig.model_validate(config)
     seen: set[tuple[str, str]] = set()
-    while True:
-        if emit_events:
-            rows = announce(inventory(prefix, exclude=out), out, cfg, seen)
-        else:
-            rows = run_batch(prefix, out, config, scheduler, concurrency)
-        if once or any(r["status"] != "skipped" for r in rows):
-            report(rows)
-        if once:
-            return rows
-        time.sleep(interval)
+    with ExitStack() as stack:
+        if not emit_events:
+            scheduler = stack.enter_context(dask_cluster(cfg.cluster, scheduler))
+        done = 0
+        while True:
+            if emit_events:
+                rows = announce(inventory(prefix, exclude=out), out, cfg, seen)
+            else:
+                rows = run_batch(prefix, out, config, scheduler, concurrency)
+            done += 1
+            if passes == 1 or any(r["status"] != "skipped" for r in rows):
+                report(rows)
+            if passes is not None and done >= passes:
+                return rows
+            time.sleep(interval)
 
 
 def watch_queue(queue_url: str, out: str, config: dict[str, Any], scheduler: str | None,
@@ -157,20 +165,22 @@ def watch_queue(queue_url: str, out: str, config: dict[str, Any], scheduler: str
     is redelivered. With ``once`` the queue is drained and the rows of every pass returned.
     """
     every: list[Row] = []
-    while True:
-        notices = receive(queue_url, wait_s=1 if once else 20)
-        if not notices:
-            if once:
-                return every
-            continue
-        since = datetime.now(UTC)
-        uris = list(dict.fromkeys(u for n in notices for u in n.uris if is_image(u)))
-        rows = run_batch(uris, out, config, scheduler, concurrency) if uris else []
-        status = {r["uri"]: r["status"] for r in rows}
-        written = recorded(out, [u for u, s in status.items() if s != "skipped"], since)
-        for notice in notices:
-            images = [u for u in notice.uris if u in status]
-            if all(status[u] == "skipped" or u in written for u in images):
-                acknowledge(queue_url, notice)
-        report(rows)
-        every += rows
+    cfg = JobConfig.model_validate(config)
+    with dask_cluster(cfg.cluster, scheduler) as address:
+        while True:
+            notices = receive(queue_url, wait_s=1 if once else 20)
+            if not notices:
+                if once:
+                    return every
+                continue
+            since = datetime.now(UTC)
+            uris = list(dict.fromkeys(u for n in notices for u in n.uris if is_image(u)))
+            rows = run_batch(uris, out, config, address, concurrency) if uris else []
+            status = {r["uri"]: r["status"] for r in rows}
+            written = recorded(out, [u for u, s in status.items() if s != "skipped"], since)
+            for notice in notices:
+                images = [u for u in notice.uris if u in status]
+                if all(status[u] == "skipped" or u in written for u in images):
+                    acknowledge(queue_url, notice)
+            report(rows)
+            every += rows

@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=str(DEPLOYMENTS),
                        help="deployments file (default configs/deployments.yaml)")
 
+    srv = sub.add_parser("server", help="a warm local Prefect server + Dask cluster that later "
+                                        "segflow calls use (no start-up cost per call)")
+    srv.add_argument("action", choices=["start", "stop", "status", "run"],
+                     help="run: the server itself, in the foreground")
+    srv.add_argument("--idle-timeout", type=float, default=3600.0, metavar="S",
+                     help="stop after S seconds without a request (default 3600)")
+    srv.add_argument("--workers", type=int, help="Dask worker processes (default: as segment)")
+    srv.add_argument("--threads", type=int, help="threads per worker (default: as segment)")
+
     demo = sub.add_parser("demo", help="segment the bundled sample scene, no servers needed")
     demo.add_argument("--out", default="segflow-demo", help="output root (default ./segflow-demo)")
     return p
@@ -115,13 +126,87 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
     Console().print(table)
 
 
-def _segment(source: str, out: str, config: str | None, overrides: list[str],
-             scheduler: str | None) -> dict[str, Any]:
-    from segflow.flows.segment import segment_image
-    from segflow.tasks.config import load_config
+def _local(path: str | None) -> str | None:
+    """A local path made absolute (the same file is the same catalog entry from any folder, and
+    the warm server runs elsewhere); URLs as given."""
+    return path if path is None or "://" in path else os.path.abspath(path)
 
-    cfg = load_config(config, overrides)
-    return segment_image(source, out, cfg.model_dump(mode="json"), scheduler)
+
+def _api_configured() -> bool:
+    """A Prefect API is set: in the environment, the active Prefect profile, or the settings of
+    an already imported Prefect (a test harness)."""
+    from segflow.flows.server import profile_api_url
+
+    if os.environ.get("PREFECT_API_URL") or profile_api_url():
+        return True
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+class Runner:
+    """Where this call's jobs run: in the warm server when one is running (no start-up cost),
+    else here, with Prefect's temporary API started first so it comes up while we import."""
+
+    def __init__(self, needs_api: bool) -> None:
+        from segflow.flows import server
+
+        self.server = server
+        self.warm = server.find() if os.environ.get("SEGFLOW_SERVER") != "off" else None
+        self.api = None
+        self.stack = ExitStack()
+        if self.warm is None and needs_api and not _api_configured():
+            self.api = server.TemporaryAPI()
+
+    def use_warm_here(self) -> str | None:
+        """For long-running commands run here: point Prefect at the warm server's API and
+        return its Dask scheduler (None when no warm server runs)."""
+        if self.warm is None:
+            return None
+        os.environ["PREFECT_API_URL"] = self.warm["api_url"]
+        return str(self.warm["scheduler"])
+
+    def job(self, command: str, payload: dict[str, Any]) -> Any:
+        from segflow.flows.commands import JOBS
+        from segflow.tasks.errors import UserError
+
+        if self.warm is not None:
+            answer = self.server.call(self.warm, command, payload)
+            if "error" in answer:
+                source, _, reason = str(answer["error"]).partition(": ")
+                raise UserError(source, reason)
+            return answer["result"]
+        scheduler = None
+        if self.api is not None:  # imports and the cluster's start while the API comes up
+            cluster = self._start_cluster(payload)
+            JOBS[command].prepare()
+            self.api.wait()
+            scheduler = cluster.result() if cluster else None
+        return JOBS[command].run(payload, scheduler)
+
+    def _start_cluster(self, payload: dict[str, Any]) -> Future[str] | None:
+        """The job's LocalCluster, started in a thread now (closed in ``close``)."""
+        from segflow.tasks.config import load_config
+        from segflow.tasks.runtime.cluster import dask_cluster
+
+        cfg = load_config(payload.get("config"), payload.get("overrides", [])).cluster
+        if payload.get("scheduler") or cfg.address or cfg.kind != "local":
+            return None
+        return ThreadPoolExecutor(1).submit(self.stack.enter_context, dask_cluster(cfg))
+
+    def close(self) -> None:
+        self.stack.close()
+        if self.api is not None:
+            self.api.close()
+
+
+def _segment(runner: Runner, source: str, out: str, config: str | None, overrides: list[str],
+             scheduler: str | None) -> dict[str, Any]:
+    return dict(runner.job("segment", {"source": _local(source), "out": _local(out),
+                                       "config": _local(config), "overrides": overrides,
+                                       "scheduler": scheduler}))
 
 
 def _report(result: dict[str, Any]) -> None:
@@ -153,27 +238,36 @@ def _batch_report(rows: list[dict[str, Any]]) -> None:
             print(f"segflow: error: {row['uri']}: {row['error']}", file=sys.stderr)
 
 
-def _batch(args: argparse.Namespace) -> int:
+def _batch(args: argparse.Namespace, runner: Runner) -> int:
     """``batch`` and ``watch``: exit 1 when any image failed (the last pass's, when looping)."""
-    from segflow.flows.batch import run_batch, watch_prefix, watch_queue
-    from segflow.tasks.config import load_config
     from segflow.tasks.errors import UserError
     from segflow.tasks.sources.registry import IMAGE_SUFFIXES
 
-    config = load_config(args.config, args.set).model_dump(mode="json")
     if args.command == "batch":
-        rows = run_batch(args.source, args.out, config, args.scheduler, args.concurrency)
+        rows = runner.job("batch", {"source": _local(args.source), "out": _local(args.out),
+                                    "config": _local(args.config), "overrides": args.set,
+                                    "scheduler": args.scheduler,
+                                    "concurrency": args.concurrency})
         if not rows:
             raise UserError(args.source, f"no images found ({' '.join(IMAGE_SUFFIXES)})")
         _batch_report(rows)
-    elif (args.source is None) == (args.queue is None):
+        return int(any(r["status"] == "failed" for r in rows))
+    from segflow.flows.batch import watch_prefix, watch_queue
+    from segflow.tasks.config import load_config
+
+    config = load_config(args.config, args.set).model_dump(mode="json")
+    scheduler = args.scheduler or (None if args.emit_events else runner.use_warm_here())
+    if runner.api is not None:
+        runner.api.wait()
+    passes = 1 if args.once else None
+    if (args.source is None) == (args.queue is None):
         raise UserError("watch", "give either PREFIX or --queue SQS_URL")
-    elif args.queue:
-        rows = watch_queue(args.queue, args.out, config, args.scheduler, args.once,
+    if args.queue:
+        rows = watch_queue(args.queue, args.out, config, scheduler, args.once,
                            args.concurrency, _batch_report)
     else:
-        rows = watch_prefix(args.source, args.out, config, args.scheduler, args.interval,
-                            args.once, args.concurrency, args.emit_events, _batch_report)
+        rows = watch_prefix(args.source, args.out, config, scheduler, args.interval, passes,
+                            args.concurrency, args.emit_events, _batch_report)
     return int(any(r["status"] == "failed" for r in rows))
 
 
@@ -199,32 +293,66 @@ def _query(sql: str, out: str, fmt: str) -> None:
         _print_table(rows)
 
 
+def _server(args: argparse.Namespace) -> None:
+    from segflow.flows import server
+
+    if args.action == "run":
+        server.run(args.idle_timeout, args.workers, args.threads)
+        return
+    state = (server.start(args.idle_timeout, args.workers, args.threads)
+             if args.action == "start" else server.stop() if args.action == "stop"
+             else server.find())
+    if state is None:
+        print("no segflow server running")
+    elif args.action == "stop":
+        print(f"stopped the segflow server (pid {state['pid']})")
+    else:
+        print(f"segflow server running (pid {state['pid']}, stops after "
+              f"{state['idle_timeout']:.0f} s idle)\n"
+              f"  Prefect UI:      {state['ui_url']}\n"
+              f"  Prefect API:     {state['api_url']}\n"
+              f"  Dask scheduler:  {state['scheduler']}  (dashboard {state['dashboard']})\n"
+              "segflow segment/evaluate/batch/demo now run in it; "
+              "SEGFLOW_SERVER=off runs a call on its own")
+
+
+#: commands whose flows need a Prefect API (a temporary one when no server is running)
+FLOW_COMMANDS = {"segment", "evaluate", "demo", "batch", "watch"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_prefect_console(args.verbose)
+    runner: Runner | None = None
     from segflow.tasks.errors import SegflowError, first_line
 
     try:
+        if args.command in FLOW_COMMANDS:  # first: the temporary API starts while we import
+            runner = Runner(needs_api=not getattr(args, "emit_events", False))
         if args.command == "segment":
-            _report(_segment(args.source, args.out, args.config, args.set, args.scheduler))
+            _report(_segment(runner, args.source, args.out, args.config, args.set,
+                             args.scheduler))
         elif args.command == "evaluate":
-            _report(_segment(args.source, args.out, args.config,
-                             [*args.set, f"stats.ground_truth={args.truth}"], args.scheduler))
+            _report(_segment(runner, args.source, args.out, args.config,
+                             [*args.set, f"stats.ground_truth={_local(args.truth)}"],
+                             args.scheduler))
         elif args.command == "demo":
-            _report(_segment(str(DEMO_SOURCE), args.out, str(DEMO_CONFIG), [], None))
+            _report(_segment(runner, str(DEMO_SOURCE), args.out, str(DEMO_CONFIG), [], None))
             print(f"\nquery it: segflow query \"select class_name, area, area_unit from "
                   f"class_stats\" --out {args.out}")
             # its own root: a root holds one mask per image, the latest configuration's
             deep = f"{args.out.rstrip('/')}/unet"
             print("\nThe same scene with the bundled U-Net, scored against its land-cover map:")
-            _report(_segment(str(DEMO_SOURCE), deep, str(DEMO_DEEP_CONFIG),
+            _report(_segment(runner, str(DEMO_SOURCE), deep, str(DEMO_DEEP_CONFIG),
                              [f"stats.ground_truth={DEMO_TRUTH}"], None))
             print(f"\nquery it: segflow query \"select class_name, iou, dice from metrics "
                   f"where tp + fn > 0\" --out {deep}")
         elif args.command in ("batch", "watch"):
-            return _batch(args)
+            return _batch(args, runner)
         elif args.command == "query":
             _query(args.sql, args.out, args.format)
+        elif args.command == "server":
+            _server(args)
         elif args.command == "serve":
             from segflow.flows.deployments import main as serve_deployments
 
@@ -240,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segflow: error: {source}: {type(exc).__name__}: {first_line(exc)}",
               file=sys.stderr)
         return 1
+    finally:
+        if runner is not None:
+            runner.close()
     return 0
 
 

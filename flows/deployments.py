@@ -15,6 +15,7 @@ flow runs in subprocesses here; the server's scheduler and automations create th
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from segflow import configs
 from segflow.flows.events import OBJECT_CREATED, require_server
-from segflow.tasks.config import load_config, problems, read_yaml
+from segflow.tasks.config import ClusterConfig, load_config, problems, read_yaml
 from segflow.tasks.errors import UserError
+from segflow.tasks.runtime.cluster import dask_cluster
 
 DEFAULT_PATH = configs.FOLDER / "deployments.yaml"
 
@@ -76,10 +78,12 @@ def load_specs(path: str | Path) -> list[DeploymentSpec]:
         raise UserError(str(path), f"invalid deployments: {problems(exc)}") from exc
 
 
-def build(spec: DeploymentSpec, folder: Path) -> RunnerDeployment:
+def build(spec: DeploymentSpec, folder: Path, shared: str | None = None) -> RunnerDeployment:
     """The Prefect deployment for one spec; the job config is read and validated now, so a bad
-    config fails at ``serve`` rather than at 2 a.m."""
+    config fails at ``serve`` rather than at 2 a.m. ``shared``: the scheduler of the serve
+    process's own cluster, used by specs that name none."""
     config = load_config(folder / spec.config if spec.config else None).model_dump(mode="json")
+    scheduler = spec.scheduler or shared
     if spec.kind == "on-arrival":
         from segflow.flows.segment import segment_image
 
@@ -87,24 +91,32 @@ def build(spec: DeploymentSpec, folder: Path) -> RunnerDeployment:
             name=f"{spec.name}: {OBJECT_CREATED}", expect={OBJECT_CREATED},
             match={"prefect.resource.id": spec.match} if spec.match else {},
             parameters={"source": "{{ event.resource.id }}", "out": spec.out, "config": config,
-                        "scheduler": spec.scheduler, "skip_done": True})
+                        "scheduler": scheduler, "skip_done": True})
         return segment_image.to_deployment(name=spec.name, triggers=[trigger],
                                            description=f"segment each arriving {spec.match}")
     from segflow.flows.batch import segment_batch
 
     params: dict[str, Any] = {"sources": spec.prefix, "out": spec.out, "config": config,
-                              "scheduler": spec.scheduler, "concurrency": spec.concurrency}
+                              "scheduler": scheduler, "concurrency": spec.concurrency}
     schedule = (Cron(spec.cron, timezone=spec.timezone) if spec.cron
                 else Interval(spec.interval, timezone=spec.timezone))
     return segment_batch.to_deployment(name=spec.name, parameters=params, schedule=schedule,
                                        description=f"segment what is new under {spec.prefix}")
 
 
-def main(config_path: str | None = None) -> None:
+def main(config_path: str | None = None, scheduler: str | None = None) -> None:
     """Serve every deployment of ``config_path`` (default configs/deployments.yaml) until
-    stopped. Schedules stay active when this process stops, so a restarted serve picks up."""
+    stopped. Schedules stay active when this process stops, so a restarted serve picks up.
+
+    Prefect runs each flow run in a subprocess; deployments that name no scheduler share one
+    LocalCluster started here for the life of the serve, so a run costs no cluster start and
+    its workers keep models loaded between runs (``scheduler``: use that cluster instead)."""
     path = Path(config_path) if config_path else DEFAULT_PATH
     require_server("deployments", str(path))
-    deployments = [build(spec, path.parent) for spec in load_specs(path)]
-    serve(*deployments, pause_on_shutdown=False)
+    specs = load_specs(path)
+    with ExitStack() as stack:
+        shared = scheduler
+        if shared is None and any(s.scheduler is None for s in specs):
+            shared = stack.enter_context(dask_cluster(ClusterConfig()))
+        serve(*[build(spec, path.parent, shared) for spec in specs], pause_on_shutdown=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from rasterio.transform import from_origin
 
 DATA = Path(__file__).parent / "data"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# a warm `segflow server` of the user's must not run the tests' jobs
+os.environ["SEGFLOW_HOME"] = tempfile.mkdtemp(prefix="segflow-home-")
 
 
 def _free_port() -> int:

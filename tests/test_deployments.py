@@ -143,6 +143,22 @@ def test_shipped_deployments_file_is_valid():
     assert any(s.cron for s in specs.values()) and any(s.interval for s in specs.values())
 
 
+def test_served_runs_share_the_serve_process_cluster_unless_a_spec_names_one():
+    """Every flow run ``serve`` starts is a subprocess; they all get the serve process's one
+    cluster (warm workers, no cluster start per run) unless their spec names a scheduler."""
+    from segflow.flows.deployments import build
+
+    shared, own = "tcp://127.0.0.1:8786", "tcp://10.0.0.5:8786"
+    for spec in load_specs(DEFAULT_PATH):
+        deployment = build(spec, DEFAULT_PATH.parent, shared)
+        params = (deployment.parameters if spec.kind == "batch"
+                  else deployment.triggers[0].parameters)
+        assert params["scheduler"] == shared
+        named = build(spec.model_copy(update={"scheduler": own}), DEFAULT_PATH.parent, shared)
+        params = named.parameters if spec.kind == "batch" else named.triggers[0].parameters
+        assert params["scheduler"] == own
+
+
 def test_invalid_deployment_is_one_line_error(tmp_path):
     path = tmp_path / "d.yaml"
     path.write_text("deployments:\n  - {name: x, kind: batch, out: /tmp/o, prefix: /tmp/i}\n")

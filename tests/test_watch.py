@@ -42,7 +42,7 @@ def test_watch_once_processes_new_and_changed_objects_once(where, s3_bucket, tmp
     reports: list[list[dict]] = []
 
     def once() -> dict[str, str]:
-        rows = watch_prefix(prefix, root, config(), dask_address, interval=0, once=True,
+        rows = watch_prefix(prefix, root, config(), dask_address, interval=0, passes=1,
                             concurrency=2, emit_events=False, report=reports.append)
         return {r["uri"]: r["status"] for r in rows}
 
@@ -124,7 +124,7 @@ def test_emit_events_announces_each_new_image_once(tmp_path, dask_address, prefe
     run_batch([done], root, config(), dask_address)
 
     def once() -> dict[str, str]:
-        rows = watch_prefix(str(folder), root, config(), None, interval=0, once=True,
+        rows = watch_prefix(str(folder), root, config(), None, interval=0, passes=1,
                             concurrency=1, emit_events=True, report=lambda rows: None)
         return {r["uri"]: r["status"] for r in rows}
 
@@ -139,3 +139,30 @@ def test_emit_events_announces_each_new_image_once(tmp_path, dask_address, prefe
         time.sleep(0.5)
     assert [e["resource"]["prefect.resource.id"] for e in found] == [new]
     assert found[0]["resource"]["segflow.checksum"].startswith("sha256:")
+
+
+def test_one_cluster_serves_every_pass_and_image_of_a_watcher(tmp_path, monkeypatch,
+                                                             prefect_server):
+    """Two passes, three images, no scheduler given: one LocalCluster is started, not one per
+    pass or image (its workers keep the model between runs)."""
+    import segflow.tasks.runtime.cluster as cluster
+
+    starts = []
+    real = cluster.local_cluster
+    monkeypatch.setattr(cluster, "local_cluster", lambda cfg: starts.append(1) or real(cfg))
+    folder, made = tmp_path / "incoming", tmp_path / "made"
+    folder.mkdir()
+    put("local", "", folder, "a.tif", crop(made / "a.tif", 200, 200))
+    put("local", "", folder, "b.tif", crop(made / "b.tif", 300, 350))
+    passes: list[dict[str, str]] = []
+
+    def report(rows: list[dict]) -> None:
+        passes.append({Path(r["uri"]).name: r["status"] for r in rows})
+        if len(passes) == 1:  # an image arrives between the passes
+            put("local", "", folder, "c.tif", crop(made / "c.tif", 400, 250))
+
+    watch_prefix(str(folder), str(tmp_path / "out"), config(), None, interval=0, passes=2,
+                 concurrency=2, emit_events=False, report=report)
+    assert passes == [{"a.tif": "succeeded", "b.tif": "succeeded"},
+                      {"a.tif": "skipped", "b.tif": "skipped", "c.tif": "succeeded"}]
+    assert len(starts) == 1
