@@ -1,4 +1,5 @@
-"""Many images through ``segment_image``: a batch over a prefix or manifest, and the watchers.
+"""Many images through ``run_image`` (the stages of ``segment_image``): a batch over a prefix
+or manifest, and the watchers.
 
 Idempotent by construction: an image whose bytes (source checksum) and config hash already have
 a ``succeeded`` run in the catalog is skipped, so a schedule, a watcher or a redelivered
@@ -19,10 +20,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from segflow.flows.segment import segment_image
+from segflow.flows.segment import run_image
 from segflow.tasks.catalog.done import completed, recorded
 from segflow.tasks.config import JobConfig
-from segflow.tasks.errors import SegflowError, first_line
+from segflow.tasks.errors import SegflowError, first_line, retry_transient
 from segflow.tasks.intake.inventory import inventory
 from segflow.tasks.intake.queue import acknowledge, receive
 from segflow.tasks.runtime.cluster import dask_cluster
@@ -62,11 +63,15 @@ def _pending(uris: list[str], out: str, cfg: JobConfig) -> tuple[list[tuple[str,
 @task(name="segment-one", cache_policy=NO_CACHE)
 def segment_one(source: str, out: str, config: dict[str, Any], scheduler: str,
                 checksum: str | None) -> Row:
-    """Run the per-image flow as a child run; a failure is a summary row, not a batch failure
-    (``segment_image`` has already written its ``failed`` runs row)."""
+    """One image of the batch, its stages run inside this one task run (a run per stage would
+    cost more Prefect bookkeeping than a small image's work); a failure is a summary row, not a
+    batch failure (``run_image`` has already written its ``failed`` runs row). Storage and
+    network hiccups are retried here, as the stage tasks would: the store resumes."""
     clock = time.perf_counter()
+    cfg = JobConfig.model_validate(config)
     try:
-        segment_image(source, out, config, scheduler, checksum=checksum)
+        retry_transient(lambda: run_image(source, out, cfg, scheduler, checksum=checksum,
+                                          as_tasks=False), attempts=2, delay_s=2.0)
     except Exception as exc:
         reason = first_line(exc)
         get_run_logger().error("%s: %s", source, reason)

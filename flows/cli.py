@@ -184,7 +184,7 @@ class Runner:
             JOBS[command].prepare()
             self.api.wait()
             scheduler = cluster.result() if cluster else None
-        return JOBS[command].run(payload, scheduler)
+        return JOBS[command](payload, scheduler)
 
     def _start_cluster(self, payload: dict[str, Any]) -> Future[str] | None:
         """The job's LocalCluster, started in a thread now (closed in ``close``)."""

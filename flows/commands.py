@@ -50,6 +50,15 @@ class Job:
     def prepare(self) -> None:
         import_module(self.module)
 
+    def __call__(self, args: dict[str, Any], scheduler: str | None) -> Any:
+        """Run the job. Its flow runs send no heartbeats: Prefect's heartbeat thread sleeps in
+        1 s steps and every flow run waits for it to end (~1 s per run); heartbeats find
+        crashed runs of deployments, which ``segflow serve`` keeps."""
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            return self.run(args, scheduler)
+
 
 JOBS = {"segment": Job(segment_job, "segflow.flows.segment"),
         "batch": Job(batch_job, "segflow.flows.batch")}
@@ -59,7 +68,7 @@ def run_command(command: str, args: dict[str, Any], scheduler: str | None) -> di
     """``{"result": ...}`` (JSON-safe) or ``{"error": "<source>: <reason>"}``, never a raise:
     the warm server answers every request."""
     try:
-        result = JOBS[command].run(args, scheduler)
+        result = JOBS[command](args, scheduler)
         return {"result": json.loads(json.dumps(result, default=str))}
     except SegflowError as exc:
         return {"error": str(exc)}
