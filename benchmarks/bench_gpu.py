@@ -92,8 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--tile", default="auto", help="pixels, or auto (the default)")
+    parser.add_argument("--batch", default="auto", help="tiles per forward, or auto")
     args = parser.parse_args()
     pixels = scene(args.size)
     mpx = args.size ** 2 / 1e6

@@ -43,8 +43,9 @@ from _common import (  # noqa: E402
 PROCESS_T0 = psutil.Process().create_time()
 
 
-def timed_segment_chunk(chunk, *args, **kwargs):
-    """``segflow.tasks.mask.chunk.segment_chunk`` with timings; pickled by value onto the worker.
+def timed_segment_lane(lane, *args, **kwargs):
+    """``segflow.tasks.mask.chunk.segment_lane`` with timings, per lane of chunks; pickled by
+    value onto the worker.
 
     Signature-agnostic: it calls the real function with whatever the flow passes, and times the
     reader's ``read``, the model's ``predict`` (and the forwards inside it, for TorchScript) and
@@ -97,11 +98,12 @@ def timed_segment_chunk(chunk, *args, **kwargs):
             predict_tiled._bench = True
             ts.predict_tiled = predict_tiled
     t0 = _time.time()
-    result = _infer.segment_chunk(chunk, *args, **kwargs)
+    result = _infer.segment_lane(lane, *args, **kwargs)
     t3 = _time.time()
     torch = __import__("sys").modules.get("torch")  # never import it here: otsu runs lack it
     torch_threads = torch.get_num_threads() if torch is not None else None
-    record = {"chunk": list(chunk.index), "read_shape": list(chunk.read_shape),
+    record = {"chunk": list(lane[0].index), "chunks": len(lane),
+              "read_shape": list(lane[0].read_shape),
               "thread": _threading.get_ident(), "pid": _os.getpid(),
               "entry": entry, "start": t0, "read_s": acc.read_s, "predict_s": acc.predict_s,
               "write_s": acc.write_s, "forward_s": acc.forward_s, "tiles": acc.tiles,
@@ -155,7 +157,7 @@ def main() -> None:
 
     fs.dask_cluster = timed_cluster
     import segflow.tasks.mask.run as mask_run
-    mask_run.segment_chunk = timed_segment_chunk
+    mask_run.segment_lane = timed_segment_lane
 
     cfg = load_config(str(config), args.set)
     t_call = time.time()

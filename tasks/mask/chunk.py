@@ -1,10 +1,15 @@
 """The per-chunk work a Dask worker does: read chunk + halo, predict the core, write it.
 
 The worker reads its own pixels from the source and writes its own shard, so image data never
-passes through the client; what comes back is whether the chunk was skipped.
+passes through the client. A task is a *lane* of neighbouring chunks run as a pipeline: the
+next chunk is read (and decoded) while the current one is inferred and the previous one
+written, so the model never waits on storage; at most three chunks are in memory per lane.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,29 +20,67 @@ from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.sources.base import SourceBase
 
 
-def segment_chunk(chunk: Chunk, background: bool, source: SourceBase,
-                  model: SegmentationModel, store: MaskStore, skip_empty: bool) -> bool:
-    """Segment one chunk and record it in the store; True when it was skipped (no tissue on
-    the slide thumbnail: written as class 0 unread; or all nodata: left as nodata).
+@dataclass(frozen=True)
+class Lane:
+    """What a lane's three stages share."""
 
-    Idempotent, so a retry is safe: storage hiccups are retried here, a bad file is not.
+    source: SourceBase
+    model: SegmentationModel
+    store: MaskStore
+    skip_empty: bool
+
+    def read(self, chunk: Chunk, background: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """The chunk's pixels and valid mask, or None when it is skipped (written here)."""
+        if background:  # no tissue on the slide thumbnail: class 0, never read
+            shape = tuple(s.stop - s.start for s in chunk.core)
+            self.store.write_chunk(chunk, np.zeros(shape, self.store.dtype), skipped=True)
+            return None
+        pixels, valid = retry_transient(lambda: self.source.read(chunk.read))
+        if self.skip_empty and not valid[chunk.crop].any():  # all nodata: left as nodata
+            self.store.write_chunk(chunk, np.empty(0, self.store.dtype), skipped=True)
+            return None
+        return pixels, valid
+
+    def infer(self, chunk: Chunk, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        labels = self.model.predict(pixels, valid, chunk.crop).astype(self.store.dtype,
+                                                                     copy=False)
+        labels[~valid[chunk.crop]] = self.store.nodata
+        return labels
+
+    def write(self, chunk: Chunk, labels: np.ndarray) -> None:
+        retry_transient(lambda: self.store.write_chunk(chunk, labels))
+
+
+def segment_lane(chunks: list[Chunk], background: list[bool], source: SourceBase,
+                 model: SegmentationModel, store: MaskStore, skip_empty: bool) -> int:
+    """Segment ``chunks`` in order and record each in the store; returns how many were skipped
+    (no tissue on the slide thumbnail, or all nodata).
+
+    Idempotent, so a retry of the whole lane is safe: storage hiccups are retried per read
+    and write, a bad file is not.
     """
-    return retry_transient(lambda: _segment(chunk, background, source, model, store,
-                                            skip_empty))
+    lane = Lane(source, model, store, skip_empty)
+    skipped = 0
+    with ThreadPoolExecutor(1, "segflow-read") as reader, \
+            ThreadPoolExecutor(1, "segflow-write") as writer:
+        def read(i: int) -> Future[tuple[np.ndarray, np.ndarray] | None]:
+            return reader.submit(lane.read, chunks[i], background[i])
 
+        ahead = read(0) if chunks else None
+        written: Future[None] | None = None
+        for i, chunk in enumerate(chunks):
+            assert ahead is not None
+            data = ahead.result()
+            ahead = read(i + 1) if i + 1 < len(chunks) else None
+            if data is None:
+                skipped += 1
+                continue
+            labels = lane.infer(chunk, *data)
+            del data
+            if written is not None:
+                written.result()  # at most one write in flight: memory stays bounded
+            written = writer.submit(lane.write, chunk, labels)
+        if written is not None:
+            written.result()
+    return skipped
 
-def _segment(chunk: Chunk, background: bool, source: SourceBase, model: SegmentationModel,
-             store: MaskStore, skip_empty: bool) -> bool:
-    if background:
-        shape = tuple(s.stop - s.start for s in chunk.core)
-        store.write_chunk(chunk, np.zeros(shape, store.dtype), skipped=True)
-        return True
-    pixels, valid = source.read(chunk.read)
-    core_valid = valid[chunk.crop]
-    if skip_empty and not core_valid.any():
-        store.write_chunk(chunk, np.empty(0, store.dtype), skipped=True)
-        return True
-    labels = model.predict(pixels, valid, chunk.crop).astype(store.dtype, copy=False)
-    labels[~core_valid] = store.nodata
-    store.write_chunk(chunk, labels)
-    return False
