@@ -186,6 +186,7 @@ def main() -> None:
     if not args.skip_monai:
         r["A"]["monai"] = run_part("monai", {}, image=str(big), weights=str(weights))
     print(json.dumps(r["A"], default=str), flush=True)
+    save_results("per_image", r)  # kept even if a later part fails
 
     print("B. fixed cost, cold then warm", flush=True)
     tiny_args = ["segment", str(tiny), "--set", "model.kind=otsu"]
@@ -200,6 +201,7 @@ def main() -> None:
                 for _ in range(3)]
         r["B"] = {"cold_s": cold, "warm_s": warm, "server_start_s": server_start}
         print(json.dumps(r["B"]), flush=True)
+        save_results("per_image", r)  # kept even if a later part fails
 
         print(f"C. batch of {args.batch} x 1024², warm then cold", flush=True)
         batch_args = ["batch", str(folder), "--config", str(cfg)]
@@ -215,6 +217,7 @@ def main() -> None:
             stage["skip" if skip else "no_skip"] = segment_stage_seconds(state["api_url"])
         r["D"] = stage
         print(json.dumps(stage), flush=True)
+        save_results("per_image", r)  # kept even if a later part fails
     finally:
         cli("server", "stop", env=WARM)
     batch_cold = cli(*batch_args, "--out", str(fresh_dir(runs, "batch")), env=COLD)

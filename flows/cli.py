@@ -102,8 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_prefect_console(verbose: bool) -> None:
-    """Keep Prefect's console handler for warnings only (tracebacks stay in the Prefect API)."""
+def _process_defaults(verbose: bool) -> None:
+    """Environment defaults for this process and the ones it starts (workers, the server).
+
+    Prefect's console handler keeps warnings only (tracebacks stay in the Prefect API). GDAL's
+    block cache (5 % of RAM by default) is capped: the client's decimated reads (the fit
+    sample, the quick look) decode every block once, and an uncapped cache then holds up to
+    1.2 GB of them on a 24 GB machine, growing with the image (BENCHMARKS.md §3).
+    """
+    os.environ.setdefault("GDAL_CACHEMAX", "128")  # MB
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the temporary API's first start in a new PREFECT_HOME creates its database: on a busy
     # 2-core machine that can take longer than Prefect's default 20 s wait
@@ -197,9 +204,9 @@ class Runner:
         return ThreadPoolExecutor(1).submit(self.stack.enter_context, dask_cluster(cfg))
 
     def close(self) -> None:
+        """Close the cluster started here (the temporary API stops at exit, after Prefect's
+        log and event workers have drained into it)."""
         self.stack.close()
-        if self.api is not None:
-            self.api.close()
 
 
 def _segment(runner: Runner, source: str, out: str, config: str | None, overrides: list[str],
@@ -322,7 +329,7 @@ FLOW_COMMANDS = {"segment", "evaluate", "demo", "batch", "watch"}
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_prefect_console(args.verbose)
+    _process_defaults(args.verbose)
     runner: Runner | None = None
     from segflow.tasks.errors import SegflowError, first_line
 

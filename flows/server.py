@@ -2,8 +2,8 @@
 
 Cold (nothing running): ``TemporaryAPI`` starts Prefect's temporary API server the way Prefect
 itself does (uvicorn on ``prefect.server.api.server:create_app``), but first thing in the CLI,
-so its ~5 s start overlaps the CLI's imports, the config and the Dask cluster's start; at exit
-it is told to stop and not waited for.
+so its start (5-10 s) overlaps the CLI's imports, the config and the Dask cluster's start; at
+exit, once Prefect's log and event workers have drained, it is told to stop and not waited for.
 
 Warm (``segflow server start``): a background process holding a Prefect server with its UI, a
 Dask LocalCluster whose workers keep models loaded between runs, and an interpreter with
@@ -15,6 +15,7 @@ file ``$SEGFLOW_HOME/server.json`` (default ``~/.segflow``) and hand it their jo
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -100,6 +101,9 @@ class TemporaryAPI:
             env={**os.environ, **TEMPORARY_ENV}, stdin=subprocess.DEVNULL)
         os.environ["PREFECT_API_URL"] = self.url
         self._ready = False
+        # registered before Prefect's log and event workers start, so it runs after they
+        # have drained at exit (atexit runs last-registered first)
+        atexit.register(self.close)
 
     def wait(self) -> None:
         if not self._ready:

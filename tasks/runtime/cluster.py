@@ -123,13 +123,15 @@ def cuda_cluster(cfg: ClusterConfig) -> Cluster:
 def local_cluster(cfg: ClusterConfig) -> Cluster:
     """LocalCUDACluster on a GPU host that has dask-cuda, else a LocalCluster of processes.
 
-    Without dask-cuda every local worker on a GPU host offers one ``GPU`` resource and they
-    share device 0.
+    Without dask-cuda a GPU host gets one worker per GPU, each offering one ``GPU`` resource;
+    worker ``i`` runs its models on GPU ``i mod n`` (torch_model.pick_device).
     """
     gpus = cuda_devices() if cfg.gpu != "off" else 0
     if gpus and find_spec("dask_cuda"):
         return cuda_cluster(cfg)
     workers, threads = local_size(cfg)
+    if gpus and cfg.n_workers is None:  # one worker per GPU: worker i uses GPU i mod n; two
+        workers, threads = gpus, cfg.threads_per_worker or 2  # lanes, each reading ahead
     gpu = {"resources": {"GPU": 1}} if gpus else {}
     return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                         dashboard_address=":0", silence_logs=logging.CRITICAL, **gpu)
