@@ -49,7 +49,7 @@ from bench_slide_volume import make_slide  # noqa: E402
 THREADS = 2
 #: the malloc settings segflow's LocalCluster gives its workers (tasks/runtime/cluster.py)
 WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_MMAP_THRESHOLD_": "33554432",
-                 "MALLOC_MMAP_MAX_": "0"}
+                 "MALLOC_MMAP_MAX_": "0", "MALLOC_ARENA_MAX": "1"}
 HOME = OUT / "segflow-home"
 COLD = {"SEGFLOW_HOME": str(HOME), "SEGFLOW_SERVER": "off"}
 WARM = {"SEGFLOW_HOME": str(HOME)}

@@ -45,6 +45,9 @@ def test_auto_tile_equals_explicit_tiles(dilated_model, scene, monkeypatch):
     # a worker with little memory: auto falls back to small tiles, batched; still exact
     monkeypatch.setattr("segflow.tasks.models.torch_model.memory_budget",
                         lambda device: 130 ** 2 * 4000.0)
+    sides = tuple(s.stop - s.start for s in core)
+    tile, batch = auto._sizes(auto._module("cpu"), torch.device("cpu"), sides)
+    assert tile < max(sides) and batch >= 1  # several tiles per chunk now
     np.testing.assert_array_equal(auto.predict(pixels, valid, core), reference)
 
 

@@ -26,13 +26,16 @@ from segflow.tasks.errors import UserError, first_line
 # dynamic mmap threshold: every torch activation above 128 KiB is then mmap'd and page-faulted
 # again on every layer, halving CPU inference speed (BENCHMARKS.md §2). Keep freed heap instead,
 # and no mmap at all (above 32 MiB glibc would mmap regardless of the threshold, and the auto
-# tile's activations are bigger); glibc reads these at process start, so they must be the
-# nanny's pre-spawn environment.
+# tile's activations are bigger), in one arena (a thread's own arena is an mmap'd heap of at
+# most 64 MiB, so big blocks would be mmap'd anyway: 7.3 s vs 4.0 s per 1056² forward with two
+# threads); glibc reads these at process start, so they must be the nanny's pre-spawn
+# environment.
 # For workers started by hand: DASK_CONFIG=infra/dask (infra/dask/segflow-workers.yaml).
 WORKER_MALLOC = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": "100000000000",
     "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": "33554432",
     "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_MAX_": "0",
+    "distributed.nanny.pre-spawn-environ.MALLOC_ARENA_MAX": "1",
 }
 
 
