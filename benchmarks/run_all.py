@@ -1,10 +1,10 @@
-"""Run the three benchmarks one after another and print a summary of their figures.
+"""Run the benchmarks one after another and print a summary of their figures.
 
     .venv/bin/python benchmarks/run_all.py
 
 Each benchmark runs as its own process (fresh interpreter, its own memory) and leaves its full
 figures in benchmarks/out/results/<name>.json; the summary below is read from those files.
-Takes about 9-14 minutes on 2 CPU cores (longer if the machine is busy: each part first waits
+Takes about 30-35 minutes on 2 CPU cores (longer if the machine is busy: some parts first wait
 for other processes to go quiet). The optional extras are not run here:
 
     .venv/bin/python benchmarks/bench_throughput.py --tile-sweep   # tile size / malloc (~4 min)
@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import GIB, PYTHON, REPO, RESULTS, machine  # noqa: E402
 
-BENCHMARKS = ["bench_fixed_cost.py", "bench_throughput.py", "bench_memory.py"]
+#: the current headline figures first (BENCHMARKS.md's first section), then §1-§3
+BENCHMARKS = ["bench_per_image.py", "bench_memory.py", "bench_scaleout.py", "bench_fixed_cost.py",
+              "bench_throughput.py"]
 
 
 def load(name: str) -> dict | None:
@@ -62,6 +64,21 @@ def summary() -> None:
                 line += f", MONAI {v['monai']['seconds']:.1f} s"
             print(line)
             print("     " + ", ".join(f"{k} {r:.2f}x" for k, r in v["ratios"].items()))
+    pi = load("per_image")
+    if pi and all(k in pi for k in "ABCD"):
+        a, b, c, d = pi["A"], pi["B"], pi["C"], pi["D"]
+        print(f"per image ({pi['size']}² scene, batch of {pi['batch']}):")
+        print(f"  A segflow {a['segflow_s']:.1f} s, bare {a['bare_default_malloc']['seconds']:.1f}"
+              f" s (worker malloc {a['bare_worker_malloc']['seconds']:.1f} s)"
+              + (f", MONAI {a['monai']['seconds']:.1f} s" if "monai" in a else ""))
+        print(f"  B fixed cost cold {sorted(b['cold_s'])[1]:.1f} s, warm "
+              f"{sorted(b['warm_s'])[1]:.2f} s")
+        print(f"  C batch warm {c['warm_s']:.1f} s, cold {c['cold_s']:.1f} s")
+        print(f"  D slide segment stage {d['skip']:.1f} s skipping, {d['no_skip']:.1f} s not")
+    so = load("scaleout")
+    if so:
+        print(f"scale-out: {so['gigapixels']:g} Gpx on {so['workers']} simulated GPU workers: "
+              f"projected {so['projected_s']:.1f} s (ideal {so['ideal_s']:.1f} s)")
     mem = load("memory")
     if mem:
         print("memory, peak RSS of the whole process tree (otsu):")
