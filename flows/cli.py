@@ -176,15 +176,16 @@ class Runner:
         return str(self.warm["scheduler"])
 
     def job(self, command: str, payload: dict[str, Any]) -> Any:
-        from segflow.flows.commands import JOBS
-        from segflow.tasks.errors import UserError
+        if self.warm is not None:  # nothing heavy is imported on this path
+            from segflow.tasks.errors import UserError
 
-        if self.warm is not None:
             answer = self.server.call(self.warm, command, payload)
             if "error" in answer:
                 source, _, reason = str(answer["error"]).partition(": ")
                 raise UserError(source, reason)
             return answer["result"]
+        from segflow.flows.commands import JOBS
+
         scheduler = None
         if self.api is not None:  # imports and the cluster's start while the API comes up
             cluster = self._start_cluster(payload)

@@ -124,10 +124,9 @@ def find() -> dict[str, Any] | None:
     """The running warm server's state, or None (no state file, or its process is gone)."""
     try:
         state = json.loads(state_file().read_text())
-        os.kill(int(state["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
-    return state
+    return state if isinstance(state, dict) and alive(int(state.get("pid", 0))) else None
 
 
 def call(state: dict[str, Any], command: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -171,13 +170,23 @@ def stop(timeout: float = 60.0) -> dict[str, Any] | None:
     pid = int(state["pid"])
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     return state
+
+
+def alive(pid: int) -> bool:
+    """The process runs (an exited one its parent has not reaped yet does not)."""
+    import psutil
+
+    if pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # someone else's process: it runs
+        return True
 
 
 class _Daemon:
@@ -270,6 +279,18 @@ def run(idle_timeout: float, workers: int | None, threads: int | None) -> None:
                     break
             httpd.shutdown()
     finally:
+        _drain_prefect()  # before its server goes: at exit they would retry against nothing
         prefect.terminate()
         prefect.wait(30)
         state_file().unlink(missing_ok=True)
+
+
+def _drain_prefect() -> None:
+    """Send the logs and events Prefect still queues for the API."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
