@@ -15,6 +15,7 @@ D. A slide with ~76 % glass (``configs/pathology.yaml``, level 0, chunk 1024): t
    ``segment`` stage's time with and without skipping glass chunks (warm server).
 
     .venv/bin/python benchmarks/bench_per_image.py [--size 4096] [--batch 32] [--skip-monai]
+    .venv/bin/python benchmarks/bench_per_image.py --fixed-only      # B alone, ~2 min
 """
 
 from __future__ import annotations
@@ -148,11 +149,25 @@ def segment_stage_seconds(api_url: str) -> float:
     return float(stage["total_run_time"])
 
 
+def fixed_cost(tiny: Path, runs: Path) -> dict[str, Any]:
+    """B: 3 cold calls, then the warm server started (not counted), one call not counted
+    (the server's first flow run), 3 warm calls; the server is left running."""
+    tiny_args = ["segment", str(tiny), "--set", "model.kind=otsu"]
+    cold = [cli(*tiny_args, "--out", str(fresh_dir(runs, "tiny")), env=COLD) for _ in range(3)]
+    t0 = time.perf_counter()
+    cli("server", "start", env=WARM)
+    server_start = time.perf_counter() - t0
+    cli(*tiny_args, "--out", str(fresh_dir(runs, "tiny")), env=WARM)
+    warm = [cli(*tiny_args, "--out", str(fresh_dir(runs, "tiny")), env=WARM) for _ in range(3)]
+    return {"cold_s": cold, "warm_s": warm, "server_start_s": server_start}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--skip-monai", action="store_true")
+    p.add_argument("--fixed-only", action="store_true", help="part B only (~2 min)")
     p.add_argument("--part")
     p.add_argument("--args")
     args = p.parse_args()
@@ -162,15 +177,24 @@ def main() -> None:
         return
 
     data = OUT / "data"
+    runs = OUT / "runs" / "per_image"
+    tiny = write_synthetic_geotiff(data / "synthetic_64.tif", 64)
+    if args.fixed_only:
+        try:
+            b = fixed_cost(tiny, runs)
+        finally:
+            cli("server", "stop", env=WARM)
+        save_results("fixed_cost_cold_warm", b)
+        print(f"B fixed cost: cold {statistics.median(b['cold_s']):.1f} s, warm "
+              f"{statistics.median(b['warm_s']):.2f} s; server start {b['server_start_s']:.1f} s")
+        return
     weights = model_file()
     cfg = config(OUT / "configs" / "per_image.yaml", weights)
     big = write_synthetic_geotiff(data / f"synthetic_{args.size}.tif", args.size)
-    tiny = write_synthetic_geotiff(data / "synthetic_64.tif", 64)
     folder = data / f"batch_{args.batch}x1024"
     images = [write_synthetic_geotiff(folder / f"scene_{i:02d}.tif", 1024, seed=i)
               for i in range(args.batch)]
     slide = make_slide(data / "slide_8000x9000.tif", 8000, 9000)
-    runs = OUT / "runs" / "per_image"
     r: dict[str, Any] = {"size": args.size, "batch": args.batch}
     subprocess.run([SEGFLOW, "server", "stop"], env={**os.environ, **WARM},
                    capture_output=True, check=False)
@@ -189,17 +213,10 @@ def main() -> None:
     save_results("per_image", r)  # kept even if a later part fails
 
     print("B. fixed cost, cold then warm", flush=True)
-    tiny_args = ["segment", str(tiny), "--set", "model.kind=otsu"]
-    cold = [cli(*tiny_args, "--out", str(fresh_dir(runs, "tiny")), env=COLD) for _ in range(3)]
-    t0 = time.perf_counter()
-    cli("server", "start", env=WARM)
-    server_start = time.perf_counter() - t0
-    state = json.loads((HOME / "server.json").read_text())
     try:
-        cli(*tiny_args, "--out", str(fresh_dir(runs, "tiny")), env=WARM)  # first run: not counted
-        warm = [cli(*tiny_args, "--out", str(fresh_dir(runs, "tiny")), env=WARM)
-                for _ in range(3)]
-        r["B"] = {"cold_s": cold, "warm_s": warm, "server_start_s": server_start}
+        r["B"] = fixed_cost(tiny, runs)
+        cold, server_start = r["B"]["cold_s"], r["B"]["server_start_s"]
+        state = json.loads((HOME / "server.json").read_text())
         print(json.dumps(r["B"]), flush=True)
         save_results("per_image", r)  # kept even if a later part fails
 
