@@ -47,10 +47,13 @@ class SlowSource:
 
 
 class CountingStore:
+    """The real store, 50 ms slower per write, counting what it takes back."""
+
     def __init__(self, inner: Any, held: Held) -> None:
         self.inner, self.held = inner, held
 
     def write_chunk(self, chunk: Any, labels: np.ndarray, skipped: bool = False) -> None:
+        time.sleep(0.05)  # a slow store: the next read lands before this write ends
         self.inner.write_chunk(chunk, labels, skipped=skipped)
         if labels.size or skipped:
             self.held.add(-1)
