@@ -32,12 +32,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_throughput  # noqa: E402
 from _common import (  # noqa: E402
     OUT,
     PYTHON,
     REPO,
     SEGFLOW,
-    TreeSampler,
     fresh_dir,
     model_file,
     receptive_field,
@@ -47,7 +47,6 @@ from _common import (  # noqa: E402
 )
 from bench_slide_volume import make_slide  # noqa: E402
 
-THREADS = 2
 #: the malloc settings segflow's LocalCluster gives its workers (tasks/runtime/cluster.py)
 WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_MMAP_THRESHOLD_": "33554432",
                  "MALLOC_MMAP_MAX_": "0", "MALLOC_ARENA_MAX": "1"}
@@ -68,49 +67,14 @@ def config(path: Path, weights: Path) -> Path:
 
 
 def part_bare(images: list[str], weights: str, tile: int) -> dict[str, Any]:
-    """The model over each image in non-overlapping tiles, image read first (timed apart)."""
-    import numpy as np
-    import rasterio
-    import torch
-
-    torch.set_num_threads(THREADS)
-    module = torch.jit.load(weights, map_location="cpu").eval()
-    read_s = infer_s = 0.0
-    with torch.inference_mode(), TreeSampler(os.getpid()) as mem:
-        module(torch.zeros(1, 3, 64, 64))
-        for image in images:
-            t0 = time.perf_counter()
-            with rasterio.open(image) as ds:
-                x = torch.from_numpy(ds.read().astype(np.float32) / 255.0)[None]
-            t1 = time.perf_counter()
-            _, _, h, w = x.shape
-            out = np.empty((h, w), np.uint8)
-            for r in range(0, h, tile):
-                for c in range(0, w, tile):
-                    out[r:r + tile, c:c + tile] = module(x[:, :, r:r + tile, c:c + tile]) \
-                        .argmax(dim=1)[0].to(torch.uint8).numpy()
-            read_s += t1 - t0
-            infer_s += time.perf_counter() - t1
-    return {"seconds": infer_s, "read_s": read_s, "peak_rss": mem.peak}
+    """bench_throughput's bare model over each image in turn, times and peaks combined."""
+    runs = [bench_throughput.part_bare(Path(image), Path(weights), tile) for image in images]
+    return {"seconds": sum(r["seconds"] for r in runs), "read_s": sum(r["read_s"] for r in runs),
+            "peak_rss": max(r["peak_rss"] for r in runs)}
 
 
 def part_monai(image: str, weights: str) -> dict[str, Any]:
-    import numpy as np
-    import rasterio
-    import torch
-    from monai.inferers import sliding_window_inference
-
-    torch.set_num_threads(THREADS)
-    module = torch.jit.load(weights, map_location="cpu").eval()
-    with rasterio.open(image) as ds:
-        x = torch.from_numpy(ds.read().astype(np.float32) / 255.0)[None]
-    with torch.inference_mode(), TreeSampler(os.getpid()) as mem:
-        module(x[:, :, :64, :64])
-        t0 = time.perf_counter()
-        sliding_window_inference(x, roi_size=(512, 512), sw_batch_size=4, predictor=module,
-                                 overlap=0.25, mode="gaussian").argmax(dim=1)
-        seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "peak_rss": mem.peak}
+    return bench_throughput.part_monai(Path(image), Path(weights))
 
 
 def run_part(name: str, env: dict[str, str], **kwargs: Any) -> dict[str, Any]:

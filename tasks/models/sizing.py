@@ -78,7 +78,7 @@ def bytes_per_cell(key: str, module: nn.Module, bands: int, ndim: int, stride: i
         return _BYTES[key, str(device)]
 
 
-def _worker() -> tuple[int, float | None]:
+def worker_threads_and_limit() -> tuple[int, float | None]:
     """This Dask worker's threads and memory limit (1 and None outside a worker)."""
     try:
         from distributed import get_worker
@@ -91,7 +91,7 @@ def _worker() -> tuple[int, float | None]:
 
 def memory_budget(device: torch.device) -> float:
     """Bytes one worker thread may spend on a forward pass on ``device``."""
-    threads, limit = _worker()
+    threads, limit = worker_threads_and_limit()
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return CUDA_SHARE * free / threads

@@ -25,7 +25,12 @@ from torch import nn
 from segflow.tasks.config import ClassSpec, JobConfig, Normalize, class_table
 from segflow.tasks.errors import UserError, first_line
 from segflow.tasks.models.base import InputSpec, SegmentationModel, label_dtype
-from segflow.tasks.models.sizing import auto_sizes, bytes_per_cell, memory_budget
+from segflow.tasks.models.sizing import (
+    auto_sizes,
+    bytes_per_cell,
+    memory_budget,
+    worker_threads_and_limit,
+)
 from segflow.tasks.models.tiling import predict_blended, predict_tiled
 
 _CACHE: dict[tuple[str, str], nn.Module] = {}
@@ -81,13 +86,7 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def _worker_threads() -> int:
     """Torch threads per Dask thread, so a worker's threads do not oversubscribe the cores."""
-    try:
-        from distributed import get_worker
-
-        dask_threads = get_worker().state.nthreads
-    except (ImportError, ValueError):
-        dask_threads = 1
-    return max(1, (os.cpu_count() or 1) // dask_threads)
+    return max(1, (os.cpu_count() or 1) // worker_threads_and_limit()[0])
 
 
 def file_digest(path: str) -> str:

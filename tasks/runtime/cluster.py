@@ -27,7 +27,7 @@ from segflow.tasks.errors import UserError, first_line
 # again on every layer, halving CPU inference speed (BENCHMARKS.md §2). Keep freed heap instead,
 # and no mmap at all (above 32 MiB glibc would mmap regardless of the threshold, and the auto
 # tile's activations are bigger), in one arena (a thread's own arena is an mmap'd heap of at
-# most 64 MiB, so big blocks would be mmap'd anyway: 7.3 s vs 4.0 s per 1056² forward with two
+# most 64 MiB, so big blocks would be mmap'd anyway: 7.2 s vs 3.8 s per 1056² forward with two
 # threads); glibc reads these at process start, so they must be the nanny's pre-spawn
 # environment.
 # For workers started by hand: DASK_CONFIG=infra/dask (infra/dask/segflow-workers.yaml).
