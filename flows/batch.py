@@ -27,7 +27,7 @@ from segflow.tasks.errors import SegflowError, first_line, retry_transient
 from segflow.tasks.intake.inventory import inventory
 from segflow.tasks.intake.queue import acknowledge, receive
 from segflow.tasks.runtime.cluster import dask_cluster
-from segflow.tasks.sources.identity import source_checksum
+from segflow.tasks.sources.identity import normal_uri, source_checksum
 from segflow.tasks.sources.registry import is_image
 
 Row = dict[str, Any]
@@ -87,7 +87,9 @@ def segment_batch(sources: str | list[str], out: str, config: dict[str, Any] | N
 
     The run ends ``Failed`` when any image failed (a scheduled run shows it in the UI), still
     carrying the summary: call it through ``run_batch`` to get the rows either way."""
-    uris = inventory(sources, exclude=out) if isinstance(sources, str) else list(sources)
+    out = normal_uri(out)
+    listed = inventory(sources, exclude=out) if isinstance(sources, str) else sources
+    uris = list(dict.fromkeys(normal_uri(u) for u in listed))  # one entry per file
     cfg = JobConfig.model_validate(config or {})
     todo, skipped = _pending(uris, out, cfg)
     rows = {r["uri"]: r for r in skipped}

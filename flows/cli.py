@@ -34,6 +34,9 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. tiling.chunk=1024 (repeatable)")
     p.add_argument("--scheduler", help="tcp://host:port of a running Dask scheduler")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="wait this long for another run writing the same mask (default 30, "
+                        "config output.wait)")
 
 
 def _batch_options(p: argparse.ArgumentParser) -> None:
@@ -134,9 +137,9 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
 
 
 def _local(path: str | None) -> str | None:
-    """A local path made absolute (the same file is the same catalog entry from any folder, and
+    """A local path made absolute and resolved (the same file is the same catalog entry from any folder, and
     the warm server runs elsewhere); URLs as given."""
-    return path if path is None or "://" in path else os.path.abspath(path)
+    return path if path is None or "://" in path else os.path.realpath(path)
 
 
 def _api_configured() -> bool:
@@ -331,6 +334,8 @@ FLOW_COMMANDS = {"segment", "evaluate", "demo", "batch", "watch"}
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _process_defaults(args.verbose)
+    if getattr(args, "wait", None) is not None:  # --wait is the config key output.wait
+        args.set.append(f"output.wait={args.wait}")
     runner: Runner | None = None
     from segflow.tasks.errors import SegflowError, first_line
 

@@ -25,6 +25,7 @@ from segflow.tasks.catalog.done import done
 from segflow.tasks.catalog.tables import record_run, write_rows
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import TransientError, UserError, first_line
+from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.pyramid import build_levels, ome_metadata
 from segflow.tasks.mask.quicklook import summary_markdown, write_quicklook
 from segflow.tasks.mask.run import count_skipped, run_chunks
@@ -33,7 +34,7 @@ from segflow.tasks.measure.objects import Instances
 from segflow.tasks.measure.summary import Measurements, find_objects, measure_mask
 from segflow.tasks.plan.job import Job, fitted, plan_job
 from segflow.tasks.runtime.cluster import dask_cluster
-from segflow.tasks.sources.identity import image_id, source_checksum
+from segflow.tasks.sources.identity import image_id, normal_uri, source_checksum
 from segflow.tasks.sources.registry import modality_of
 
 
@@ -156,6 +157,7 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
     def stage(t: Any) -> Any:
         return t if as_tasks else t.fn
 
+    source, out = normal_uri(source), normal_uri(out)
     started = datetime.now(UTC)
     clock = time.perf_counter()
     run: dict[str, Any] = {"run_id": str(flow_run.id or task_run.id or
@@ -175,16 +177,18 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
         job = stage(open_and_plan)(source, out, cfg, checksum)
         run.update(source_checksum=job.checksum, output_uri=job.store_uri,
                    modality=job.reader.modality, chunks_total=len(job.plan.chunks))
-        with dask_cluster(cfg.cluster, scheduler) as address:
+        # one writer per mask: held from before the store is opened until its picture is drawn
+        with hold(job.store_uri, run["run_id"], cfg.output.lease_seconds, cfg.output.wait), \
+                dask_cluster(cfg.cluster, scheduler) as address:
             outcome = stage(segment)(job, address)
             objects = stage(label)(outcome, address)
             stage(finish)(outcome, address)
             found = stage(measure)(outcome, objects, address)
-        run.update(status="succeeded", model=outcome.job.model.identity(),
-                   chunks_skipped=outcome.chunks_skipped, finished_at=datetime.now(UTC),
-                   seconds=time.perf_counter() - clock)
-        stage(record)(out, run, found)
-        stage(publish)(outcome.job, found)
+            run.update(status="succeeded", model=outcome.job.model.identity(),
+                       chunks_skipped=outcome.chunks_skipped, finished_at=datetime.now(UTC),
+                       seconds=time.perf_counter() - clock)
+            stage(record)(out, run, found)
+            stage(publish)(outcome.job, found)
         return {**run, "class_stats": found.class_stats, "metrics": found.metrics,
                 "instances": len(found.instances), "chunks_computed": outcome.chunks_computed,
                 "reused": outcome.reused}

@@ -94,6 +94,10 @@ class TilingConfig(_Strict):
 
 class OutputConfig(_Strict):
     pyramid: bool = True  # OME-Zarr multiscale levels 1.. (nearest, halving) after level 0
+    # one writer per mask (tasks/mask/lease.py): seconds to wait for another run of the same
+    # image (CLI --wait), and seconds a crashed run's lease outlives its last renewal
+    wait: float = Field(30.0, ge=0)
+    lease_seconds: float = Field(60.0, ge=1)
 
 
 class StatsConfig(_Strict):
@@ -138,7 +142,7 @@ class JobConfig(_Strict):
     def output_hash(self) -> str:
         """Hash of everything that can change the mask (not where or how fast it runs)."""
         relevant = self.model_dump(mode="json", exclude={
-            "cluster": True, "tiling": {"batch"},
+            "cluster": True, "tiling": {"batch"}, "output": {"wait", "lease_seconds"},
             "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth"}})
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

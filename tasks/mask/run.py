@@ -4,15 +4,23 @@ and stop everything at the first failure, so a bad file costs one chunk, not the
 
 from __future__ import annotations
 
-from distributed import Client, as_completed
+import itertools
+
+from distributed import Client, Future, as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from segflow.tasks.errors import SegflowError, io_error
 from segflow.tasks.mask.chunk import segment_lane
+from segflow.tasks.mask.lease import check_held
 from segflow.tasks.mask.store import DONE_SKIPPED, MaskStore
 from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import inference_resources
+
+
+#: lanes in flight per worker thread: enough to keep every thread fed, few enough that a
+#: 100-gigapixel plan never sits in the client or the scheduler at once
+WINDOW = 3
 
 
 def _progress() -> Progress:
@@ -31,31 +39,44 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
     """Segment ``todo`` chunks of a fitted job into ``store`` on the cluster.
 
     The model travels to every worker once; chunks go out in lanes (tasks/mask/chunk.py) whose
-    reads overlap their inference, and to GPU workers when the model can use one. The first
-    failure cancels the rest and is raised as one line.
+    reads overlap their inference, and to GPU workers when the model can use one. Lanes are
+    submitted through a window of ``WINDOW`` per worker thread, so the client's memory and the
+    scheduler's graph stay the same size for any image. The first failure cancels the rest and
+    is raised as one line; so is a lost lease (mask/lease.py).
     """
     total = len(job.plan.chunks)
     threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
     [model] = client.scatter([job.model], broadcast=True, hash=False)
-    groups = lanes(todo, threads)
-    keys = [f"chunk-{job.image_id}-{'-'.join(map(str, g[0].index))}" for g in groups]
-    flags = [[c.index in job.background for c in g] for g in groups]
-    futures = client.map(segment_lane, groups, flags, source=job.reader, model=model,
-                         store=store, skip_empty=job.config.tiling.skip_empty, key=keys,
-                         resources=inference_resources(client, job.model.accelerated))
-    size = {f.key: len(g) for f, g in zip(futures, groups)}
+    groups = iter(lanes(todo, threads))
+    resources = inference_resources(client, job.model.accelerated)
+
+    def submit(group: list[Chunk]) -> Future:
+        return client.submit(segment_lane, group, [c.index in job.background for c in group],
+                             source=job.reader, model=model, store=store,
+                             skip_empty=job.config.tiling.skip_empty, resources=resources,
+                             key=f"chunk-{job.image_id}-{'-'.join(map(str, group[0].index))}")
+
+    running = as_completed(loop=client.loop)
+    size: dict[str, int] = {}
+    for group in itertools.islice(groups, WINDOW * max(1, threads)):
+        running.add(future := submit(group))
+        size[future.key] = len(group)
     with _progress() as bar:
         progress = bar.add_task(job.image_id, total=total, completed=total - len(todo))
-        for future in as_completed(futures, loop=client.loop):
+        for future in running:
             try:
                 future.result()
-            except SegflowError:
-                client.cancel(futures)
-                raise
+                check_held(store.uri, look=False)  # a run that lost its lease stops writing
             except Exception as exc:
-                client.cancel(futures)
+                client.cancel(list(running.futures))
+                if isinstance(exc, SegflowError):
+                    raise
                 raise io_error(job.source, "chunk failed", exc) from exc
-            bar.advance(progress, size[future.key])
+            bar.advance(progress, size.pop(future.key))
+            group = next(groups, None)
+            if group is not None:
+                running.add(nxt := submit(group))
+                size[nxt.key] = len(group)
 
 
 def count_skipped(store: MaskStore) -> tuple[int, bool]:

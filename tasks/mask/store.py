@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from segflow.tasks.mask.lease import check_held
 from segflow.tasks.models.base import label_dtype
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.plan.job import Job
@@ -85,7 +86,9 @@ def store_attrs(job: Job) -> dict[str, Any]:
 
 def open_job_store(job: Job) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
     """The store of a fitted job: resumed when it was made from the same bytes, model and
-    config, else created anew. Returns it, the chunks already written, and whether complete."""
+    config, else created anew. Returns it, the chunks already written, and whether complete.
+    The caller holds the store's lease (mask/lease.py)."""
+    check_held(job.store_uri)
     key = resume_key(job.checksum, job.model.identity(), job.config.output_hash())
     return open_or_create(job.store_uri, job.plan, job.reader.dims,
                           max(c.id for c in job.model.classes) + 1, store_attrs(job), key,
@@ -153,7 +156,9 @@ def create_instances(store: MaskStore) -> None:
 
 
 def mark_complete(uri: str, summary: dict[str, Any], ome: dict[str, Any]) -> None:
-    """Write the OME-Zarr metadata and flag the store complete, last of all."""
+    """Write the OME-Zarr metadata and flag the store complete, last of all (only while this
+    run still holds the store's lease)."""
+    check_held(uri)
     group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
     group.attrs["ome"] = ome
     meta = dict(group.attrs["segflow"])

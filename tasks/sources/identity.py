@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from typing import Any
 
@@ -13,6 +14,15 @@ from segflow.tasks.runtime.storage import filesystem
 
 #: suffixes an image id leaves out; ids of .svs/.nii files keep theirs (ids name existing masks)
 ID_DROPS = (".tiff", ".tif", ".zarr")
+
+
+def normal_uri(uri: str) -> str:
+    """One spelling per file: a local path absolute with links and ``..`` resolved
+    (``in/x.tif``, ``./in/x.tif`` and ``/abs/in/x.tif`` are one image); ``file://`` dropped;
+    URLs as given."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return uri if "://" in uri else os.path.realpath(uri)
 
 
 def image_id(uri: str) -> str:
