@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import duckdb
+import pytest
+
 import zarr
 
 from segflow.flows.cli import main
@@ -47,3 +50,46 @@ def test_bad_sql_is_one_line_error(tmp_path, capsys):
     assert main(["query", "select nope from runs", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segflow: error:")
+
+
+WRITES_AND_ESCAPES = [
+    "COPY (select * from runs) TO '{tmp}/leak.csv'",
+    "ATTACH '{tmp}/other.duckdb' AS other",
+    "CREATE TABLE stolen AS SELECT * FROM runs",
+    "select * from read_csv('/etc/passwd')",
+    "select * from '{tmp}/catalog.parquet'",
+    "select * from read_text('/etc/hostname')",
+    "SET enable_external_access = true",
+    "SET lock_configuration = false",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "select 1; DROP VIEW runs",
+    "PRAGMA enable_profiling",
+]
+
+
+def test_query_is_read_only(tmp_path, capsys):
+    """Only reads of the catalog run: every write, file access, extension or setting change is
+    one line and touches nothing. (INSTALL and LOAD reach DuckDB only through run_query's
+    statement check and the locked connection: never against an unlocked one.)"""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segflow.tasks.catalog.query import connect, query_frame
+    from segflow.tasks.errors import UserError
+
+    root = tmp_path / "out"
+    pq.write_table(pa.table({"secret": [1]}), tmp_path / "catalog.parquet")
+    for sql in WRITES_AND_ESCAPES:
+        sql = sql.format(tmp=tmp_path)
+        assert main(["query", sql, "--out", str(root)]) == 1, sql
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"segflow: error: {root}: query"), (sql, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.parquet"]
+    with pytest.raises(UserError):
+        query_frame(str(root), "create table x as select 1")
+    # the internal connection is locked too
+    con = connect(str(root))
+    with pytest.raises(duckdb.Error):
+        con.execute("SET enable_external_access = true")
+    assert query_frame(str(root), "explain select count(*) from runs").shape[0] >= 1

@@ -20,15 +20,28 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from segflow.tasks.catalog.tables import SCHEMAS, table_dir
+from segflow.tasks.errors import UserError, first_line
 from segflow.tasks.runtime.storage import filesystem
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
+#: what a catalog query may be: reads only
+READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+#: set before any SQL runs: DuckDB would otherwise fetch extensions from the internet on demand
+_NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
 def connect(root: str) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one view per catalog table (empty tables when none written)."""
-    con = duckdb.connect()
+    """A read-only DuckDB connection with one view per catalog table (empty tables when none
+    written).
+
+    Once the views are registered, the connection loses all access outside them: no files
+    (COPY, ATTACH, read_csv, a path in FROM), no extensions, and its configuration is locked,
+    so no statement can give that access back.
+    """
+    con = duckdb.connect(config=_NO_EXTENSIONS)
     for table, schema in SCHEMAS.items():
         fs, folder = filesystem(table_dir(root, table))
         fs.invalidate_cache(folder)  # runs elsewhere append files: list the folder afresh
@@ -36,12 +49,26 @@ def connect(root: str) -> duckdb.DuckDBPyConnection:
         source = (pads.dataset(files, schema=schema, filesystem=fs, format="parquet")
                   if files else pa.Table.from_pylist([], schema=schema))
         con.register(table, source)
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
 def run_query(root: str, sql: str) -> pa.Table:
-    """Run ``sql`` against the catalog under ``root`` and return an Arrow table."""
-    return connect(root).sql(sql).fetch_arrow_table()
+    """Run ``sql`` (SELECT or EXPLAIN statements only) against the catalog under ``root`` and
+    return an Arrow table of the last statement's result."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise UserError(root, f"query: {first_line(exc)}") from exc
+    refused = [s.type.name for s in statements if s.type not in READ_STATEMENTS]
+    if refused or not statements:
+        raise UserError(root, "query: the catalog is read-only; only SELECT (and EXPLAIN) "
+                              f"statements run, not {', '.join(refused) or 'an empty query'}")
+    try:
+        return connect(root).sql(sql).fetch_arrow_table()
+    except duckdb.Error as exc:
+        raise UserError(root, f"query: {first_line(exc)}") from exc
 
 
 def query_frame(root: str, sql: str) -> pd.DataFrame:
