@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -114,12 +115,20 @@ def _process_defaults(verbose: bool) -> None:
     1.2 GB of them on a 24 GB machine, growing with the image (BENCHMARKS.md §3).
     """
     os.environ.setdefault("GDAL_CACHEMAX", "128")  # MB
+    # library warnings are log records, not stderr lines beside the one error line: this
+    # process's go to Prefect's log (the run's log in the UI; the console with -v), and
+    # worker processes drop theirs unless -v
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addHandler(logging.NullHandler())
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "py.warnings")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the temporary API's first start in a new PREFECT_HOME creates its database: on a busy
     # 2-core machine that can take longer than Prefect's default 20 s wait
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not verbose:  # Prefect reads handler levels from PREFECT_LOGGING_<path> variables
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
 def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:

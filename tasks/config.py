@@ -64,6 +64,9 @@ class InputConfig(_Strict):
     target_mpp: float | None = Field(None, gt=0)  # slides: pick the level nearest this
     foreground: Literal["none", "otsu"] = "none"  # otsu: cells at/below Otsu of band 1 are
     # background, left out of the model's fit, the mask (nodata) and the statistics
+    # the largest image (cells, all spatial axes) accepted: a header claiming more is refused
+    # before any pixel is read (a corrupt or hostile file can claim 10^12 pixels)
+    max_pixels: int = Field(100_000_000_000, ge=1)
 
     @field_validator("bands")
     @classmethod
@@ -90,6 +93,13 @@ class TilingConfig(_Strict):
         return v
     stitch: Literal["crop", "gaussian"] = "crop"
     skip_empty: bool = True              # chunks that are all nodata are not inferred
+
+    @model_validator(mode="after")
+    def _halo_within_chunk(self) -> TilingConfig:
+        if self.halo > self.chunk:
+            raise ValueError(f"tiling.halo ({self.halo}) is larger than tiling.chunk "
+                             f"({self.chunk}): a chunk would read more context than pixels")
+        return self
 
 
 class OutputConfig(_Strict):
@@ -143,6 +153,7 @@ class JobConfig(_Strict):
         """Hash of everything that can change the mask (not where or how fast it runs)."""
         relevant = self.model_dump(mode="json", exclude={
             "cluster": True, "tiling": {"batch"}, "output": {"wait", "lease_seconds"},
+            "input": {"max_pixels"},
             "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth"}})
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

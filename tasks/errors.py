@@ -95,7 +95,10 @@ def is_transient(exc: BaseException) -> bool:
 def io_error(uri: str, what: str, exc: BaseException) -> SegflowError:
     """The one-line error for a failed read or write of ``uri``: transient or the user's."""
     kind = TransientError if is_transient(exc) else UserError
-    return kind(uri, f"{what}: {first_line(exc)}")
+    # GDAL's "Read failed. See previous exception for details.": say what the previous said
+    said = next((first_line(e) for e in _chain(exc) if "previous exception" not in str(e)),
+                first_line(exc))
+    return kind(uri, f"{what}: {said}")
 
 
 def retry_transient(func: Callable[[], T], attempts: int = 3, delay_s: float = 1.0) -> T:
@@ -111,6 +114,18 @@ def retry_transient(func: Callable[[], T], attempts: int = 3, delay_s: float = 1
                 raise
         time.sleep(delay_s * 2**attempt)
     return func()
+
+
+def on_worker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """``func(*args, **kwargs)`` where a Dask worker runs it: a ``SegflowError`` leaves as
+    itself, without its cause and context. Dask ships an error with its whole chain (tblib),
+    and a library exception that does not unpickle (rasterio's) would turn it into
+    ``Exception("UserError(...)")`` on the client."""
+    try:
+        return func(*args, **kwargs)
+    except SegflowError as exc:
+        error = type(exc)(exc.source, exc.reason)
+    raise error  # outside the handler: no __context__ either
 
 
 def first_line(exc: BaseException) -> str:

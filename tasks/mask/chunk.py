@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segflow.tasks.errors import retry_transient
+from segflow.tasks.errors import on_worker, retry_transient
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.models.base import SegmentationModel  # no torch: models import lazily
 from segflow.tasks.plan.grid import Chunk
@@ -59,7 +59,10 @@ def segment_lane(chunks: list[Chunk], background: list[bool], source: SourceBase
     Idempotent, so a retry of the whole lane is safe: storage hiccups are retried per read
     and write, a bad file is not.
     """
-    lane = Lane(source, model, store, skip_empty)
+    return on_worker(_run_lane, Lane(source, model, store, skip_empty), chunks, background)
+
+
+def _run_lane(lane: Lane, chunks: list[Chunk], background: list[bool]) -> int:
     skipped = 0
     with ThreadPoolExecutor(1, "segflow-read") as reader, \
             ThreadPoolExecutor(1, "segflow-write") as writer:

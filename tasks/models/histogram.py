@@ -35,8 +35,14 @@ def exact_histogram(values: da.Array, dtype: str, client: Client, uri: str,
 
 
 def otsu_threshold(values: da.Array, dtype: str, client: Client, uri: str) -> float:
-    """Otsu's threshold of ``values`` (NaN = invalid)."""
-    return float(threshold_otsu(hist=exact_histogram(values, dtype, client, uri)))
+    """Otsu's threshold of ``values`` (NaN = invalid). A constant image (one value, or one
+    pixel) has nothing to split: the threshold is that value, as skimage returns for a
+    constant array, so every cell is background (``band > value`` is false)."""
+    counts, centres = exact_histogram(values, dtype, client, uri)
+    filled = np.flatnonzero(counts)
+    if len(filled) == 1:
+        return float(centres[filled[0]])
+    return float(threshold_otsu(hist=(counts, centres)))
 
 
 def multiotsu_thresholds(values: da.Array, dtype: str, client: Client, uri: str,

@@ -71,8 +71,9 @@ class Plan:
 
 
 def plan_chunks(shape: tuple[int, ...], chunk: int, halo: int, stride: int = 1) -> Plan:
-    """The work chunks of an image of ``shape`` with chunk and halo rounded up to the stride."""
-    chunk = round_up(chunk, stride)
+    """The work chunks of an image of ``shape`` with chunk and halo rounded up to the stride;
+    a chunk larger than the image is clipped to it (one chunk, one shard of its size)."""
+    chunk = round_up(min(chunk, max(shape)), stride)
     halo = round_up(halo, stride)
     zeros = tuple(0 for _ in shape)
     return Plan(shape=tuple(shape), chunk=chunk, halo=halo,

@@ -7,11 +7,13 @@ a new one with ``fitted``, so no stage changes what an earlier one handed on.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, replace
 
 from distributed import Client
 
 from segflow.tasks.config import JobConfig
+from segflow.tasks.errors import UserError
 from segflow.tasks.models import InputSpec, SegmentationModel, build_model
 from segflow.tasks.plan.grid import Plan, plan_chunks
 from segflow.tasks.sources.base import SourceBase
@@ -51,6 +53,11 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
     already computed it (a batch does, to skip done images: a local file is not hashed twice).
     Readers that offer a tissue thumbnail mark chunks of bare glass as background."""
     reader = open_source(source, config.input)
+    cells = math.prod(reader.spatial_shape)
+    if cells > config.input.max_pixels:
+        raise UserError(source, f"claims {' x '.join(map(str, reader.spatial_shape))} = "
+                                f"{cells:,} cells, above input.max_pixels = "
+                                f"{config.input.max_pixels:,} (raise it if the image is real)")
     spec = InputSpec(bands=len(reader.bands), dtype=reader.dtype, ndim=len(reader.spatial_shape))
     model = build_model(config, spec, source=source)
     plan = plan_chunks(reader.spatial_shape, config.tiling.chunk, config.tiling.halo,

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import dask.array as da
 import numpy as np
 
-from segflow.tasks.errors import UserError
+from segflow.tasks.errors import UserError, on_worker
 from segflow.tasks.sources.georef import Georef
 from segflow.tasks.sources.registry import BY_NAME, Reader
 
@@ -92,17 +92,21 @@ class SourceBase(ABC):
     def spatial_attrs(self) -> dict[str, Any]:
         """The spatial reference as store attributes (CRS + affine, or the voxel affine)."""
 
-    def _valid(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def _valid(self, pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The format's valid mask narrowed by segflow's rules. Non-finite values (NaN, ±inf)
+        are invalid cells, like nodata, and read as 0, so no filter or network spreads them
+        into the valid cells around them."""
         if pixels.dtype.kind == "f":
-            valid = valid & ~np.isnan(pixels).any(axis=0)
+            valid = valid & np.isfinite(pixels).all(axis=0)
+            pixels = np.nan_to_num(pixels, copy=not pixels.flags.writeable, nan=0.0,
+                                   posinf=0.0, neginf=0.0)
         if self.foreground_above is not None:
             valid = valid & (pixels[0] > self.foreground_above)
-        return valid
+        return pixels, valid
 
     def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (bands, *box) in the source dtype and the valid mask (*box) of one window."""
-        pixels, valid = self._read(box)
-        return pixels, self._valid(pixels, valid)
+        return self._valid(*self._read(box))
 
     def read_overview(self, max_cells: int) -> np.ndarray:
         """A decimated sample of valid cells, (n, bands), for fits that need one.
@@ -122,8 +126,7 @@ class SourceBase(ABC):
 
     def read_decimated(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Every ``step``-th cell along each axis (a thumbnail): pixels and valid mask."""
-        pixels, valid = self._read_decimated(step)
-        return pixels, self._valid(pixels, valid)
+        return self._valid(*self._read_decimated(step))
 
     # dask.array.from_array protocol: the source as a (bands, *spatial) float64 array, NaN
     # where invalid, read window by window.
@@ -136,7 +139,7 @@ class SourceBase(ABC):
         return 1 + len(self.spatial_shape)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        pixels, valid = self.read(tuple(key[1:]))
+        pixels, valid = on_worker(self.read, tuple(key[1:]))
         out = pixels.astype(np.float64)
         out[:, ~valid] = np.nan
         return out[key[0]]

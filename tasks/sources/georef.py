@@ -44,6 +44,27 @@ class Georef:
         crs = self.crs
         return crs.axis_info[0].unit_conversion_factor if crs and crs.axis_info else 1.0
 
+    def problem(self, height: int, width: int) -> str | None:
+        """What makes this grid unusable, decided from the header before any pixel is read:
+        a singular affine, or a geographic extent beyond the poles or wider than the globe
+        (longitudes may run past ±180°, as a grid crossing the antimeridian does)."""
+        t = self.affine
+        if not np.isfinite(self.transform[:6]).all() or t.determinant == 0:
+            return f"the geotransform {tuple(self.transform[:6])} is singular or not finite"
+        if self.crs is None or not self.crs.is_geographic:
+            return None
+        if not self.north_up:
+            return "a geographic (degree) grid with rotation terms has no defined cell areas"
+        lats = sorted((t.f, t.f + t.e * height))
+        lons = sorted((t.c, t.c + t.a * width))
+        if lats[0] < -90 or lats[1] > 90:
+            return (f"latitude extent {lats[0]:g}..{lats[1]:g}° reaches past a pole "
+                    "(a geographic grid lies within -90..90°)")
+        if lons[1] - lons[0] > 360 or lons[0] < -360 or lons[1] > 360:
+            return (f"longitude extent {lons[0]:g}..{lons[1]:g}° is wider than the globe or "
+                    "beyond -360..360°")
+        return None
+
     def row_areas_m2(self, height: int) -> np.ndarray | None:
         """Area in m² of one pixel in each row, or None without a CRS.
 

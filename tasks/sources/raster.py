@@ -8,19 +8,25 @@ handle pickled to a worker is only the URI, the worker's own environment supplie
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from segflow.tasks.config import InputConfig
 from segflow.tasks.errors import UserError, io_error
-from segflow.tasks.runtime.storage import raster_dataset
+from segflow.tasks.runtime.storage import open_input, raster_dataset
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
 from segflow.tasks.sources.georef import Coordinates, Georef
+
+
+# a raster without a geotransform is read in pixel units, which segflow says itself (area_unit
+# "px"); rasterio would warn on every window a worker reads
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,27 @@ class Raster(SourceBase):
         return self.georef.pixel_centres(self.height, self.width)
 
 
+#: the first bytes of files that are not TIFFs but are often renamed to .tif
+_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"\x1f\x8b": "gzip", b"GIF8": "GIF",
+          b"%PDF": "PDF", b"PK\x03\x04": "zip"}
+_TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _content(uri: str) -> str:
+    """What the file holds when it is not a TIFF at all, for the error line ('' otherwise)."""
+    try:
+        with open_input(uri) as fh:
+            head = fh.read(8)
+    except OSError:
+        return ""
+    if not head:
+        return " (the file is empty)"
+    if head.startswith(_TIFF):
+        return ""
+    kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    return f" (a {kind} file, not a TIFF)" if kind else " (not a TIFF: wrong magic bytes)"
+
+
 def open_raster(uri: str, cfg: InputConfig | None = None) -> Raster:
     """Open a GeoTIFF/COG header (no pixels), check the request against it, return a handle."""
     cfg = cfg or InputConfig()
@@ -101,9 +128,12 @@ def open_raster(uri: str, cfg: InputConfig | None = None) -> Raster:
             # file fails here, in planning, not half-way through a run.
             ds.read(1, window=Window(0, 0, min(width, 16), min(height, 16)))
     except RasterioError as exc:
-        raise io_error(uri, "not a readable raster", exc) from exc
+        raise io_error(uri, f"not a readable raster{_content(uri)}", exc) from exc
     if height == 0 or width == 0:
         raise UserError(uri, "raster has no pixels")
+    problem = Georef(crs_wkt, transform).problem(height, width)
+    if problem:
+        raise UserError(uri, problem)
     chosen = select_bands(uri, cfg.bands, count, "raster")
     if len(dtypes) != 1:
         raise UserError(uri, f"bands have mixed dtypes {sorted(dtypes)}")

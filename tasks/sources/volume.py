@@ -53,9 +53,10 @@ class Volume(SourceBase):
                 proxy = img.dataobj
                 if len(proxy.shape) == 3:
                     data = np.asarray(proxy[index])[None]
-                else:
-                    bands = [b - 1 for b in self.bands]
-                    data = np.moveaxis(np.asarray(proxy[(*index, bands)]), -1, 0)
+                else:  # nibabel's proxy takes slices only: read the span, keep the bands
+                    lo, hi = min(self.bands) - 1, max(self.bands)
+                    span = np.asarray(proxy[(*index, slice(lo, hi))])
+                    data = np.moveaxis(span[..., [b - 1 - lo for b in self.bands]], -1, 0)
         except Exception as exc:  # nibabel raises OSError, ValueError, zlib errors alike
             raise io_error(self.uri, "cannot read voxels", exc) from exc
         return data.astype(data.dtype.newbyteorder("="), copy=False)
@@ -103,6 +104,10 @@ def open_nifti(uri: str, cfg: InputConfig | None = None) -> Volume:
         raise io_error(uri, "not a readable NIfTI volume", exc) from exc
     if len(shape) not in (3, 4) or min(shape) == 0:
         raise UserError(uri, f"expected a 3-D volume (or 4-D with channels), got {shape}")
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(affine).all() or abs(np.linalg.det(linear)) < 1e-12:
+        raise UserError(uri, "the voxel-to-world affine (sform/qform) is singular or not "
+                             "finite: the file gives no voxel size")
     count = 1 if len(shape) == 3 else shape[3]
     chosen = select_bands(uri, cfg.bands, count, "volume")
     if len(shape) == 3 and chosen != (1,):
