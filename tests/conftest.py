@@ -251,3 +251,31 @@ def sparse_slide(tmp_path: Path) -> Path:
     canvas = np.clip(rng.normal(236, 3, (6000, 5000, 3)), 0, 255).astype(np.uint8)
     canvas[1500:1500 + tissue.shape[0], 1200:1200 + tissue.shape[1]] = tissue
     return write_pyramid_tiff(tmp_path / "sparse.tif", canvas, mpp=0.499)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No NaN or infinity ever reached a catalog: every numeric column of every table that the
+    suite's runs wrote (under this session's temporary folders) is scanned, once, at the end."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller scans all
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or exitstatus not in (0, 1):
+        return
+    files = list(factory.getbasetemp().glob("**/catalog/*/*.parquet"))
+    bad = []
+    for path in files:
+        table = pq.read_table(path)
+        for name, column in zip(table.column_names, table.columns):
+            if pa.types.is_floating(column.type) and \
+                    pc.all(pc.is_finite(column)).as_py() is False:
+                bad.append(f"{path}: {name}")
+    print(f"\ncatalog scan: {len(files)} Parquet files written by this session, "
+          f"{len(bad)} with non-finite values")
+    if bad:
+        print("\n".join(bad))
+        session.exitstatus = 1
+

@@ -97,7 +97,7 @@ def _nifti_zero_affine(path: Path) -> None:
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.int16), None, header), path)
 
 
-def _pickled_weights(path: Path) -> None:
+def pickled_weights(path: Path) -> None:
     """A 'model' whose unpickling would run a shell command (it must never run)."""
 
     class Exploit:
@@ -124,13 +124,17 @@ FAILING: list[tuple[str, Callable[[Path], None], str]] = [
     ("past_the_pole.tif", _north_pole, "latitude"),
     ("zero_affine.nii", _nifti_zero_affine, "affine"),
     ("all_inf.tif", _float_with(np.inf, "all"), "no valid"),
+    ("all_nodata.tif", lambda p: _tif(p, np.zeros((1, 300, 300), np.uint8), nodata=0),
+     "no valid"),
 ]
+
+#: a folder named like a Zarr store, with nothing in it
+EMPTY_ZARR = "empty.zarr"
 
 #: (name, writer): unusual but valid; the test checks each one's result
 ODD: list[tuple[str, Callable[[Path], None]]] = [
     ("constant.tif", lambda p: _tif(p, np.full((1, 300, 300), 7, np.uint8))),
     ("one_pixel.tif", lambda p: _tif(p, np.full((1, 1, 1), 200, np.uint8))),
-    ("all_nodata.tif", lambda p: _tif(p, np.zeros((1, 300, 300), np.uint8), nodata=0)),
     ("nan_and_inf.tif", _float_with(np.nan)),
     ("no_crs.tif", lambda p: _tif(p, _scene(300), crs=None, transform=Affine.identity())),
     ("rotated.tif", lambda p: _tif(p, _scene(300), transform=Affine(
@@ -153,7 +157,7 @@ def build(folder: Path, good: Path) -> dict[str, Path]:
         path = folder / name
         write(path)
         paths[name] = path
-    (folder / "empty.zarr").mkdir()
-    paths["empty.zarr"] = folder / "empty.zarr"
+    (folder / EMPTY_ZARR).mkdir()
+    paths[EMPTY_ZARR] = folder / EMPTY_ZARR
     paths["good.tif"] = Path(shutil.copy(good, folder / "good.tif"))
     return paths

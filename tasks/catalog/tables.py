@@ -9,6 +9,7 @@ one external table per folder, unpartitioned, with the schema in ``SCHEMAS``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pyarrow as pa
@@ -63,6 +64,12 @@ def table_dir(root: str, table: str) -> str:
 def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -> str:
     """Write one run's rows of ``table`` as ``<run_id>.parquet``; returns its URI."""
     schema = SCHEMAS[table]
+    for row in rows:  # a NaN in the catalog poisons every sum over it: refuse it here
+        bad = [k for k in schema.names if isinstance(row.get(k), float)
+               and not math.isfinite(row[k])]
+        if bad:
+            raise ValueError(f"{table} row of {row.get('image_id')}: {', '.join(bad)} "
+                             "not finite")
     data = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows],
                                 schema=schema)
     fs, folder = filesystem(table_dir(root, table))
