@@ -27,13 +27,14 @@ from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import TransientError, UserError, first_line
 from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.pyramid import build_levels, ome_metadata
-from segflow.tasks.mask.quicklook import summary_markdown, write_quicklook
+from segflow.tasks.mask.quicklook import picture, summary_markdown, write_quicklook
 from segflow.tasks.mask.run import count_skipped, run_chunks
 from segflow.tasks.mask.store import MaskStore, mark_complete, open_job_store
 from segflow.tasks.measure.objects import Instances
 from segflow.tasks.measure.summary import Measurements, find_objects, measure_mask
 from segflow.tasks.plan.job import Job, fitted, plan_job
 from segflow.tasks.runtime.cluster import dask_cluster
+from segflow.tasks.runtime.crash import crash_point
 from segflow.tasks.sources.identity import image_id, normal_uri, source_checksum
 from segflow.tasks.sources.registry import modality_of
 
@@ -74,6 +75,7 @@ def segment(job: Job, scheduler: str) -> Outcome:
     """Fit global parameters, create (or resume) the store, run every missing chunk."""
     with Client(scheduler, set_as_default=False) as client:
         job = fitted(job, client)
+        crash_point("fit")
         store, written, complete = open_job_store(job)
         todo = [c for c in job.plan.chunks if c.index not in written]
         if complete:
@@ -96,12 +98,16 @@ def label(outcome: Outcome, scheduler: str) -> Instances | None:
 
 @task(name="finish", cache_policy=NO_CACHE)
 def finish(outcome: Outcome, scheduler: str) -> None:
-    """Build the pyramid, write the OME-Zarr metadata and mark the store complete, last."""
+    """Build the pyramid, draw the quick look (``masks/<image_id>.png``), write the OME-Zarr
+    metadata and mark the store complete, last: a complete store has every output."""
     if outcome.reused:
         return
     job = outcome.job
     with Client(scheduler, set_as_default=False) as client:
         levels = build_levels(job.store_uri, client) if job.config.output.pyramid else 1
+    crash_point("pyramid")
+    write_quicklook(job.reader, job.store_uri, job.picture_uri)
+    crash_point("quicklook")
     units, size = job.reader.cell_size()
     ome = ome_metadata(job.reader.dims, units, size, levels, job.model.classes, job.image_id)
     mark_complete(job.store_uri, {"chunks_skipped": outcome.chunks_skipped, "levels": levels},
@@ -129,19 +135,18 @@ def record(root: str, run: dict[str, Any], found: Measurements) -> None:
 
 @task(name="publish", **RETRIED)
 def publish(job: Job, found: Measurements) -> str:
-    """Show the result in the Prefect UI: the class table and a quick-look picture, which is also
-    written beside the store (``masks/<image_id>.png``); returns the picture's URI."""
-    png_uri = f"{job.root.rstrip('/')}/masks/{job.image_id}.png"
-    png = write_quicklook(job.reader, job.store_uri, png_uri)
+    """Show the result in the Prefect UI: the class table and the quick-look picture drawn
+    beside the store; returns the picture's URI."""
+    png = picture(job)
     # artifact keys allow lowercase letters, digits and dashes only
     key = "segflow-" + re.sub(r"[^a-z0-9]+", "-", job.image_id.lower()).strip("-")
     create_markdown_artifact(summary_markdown(job.image_id, found.class_stats, found.metrics,
-                                              png_uri),
+                                              job.picture_uri),
                              key=key, description=f"segflow: {job.source}")
     # inline (a data URI): the UI shows it without access to the bucket or the disk
     create_image_artifact(f"data:image/png;base64,{base64.b64encode(png).decode()}",
-                          key=f"{key}-quicklook", description=f"quick look: {png_uri}")
-    return png_uri
+                          key=f"{key}-quicklook", description=f"quick look: {job.picture_uri}")
+    return job.picture_uri
 
 
 def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = None,
@@ -175,6 +180,7 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
                 get_run_logger().info("%s: already done with these bytes and config", source)
                 return {**run, "source_checksum": checksum, "status": "skipped"}
         job = stage(open_and_plan)(source, out, cfg, checksum)
+        crash_point("open")
         run.update(source_checksum=job.checksum, output_uri=job.store_uri,
                    modality=job.reader.modality, chunks_total=len(job.plan.chunks))
         # one writer per mask: held from before the store is opened until its picture is drawn
@@ -184,10 +190,12 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
             objects = stage(label)(outcome, address)
             stage(finish)(outcome, address)
             found = stage(measure)(outcome, objects, address)
+            crash_point("measure")
             run.update(status="succeeded", model=outcome.job.model.identity(),
                        chunks_skipped=outcome.chunks_skipped, finished_at=datetime.now(UTC),
                        seconds=time.perf_counter() - clock)
             stage(record)(out, run, found)
+            crash_point("publish")
             stage(publish)(outcome.job, found)
         return {**run, "class_stats": found.class_stats, "metrics": found.metrics,
                 "instances": len(found.instances), "chunks_computed": outcome.chunks_computed,

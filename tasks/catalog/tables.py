@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from segflow.tasks.runtime.crash import crash_point
 from segflow.tasks.runtime.storage import filesystem
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -96,4 +97,5 @@ def record_run(root: str, run: dict[str, Any], results: dict[str, list[dict[str,
         rows = results.get(table)
         if rows:
             write_rows(root, table, run["run_id"], [{**r, **keys} for r in rows])
+    crash_point("catalog")
     write_rows(root, "runs", run["run_id"], [run])

@@ -9,7 +9,7 @@ OME-Zarr level that is still at least as large as the picture.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -18,6 +18,9 @@ from PIL import Image
 from segflow.tasks.colours import rgb
 from segflow.tasks.runtime.storage import filesystem, zarr_options
 from segflow.tasks.sources.base import SourceBase
+
+if TYPE_CHECKING:
+    from segflow.tasks.plan.job import Job
 
 SIDE = 512  # longest side of the picture, in pixels
 ALPHA = 0.5  # weight of the class colour over the image
@@ -111,6 +114,16 @@ def write_quicklook(reader: SourceBase, store_uri: str, png_uri: str) -> bytes:
     fs, path = filesystem(png_uri)
     fs.pipe_file(path, png)
     return png
+
+
+def picture(job: Job) -> bytes:
+    """The quick look of a job's store: the one drawn when it was completed, else drawn now (a
+    store completed before segflow drew it there)."""
+    fs, path = filesystem(job.picture_uri)
+    try:
+        return bytes(fs.cat_file(path))
+    except FileNotFoundError:
+        return write_quicklook(job.reader, job.store_uri, job.picture_uri)
 
 
 def summary_markdown(title: str, class_stats: list[dict[str, Any]],

@@ -16,6 +16,7 @@ from segflow.tasks.mask.store import DONE_SKIPPED, MaskStore
 from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import inference_resources
+from segflow.tasks.runtime.crash import crash_point
 
 
 #: lanes in flight per worker thread: enough to keep every thread fed, few enough that a
@@ -73,6 +74,7 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
                     raise
                 raise io_error(job.source, "chunk failed", exc) from exc
             bar.advance(progress, size.pop(future.key))
+            crash_point("chunks")
             group = next(groups, None)
             if group is not None:
                 running.add(nxt := submit(group))

@@ -43,6 +43,11 @@ class Job:
         return f"{self.root.rstrip('/')}/masks/{self.image_id}.zarr"
 
     @property
+    def picture_uri(self) -> str:
+        """The quick-look PNG, beside the store."""
+        return f"{self.root.rstrip('/')}/masks/{self.image_id}.png"
+
+    @property
     def unreached_halo(self) -> bool:
         """True when the model reads further than the halo: chunk seams are not exact."""
         return self.model.receptive_field > self.plan.halo
