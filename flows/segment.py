@@ -24,7 +24,7 @@ from prefect.runtime import flow_run, task_run
 from segflow.tasks.catalog.done import done
 from segflow.tasks.catalog.tables import record_run, write_rows
 from segflow.tasks.config import JobConfig
-from segflow.tasks.errors import TransientError, UserError, first_line
+from segflow.tasks.errors import SegflowError, TransientError, UserError, first_line, output_error
 from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.pyramid import build_levels, ome_metadata
 from segflow.tasks.mask.quicklook import picture, summary_markdown, write_quicklook
@@ -201,10 +201,17 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
                 "instances": len(found.instances), "chunks_computed": outcome.chunks_computed,
                 "reused": outcome.reused}
     except Exception as exc:
-        run.update(status="failed", error=first_line(exc), finished_at=datetime.now(UTC),
+        error = exc if isinstance(exc, SegflowError) else output_error(out, exc)
+        run.update(status="failed", error=first_line(error), finished_at=datetime.now(UTC),
                    seconds=time.perf_counter() - clock)
-        write_rows(out, "runs", run["run_id"], [run])
-        raise
+        try:
+            write_rows(out, "runs", run["run_id"], [run])
+        except OSError as unrecorded:  # a full disk may not take even this row
+            get_run_logger().error("%s: the failed run could not be recorded: %s", out,
+                                   first_line(unrecorded))
+        if error is exc:
+            raise
+        raise error from exc
 
 
 @flow(name="segment_image")

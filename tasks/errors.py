@@ -13,6 +13,7 @@ user's to fix.
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from collections.abc import Callable
@@ -99,6 +100,19 @@ def io_error(uri: str, what: str, exc: BaseException) -> SegflowError:
     said = next((first_line(e) for e in _chain(exc) if "previous exception" not in str(e)),
                 first_line(exc))
     return kind(uri, f"{what}: {said}")
+
+
+#: errnos of a write that failed because of where it writes: full, over quota, read-only, denied
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def output_error(root: str, exc: BaseException) -> BaseException:
+    """A failure to write under the output ``root`` (disk full, read-only, denied) as a one-line
+    ``UserError`` naming the root; any other exception unchanged."""
+    for link in _chain(exc):
+        if isinstance(link, OSError) and link.errno in _OUTPUT_ERRNOS:
+            return UserError(root, f"cannot write the outputs: {first_line(link)}")
+    return exc
 
 
 def retry_transient(func: Callable[[], T], attempts: int = 3, delay_s: float = 1.0) -> T:

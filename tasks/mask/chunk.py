@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segflow.tasks.errors import on_worker, retry_transient
+from segflow.tasks.errors import io_error, on_worker, retry_transient
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.models.base import SegmentationModel  # no torch: models import lazily
 from segflow.tasks.plan.grid import Chunk
@@ -48,7 +48,10 @@ class Lane:
         return labels
 
     def write(self, chunk: Chunk, labels: np.ndarray) -> None:
-        retry_transient(lambda: self.store.write_chunk(chunk, labels))
+        try:
+            retry_transient(lambda: self.store.write_chunk(chunk, labels))
+        except OSError as exc:  # a full disk or a refused write: the store's, not the source's
+            raise io_error(self.store.uri, "cannot write the mask", exc) from exc
 
 
 def segment_lane(chunks: list[Chunk], background: list[bool], source: SourceBase,
