@@ -6,7 +6,6 @@ import json
 
 import duckdb
 import pytest
-
 import zarr
 
 from segflow.flows.cli import main

@@ -15,9 +15,8 @@ from segflow.tasks.mask.lease import check_held
 from segflow.tasks.mask.store import DONE_SKIPPED, MaskStore
 from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.plan.job import Job
-from segflow.tasks.runtime.cluster import inference_resources
+from segflow.tasks.runtime.cluster import broadcast, inference_resources
 from segflow.tasks.runtime.crash import crash_point
-
 
 #: lanes in flight per worker thread: enough to keep every thread fed, few enough that a
 #: 100-gigapixel plan never sits in the client or the scheduler at once
@@ -47,7 +46,7 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
     """
     total = len(job.plan.chunks)
     threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
-    [model] = client.scatter([job.model], broadcast=True, hash=False)
+    model = broadcast(client, job.model)
     groups = iter(lanes(todo, threads))
     resources = inference_resources(client, job.model.accelerated)
 

@@ -20,7 +20,6 @@ counts, face pairs and the lookup table, never pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from distributed import Client
@@ -33,6 +32,7 @@ from segflow.tasks.errors import UserError
 from segflow.tasks.mask.store import MaskStore, create_instances
 from segflow.tasks.measure.objects import Instances, InstanceSums, chunk_sums, merge_sums
 from segflow.tasks.plan.grid import Chunk, Plan
+from segflow.tasks.runtime.cluster import broadcast
 
 MAX_ID = int(np.iinfo(np.uint32).max)
 
@@ -152,7 +152,7 @@ def label_instances(client: Client, store: MaskStore, plan: Plan, things: list[i
         relabel_chunk, [plan.chunks[i] for i in todo],
         [np.concatenate([[0], lut[offsets[i] + 1:offsets[i] + counts[i] + 1]]).astype(np.uint32)
          for i in todo],
-        store=store, row_areas=_scatter(client, row_areas), pure=False))
+        store=store, row_areas=broadcast(client, row_areas), pure=False))
     classes = np.zeros(n_objects, np.int64)
     classes[lut[1:].astype(np.int64) - 1] = np.concatenate(
         [lab.classes for lab in labels] or [np.empty(0, np.int64)])
@@ -174,7 +174,7 @@ def measure_instances(client: Client, store: MaskStore, plan: Plan,
                       row_areas: np.ndarray | None) -> Instances:
     """Measure the objects of an ``instances`` array labelled by an earlier run."""
     parts = client.gather(client.map(measure_chunk, plan.chunks, store=store,
-                                     row_areas=_scatter(client, row_areas), pure=False))
+                                     row_areas=broadcast(client, row_areas), pure=False))
     n_objects = max((int(sums.ids.max()) for sums, _ in parts if len(sums.ids)), default=0)
     classes = np.zeros(n_objects, np.int64)
     for sums, kinds in parts:
@@ -182,7 +182,3 @@ def measure_instances(client: Client, store: MaskStore, plan: Plan,
     return Instances(class_ids=classes,
                      sums=merge_sums([sums for sums, _ in parts], n_objects, len(plan.shape)))
 
-
-def _scatter(client: Client, row_areas: np.ndarray | None) -> Any:
-    """Send the per-row cell sizes to every worker once, not with every task."""
-    return client.scatter(row_areas, broadcast=True) if row_areas is not None else None

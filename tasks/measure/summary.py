@@ -15,6 +15,7 @@ from segflow.tasks.measure.instances import label_instances, measure_instances, 
 from segflow.tasks.measure.metrics import evaluate, open_ground_truth
 from segflow.tasks.measure.objects import Instances
 from segflow.tasks.plan.job import Job
+from segflow.tasks.runtime.cluster import broadcast
 
 
 @dataclass
@@ -49,7 +50,7 @@ def measure_mask(client: Client, job: Job, store: MaskStore,
     want = job.config.stats
     unit = report_unit(job.reader, row_areas, want)
     n_labels = max(c.id for c in job.model.classes) + 1
-    [areas] = client.scatter([row_areas], broadcast=True) if row_areas is not None else [None]
+    areas = broadcast(client, row_areas)
     counts = client.gather(client.map(count_chunk, job.plan.chunks, store=store,
                                       n_labels=n_labels, row_areas=areas, pure=False))
     per_class = None

@@ -23,7 +23,6 @@ from segflow.tasks.runtime.storage import open_input, raster_dataset
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
 from segflow.tasks.sources.georef import Coordinates, Georef
 
-
 # a raster without a geotransform is read in pixel units, which segflow says itself (area_unit
 # "px"); rasterio would warn on every window a worker reads
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
