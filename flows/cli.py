@@ -146,8 +146,8 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
 
 
 def _local(path: str | None) -> str | None:
-    """A local path made absolute and resolved (the same file is the same catalog entry from any folder, and
-    the warm server runs elsewhere); URLs as given."""
+    """A local path made absolute and resolved (the same file is the same catalog entry from
+    any folder, and the warm server runs elsewhere); URLs as given."""
     return path if path is None or "://" in path else os.path.realpath(path)
 
 

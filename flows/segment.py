@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from distributed import Client
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -33,7 +32,7 @@ from segflow.tasks.mask.store import MaskStore, mark_complete, open_job_store
 from segflow.tasks.measure.objects import Instances
 from segflow.tasks.measure.summary import Measurements, find_objects, measure_mask
 from segflow.tasks.plan.job import Job, fitted, plan_job
-from segflow.tasks.runtime.cluster import dask_cluster
+from segflow.tasks.runtime.cluster import client_for, dask_cluster
 from segflow.tasks.runtime.crash import crash_point
 from segflow.tasks.sources.identity import image_id, normal_uri, source_checksum
 from segflow.tasks.sources.registry import modality_of
@@ -73,15 +72,15 @@ def open_and_plan(source: str, root: str, config: JobConfig, checksum: str | Non
 @task(name="segment", cache_policy=NO_CACHE)
 def segment(job: Job, scheduler: str) -> Outcome:
     """Fit global parameters, create (or resume) the store, run every missing chunk."""
-    with Client(scheduler, set_as_default=False) as client:
-        job = fitted(job, client)
-        crash_point("fit")
-        store, written, complete = open_job_store(job)
-        todo = [c for c in job.plan.chunks if c.index not in written]
-        if complete:
-            get_run_logger().info("%s: complete output found, nothing to compute", store.uri)
-        else:
-            run_chunks(client, job, store, todo)
+    client = client_for(scheduler)
+    job = fitted(job, client)
+    crash_point("fit")
+    store, written, complete = open_job_store(job)
+    todo = [c for c in job.plan.chunks if c.index not in written]
+    if complete:
+        get_run_logger().info("%s: complete output found, nothing to compute", store.uri)
+    else:
+        run_chunks(client, job, store, todo)
     skipped, all_recorded = count_skipped(store)
     if not all_recorded:
         raise TransientError(job.source, "some chunks were not written; re-run to resume")
@@ -92,8 +91,8 @@ def segment(job: Job, scheduler: str) -> Outcome:
 @task(name="label", cache_policy=NO_CACHE)
 def label(outcome: Outcome, scheduler: str) -> Instances | None:
     """Give every object one id across chunk borders (``stats.instances``), and measure them."""
-    with Client(scheduler, set_as_default=False) as client:
-        return find_objects(client, outcome.job, outcome.store, outcome.reused)
+    client = client_for(scheduler)
+    return find_objects(client, outcome.job, outcome.store, outcome.reused)
 
 
 @task(name="finish", cache_policy=NO_CACHE)
@@ -103,8 +102,8 @@ def finish(outcome: Outcome, scheduler: str) -> None:
     if outcome.reused:
         return
     job = outcome.job
-    with Client(scheduler, set_as_default=False) as client:
-        levels = build_levels(job.store_uri, client) if job.config.output.pyramid else 1
+    client = client_for(scheduler)
+    levels = build_levels(job.store_uri, client) if job.config.output.pyramid else 1
     crash_point("pyramid")
     write_quicklook(job.reader, job.store_uri, job.picture_uri)
     crash_point("quicklook")
@@ -117,8 +116,8 @@ def finish(outcome: Outcome, scheduler: str) -> None:
 @task(name="measure", **RETRIED)
 def measure(outcome: Outcome, objects: Instances | None, scheduler: str) -> Measurements:
     """Class statistics, objects and quality metrics, streamed over the written mask."""
-    with Client(scheduler, set_as_default=False) as client:
-        found = measure_mask(client, outcome.job, outcome.store, objects)
+    client = client_for(scheduler)
+    found = measure_mask(client, outcome.job, outcome.store, objects)
     if found.unknown_truth:
         get_run_logger().warning("%s: %d valid ground-truth cells hold no class id of the "
                                  "model; left out of the metrics",

@@ -69,8 +69,8 @@ def lapsed(claim: dict[str, Any] | None, now: float | None = None) -> bool:
 def describe(claim: dict[str, Any]) -> str:
     """Who holds a claim, for the one-line error of a run that gave up waiting."""
     left = max(0.0, float(claim.get("expires", 0)) - time.time())
-    return (f"run {claim.get('run', '?')} on {claim.get('host', '?')} (pid {claim.get('pid', '?')}, "
-            f"lease renewed until {left:.0f} s from now)")
+    return (f"run {claim.get('run', '?')} on {claim.get('host', '?')} "
+            f"(pid {claim.get('pid', '?')}, lease renewed until {left:.0f} s from now)")
 
 
 @dataclass

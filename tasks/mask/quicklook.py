@@ -26,11 +26,16 @@ SIDE = 512  # longest side of the picture, in pixels
 ALPHA = 0.5  # weight of the class colour over the image
 
 
+#: the most a small image is enlarged (a tiny volume slice stays readable; a 32-pixel tile does
+#: not become a 512-pixel picture that costs more to encode than the tile did to segment)
+MAX_ZOOM = 4
+
+
 def picture_shape(shape: tuple[int, ...], side: int = SIDE) -> tuple[int, int]:
     """(height, width) of the picture of a (..., y, x) grid, longest side ``side`` (a small
-    image is enlarged, so a tiny volume slice is still readable)."""
+    image is enlarged up to ``MAX_ZOOM`` times)."""
     height, width = shape[-2:]
-    scale = side / max(height, width)
+    scale = min(side / max(height, width), MAX_ZOOM)
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
@@ -104,7 +109,7 @@ def render(reader: SourceBase, store_uri: str, side: int = SIDE) -> bytes:
     mask = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
     blended = overlay(np.asarray(image), mask, group.attrs["segflow"]["classes"])
     buffer = io.BytesIO()
-    Image.fromarray(blended).save(buffer, format="PNG", optimize=True)
+    Image.fromarray(blended).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
