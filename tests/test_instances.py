@@ -149,6 +149,7 @@ def test_measurements_equal_regionprops_with_the_affine(geo_raster, tmp_path, cl
     assert measure_instances(client, store, plan, row_areas).rows(reader, "ha") == rows
     root = str(tmp_path / "out")
     write_rows(root, "instances", "run1", [{**r, "run_id": "run1", "image_id": "g"} for r in rows])
+    write_rows(root, "runs", "run1", [{"run_id": "run1", "image_id": "g"}])  # rows count with it
     table = run_query(root, "SELECT class_id, count(*) AS n FROM instances GROUP BY 1 ORDER BY 1")
     assert dict(zip(*table.to_pydict().values())) == result.counts_per_class()
 

@@ -86,6 +86,7 @@ def test_metrics_equal_numpy_reference(segmented, dask_address, tmp_path):
     keys = {"run_id": "r1", "image_id": "i"}
     write_rows(root, "metrics", "r1", [{**r, **keys} for r in rows.values()])
     write_rows(root, "confusion", "r1", [{**r, **keys} for r in confusion])
+    write_rows(root, "runs", "r1", [keys])  # result rows count once their run's row exists
     table = run_query(root, "SELECT sum(pixels) AS n FROM confusion WHERE true_class = "
                             "predicted_class").to_pydict()
     assert table["n"] == [int(np.trace(expected))]

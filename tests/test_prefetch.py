@@ -12,6 +12,7 @@ import zarr
 
 from segflow.tasks.config import load_config
 from segflow.tasks.mask.chunk import segment_lane
+from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.run import lanes
 from segflow.tasks.mask.store import open_job_store
 from segflow.tasks.plan.job import plan_job
@@ -67,7 +68,8 @@ def _mask(rgb_tif, dilated_model, root, lane_size: int) -> tuple[np.ndarray, int
                                  "model.params.receptive_field=7", "tiling.chunk=128",
                                  "tiling.halo=8"])
     job = plan_job(str(rgb_tif), str(root), cfg)
-    store, _, _ = open_job_store(job)
+    with hold(job.store_uri, "test", seconds=60, wait=0):
+        store, _, _ = open_job_store(job)
     held = Held()
     source, counted = SlowSource(job.reader, held), CountingStore(store, held)
     for lane in lanes(job.plan.chunks, threads=1, longest=lane_size) if lane_size > 1 else \

@@ -29,6 +29,7 @@ from rasterio.windows import Window
 
 from segflow.tasks.config import JobConfig, load_config
 from segflow.tasks.errors import UserError
+from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.run import run_chunks
 from segflow.tasks.mask.store import open_job_store
 from segflow.tasks.models import REGISTRY, InputSpec, build_model
@@ -229,8 +230,9 @@ def _segment(case: Case, files: dict[str, Path], client: Client, root: Path,
              cfg: JobConfig) -> tuple[np.ndarray, int]:
     """The mask segflow writes for ``cfg`` and its nodata value."""
     job = fitted(plan_job(str(files[case.data]), str(root), cfg), client)
-    store, written, _ = open_job_store(job)
-    run_chunks(client, job, store, [c for c in job.plan.chunks if c.index not in written])
+    with hold(job.store_uri, "conformance", seconds=60, wait=0):
+        store, written, _ = open_job_store(job)
+        run_chunks(client, job, store, [c for c in job.plan.chunks if c.index not in written])
     return store.labels()[:], store.nodata
 
 
