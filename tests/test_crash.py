@@ -41,19 +41,31 @@ def _counts(root: Path) -> list[tuple]:
         str(root), "select run_id, class_id, pixels, objects from class_stats").to_pylist())
 
 
+@pytest.fixture(scope="module")
+def killed(reference, tmp_path_factory, prefect_server, dask_address) -> dict[str, tuple]:
+    """One CLI run per crash point, each into its own root, all started at once (their start-up
+    costs overlap); returns point -> (root, exit status, stderr)."""
+    scene = reference[0]
+    procs = {}
+    for point in POINTS:
+        root = tmp_path_factory.mktemp(f"killed-{point}") / "out"
+        cmd = [sys.executable, "-m", "segflow.flows.cli", "segment", str(scene), "--out",
+               str(root), "--scheduler", dask_address]
+        for item in SETTINGS:
+            cmd += ["--set", item]
+        env = {**os.environ, "PREFECT_API_URL": prefect_server, "SEGFLOW_CRASH_AT": point}
+        procs[point] = (root, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.PIPE, text=True))
+    return {point: (root, proc.wait(timeout=600), proc.stderr.read())
+            for point, (root, proc) in procs.items()}
+
+
 @pytest.mark.parametrize("point", POINTS)
-def test_killed_at_a_stage_boundary_then_rerun(point, reference, tmp_path, prefect_server,
-                                               dask_address):
+def test_killed_at_a_stage_boundary_then_rerun(point, reference, killed, dask_address):
     scene, expected, mask = reference
-    root = tmp_path / "out"
+    root, status, stderr = killed[point]
     store = root / "masks" / f"{image_id(str(scene))}.zarr"
-    cmd = [sys.executable, "-m", "segflow.flows.cli", "segment", str(scene), "--out",
-           str(root), "--scheduler", dask_address]
-    for item in SETTINGS:
-        cmd += ["--set", item]
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "SEGFLOW_CRASH_AT": point}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr  # killed where asked, not finished or failed
+    assert status == -9, stderr  # killed where asked, not finished or failed
 
     finished = POINTS.index(point) > POINTS.index("quicklook")
     if store.exists():  # never marked complete before every output is in

@@ -5,6 +5,7 @@ and stop everything at the first failure, so a bad file costs one chunk, not the
 from __future__ import annotations
 
 import itertools
+import uuid
 
 from distributed import Client, Future, as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -50,11 +51,15 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
     groups = iter(lanes(todo, threads))
     resources = inference_resources(client, job.model.accelerated)
 
+    # keys name the image for the dashboard, and this call: the same image segmented into two
+    # roots at once (or twice, after a failure) must never share a task
+    token = uuid.uuid4().hex[:8]
+
     def submit(group: list[Chunk]) -> Future:
         return client.submit(segment_lane, group, [c.index in job.background for c in group],
                              source=job.reader, model=model, store=store,
                              skip_empty=job.config.tiling.skip_empty, resources=resources,
-                             key=f"chunk-{job.image_id}-{'-'.join(map(str, group[0].index))}")
+                             key=f"chunk-{job.image_id}-{token}-{'-'.join(map(str, group[0].index))}")
 
     running = as_completed(loop=client.loop)
     size: dict[str, int] = {}
