@@ -19,6 +19,7 @@ application, and fsspec gives only the atomic create (``pipe_file(mode="create")
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -168,7 +169,8 @@ class Lease:
             return self._read(newer[-1]) or {"run": "unknown", "expires": time.time()}
         self.number = top + 1
         for old in numbers:  # lapsed claims are history now
-            self.fs.rm_file(f"{self.folder}/{_claim_name(old)}")
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(f"{self.folder}/{_claim_name(old)}")
         return None
 
     def acquire(self, wait: float) -> None:

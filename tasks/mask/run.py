@@ -29,6 +29,10 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), transient=True)
 
 
+def _index(chunk: Chunk) -> str:
+    return "-".join(map(str, chunk.index))
+
+
 def lanes(todo: list[Chunk], threads: int, longest: int = 8) -> list[list[Chunk]]:
     """``todo`` cut into runs of neighbouring chunks (row-major order), about four per worker
     thread so that every thread stays busy to the end, at most ``longest`` chunks each."""
@@ -59,7 +63,7 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
         return client.submit(segment_lane, group, [c.index in job.background for c in group],
                              source=job.reader, model=model, store=store,
                              skip_empty=job.config.tiling.skip_empty, resources=resources,
-                             key=f"chunk-{job.image_id}-{token}-{'-'.join(map(str, group[0].index))}")
+                             key=f"chunk-{job.image_id}-{token}-{_index(group[0])}")
 
     running = as_completed(loop=client.loop)
     size: dict[str, int] = {}
