@@ -186,3 +186,34 @@ def test_a_huge_chunk_is_clipped_to_the_image(batch, tmp_path, dask_address, cap
                  "--set", "model.kind=otsu", "--set", "tiling.chunk=1000000000",
                  "--scheduler", dask_address]) == 0
     assert "1 total" in capsys.readouterr().out
+
+
+def test_unwritten_blocks_of_a_sparse_geotiff_are_never_read(tmp_path, dask_address):
+    """A 8192² sparse GeoTIFF with one written 1500² patch: the plan knows from the block
+    offsets alone which chunks hold nothing (no pixel read), they are nodata, and the patch is
+    segmented right."""
+    from rasterio.windows import Window
+
+    from segflow.flows.segment import segment_image
+    from segflow.tasks.config import load_config
+    from segflow.tasks.plan.job import plan_job
+
+    path = tmp_path / "sparse.tif"
+    patch = np.random.default_rng(1).integers(1, 255, (1500, 1500), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=8192, height=8192, count=1,
+                       dtype="uint8", nodata=0, crs="EPSG:32633",
+                       transform=rasterio.transform.from_origin(0, 0, 1, 1), tiled=True,
+                       blockxsize=512, blockysize=512, sparse_ok=True) as dst:
+        dst.write(patch, 1, window=Window(1000, 2000, 1500, 1500))
+    cfg = load_config(overrides=["model.kind=threshold", "model.params.value=127",
+                                 "tiling.chunk=1024", "output.pyramid=false"])
+    job = plan_job(str(path), str(tmp_path / "out"), cfg)
+    # the patch spans rows 2000-3500 and columns 1000-2500: chunks (1..3, 0..2) hold data
+    held = {(r, c) for r in range(1, 4) for c in range(0, 3)}
+    assert job.unwritten == {c.index for c in job.plan.chunks} - held
+    result = segment_image(str(path), str(tmp_path / "out"), cfg.model_dump(mode="json"),
+                           dask_address)
+    assert result["chunks_skipped"] == 64 - len(held)
+    expected = np.full((8192, 8192), 255, np.uint8)
+    expected[2000:3500, 1000:2500] = patch > 127
+    np.testing.assert_array_equal(_mask(tmp_path / "out", path), expected)

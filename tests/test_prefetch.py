@@ -74,7 +74,7 @@ def _mask(rgb_tif, dilated_model, root, lane_size: int) -> tuple[np.ndarray, int
     source, counted = SlowSource(job.reader, held), CountingStore(store, held)
     for lane in lanes(job.plan.chunks, threads=1, longest=lane_size) if lane_size > 1 else \
             [[c] for c in job.plan.chunks]:
-        segment_lane(lane, [False] * len(lane), source, job.model, counted, skip_empty=True)
+        segment_lane(lane, [None] * len(lane), source, job.model, counted, skip_empty=True)
     return zarr.open_group(job.store_uri, mode="r")["0"][:], held.most
 
 

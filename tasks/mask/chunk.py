@@ -17,6 +17,7 @@ from segflow.tasks.errors import io_error, on_worker, retry_transient
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.models.base import SegmentationModel  # no torch: models import lazily
 from segflow.tasks.plan.grid import Chunk
+from segflow.tasks.plan.job import BACKGROUND, NODATA
 from segflow.tasks.sources.base import SourceBase
 
 
@@ -29,11 +30,17 @@ class Lane:
     store: MaskStore
     skip_empty: bool
 
-    def read(self, chunk: Chunk, background: bool) -> tuple[np.ndarray, np.ndarray] | None:
-        """The chunk's pixels and valid mask, or None when it is skipped (written here)."""
-        if background:  # no tissue on the slide thumbnail: class 0, never read
+    def read(self, chunk: Chunk, known: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The chunk's pixels and valid mask, or None when it is skipped (written here).
+
+        ``known`` (from the plan, before any pixel is read): ``BACKGROUND`` (no tissue on the
+        slide thumbnail: class 0) or ``NODATA`` (every block of it unwritten in the file)."""
+        if known == BACKGROUND:
             shape = tuple(s.stop - s.start for s in chunk.core)
             self.store.write_chunk(chunk, np.zeros(shape, self.store.dtype), skipped=True)
+            return None
+        if known == NODATA:
+            self.store.write_chunk(chunk, np.empty(0, self.store.dtype), skipped=True)
             return None
         pixels, valid = retry_transient(lambda: self.source.read(chunk.read))
         if self.skip_empty and not valid[chunk.crop].any():  # all nodata: left as nodata
@@ -54,7 +61,7 @@ class Lane:
             raise io_error(self.store.uri, "cannot write the mask", exc) from exc
 
 
-def segment_lane(chunks: list[Chunk], background: list[bool], source: SourceBase,
+def segment_lane(chunks: list[Chunk], known: list[str | None], source: SourceBase,
                  model: SegmentationModel, store: MaskStore, skip_empty: bool) -> int:
     """Segment ``chunks`` in order and record each in the store; returns how many were skipped
     (no tissue on the slide thumbnail, or all nodata).
@@ -62,15 +69,15 @@ def segment_lane(chunks: list[Chunk], background: list[bool], source: SourceBase
     Idempotent, so a retry of the whole lane is safe: storage hiccups are retried per read
     and write, a bad file is not.
     """
-    return on_worker(_run_lane, Lane(source, model, store, skip_empty), chunks, background)
+    return on_worker(_run_lane, Lane(source, model, store, skip_empty), chunks, known)
 
 
-def _run_lane(lane: Lane, chunks: list[Chunk], background: list[bool]) -> int:
+def _run_lane(lane: Lane, chunks: list[Chunk], known: list[str | None]) -> int:
     skipped = 0
     with ThreadPoolExecutor(1, "segflow-read") as reader, \
             ThreadPoolExecutor(1, "segflow-write") as writer:
         def read(i: int) -> Future[tuple[np.ndarray, np.ndarray] | None]:
-            return reader.submit(lane.read, chunks[i], background[i])
+            return reader.submit(lane.read, chunks[i], known[i])
 
         ahead = read(0) if chunks else None
         written: Future[None] | None = None

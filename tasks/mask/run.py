@@ -60,7 +60,7 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
     token = uuid.uuid4().hex[:8]
 
     def submit(group: list[Chunk]) -> Future:
-        return client.submit(segment_lane, group, [c.index in job.background for c in group],
+        return client.submit(segment_lane, group, [job.known(c) for c in group],
                              source=job.reader, model=model, store=store,
                              skip_empty=job.config.tiling.skip_empty, resources=resources,
                              key=f"chunk-{job.image_id}-{token}-{_index(group[0])}")

@@ -15,12 +15,14 @@ from distributed import Client
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import UserError
 from segflow.tasks.models import InputSpec, SegmentationModel, build_model
-from segflow.tasks.plan.grid import Plan, plan_chunks
+from segflow.tasks.plan.grid import Chunk, Plan, plan_chunks
 from segflow.tasks.sources.base import SourceBase
 from segflow.tasks.sources.foreground import fit_foreground
 from segflow.tasks.sources.identity import image_id, source_checksum
 from segflow.tasks.sources.registry import open_source
 from segflow.tasks.sources.tissue import background_chunks
+
+BACKGROUND, NODATA = "background", "nodata"  # what the plan can know of a chunk unread
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,14 @@ class Job:
     config: JobConfig
     #: chunks known to be background before reading (slide glass): written as class 0
     background: frozenset[tuple[int, ...]] = field(default_factory=frozenset)
+    #: chunks whose every block the file leaves unwritten (sparse GeoTIFF): nodata, never read
+    unwritten: frozenset[tuple[int, ...]] = field(default_factory=frozenset)
+
+    def known(self, chunk: Chunk) -> str | None:
+        """What the plan knows of a chunk before reading it (tasks/mask/chunk.py)."""
+        if chunk.index in self.background:
+            return BACKGROUND
+        return NODATA if chunk.index in self.unwritten else None
 
     @property
     def store_uri(self) -> str:
@@ -56,7 +66,8 @@ class Job:
 def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = None) -> Job:
     """Open the source, build the model and plan the chunks; ``checksum`` when the caller has
     already computed it (a batch does, to skip done images: a local file is not hashed twice).
-    Readers that offer a tissue thumbnail mark chunks of bare glass as background."""
+    Readers that offer a tissue thumbnail mark chunks of bare glass as background; readers that
+    know which blocks a file never wrote (sparse GeoTIFF) mark chunks of only those as nodata."""
     reader = open_source(source, config.input)
     cells = math.prod(reader.spatial_shape)
     if cells > config.input.max_pixels:
@@ -69,9 +80,13 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
                        stride=model.stride)
     skip_glass = reader.capabilities.has_tissue_thumbnail and config.tiling.skip_empty
     background = frozenset(background_chunks(reader, plan)) if skip_glass else frozenset()
+    unwritten = frozenset(c.index for c, empty in zip(
+        plan.chunks, reader.unwritten([c.core for c in plan.chunks]), strict=True) if empty
+    ) if config.tiling.skip_empty else frozenset()
     return Job(source=source, root=root, image_id=image_id(source),
                checksum=checksum or source_checksum(source), reader=reader, plan=plan,
-               model=model, config=config, background=background)
+               model=model, config=config, background=background,
+               unwritten=unwritten)
 
 
 def fitted(job: Job, client: Client) -> Job:

@@ -61,6 +61,11 @@ class SourceBase(ABC):
         """CRS and affine, for readers whose registry entry ``has_georef``; else None."""
         return None
 
+    def unwritten(self, boxes: list[Box]) -> list[bool]:
+        """For each box, whether the file holds no data there at all, known from its header
+        (every cell reads as nodata). Default: not known, so False."""
+        return [False] * len(boxes)
+
     def coordinates(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
         """1-D coordinate arrays (values, attributes) by dim name, for the store. Default none."""
         return {}

@@ -73,6 +73,28 @@ class Raster(SourceBase):
             raise io_error(self.uri, "cannot read overview", exc) from exc
         return pixels, masks.any(axis=0)
 
+    def unwritten(self, boxes: list[Box]) -> list[bool]:
+        """Boxes whose every TIFF block, in every band read, is sparse (offset 0: never written;
+        GDAL reads it as nodata), from the header's block offsets, no pixel read: a 10¹⁰-pixel
+        scene that is mostly empty costs its written blocks. Without a nodata value a sparse
+        block reads as 0, a valid value, so nothing is known."""
+        if self.nodata is None:
+            return [False] * len(boxes)
+        try:
+            with raster_dataset(self.uri) as ds:
+                return [self._sparse(ds, rows, cols) for rows, cols in boxes]
+        except RasterioError as exc:
+            raise io_error(self.uri, "cannot read the block offsets", exc) from exc
+
+    def _sparse(self, ds: Any, rows: slice, cols: slice) -> bool:
+        height, width = ds.block_shapes[0]
+        for by in range(rows.start // height, (rows.stop - 1) // height + 1):
+            for bx in range(cols.start // width, (cols.stop - 1) // width + 1):
+                for band in self.bands:
+                    if ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=band):
+                        return False
+        return True
+
     def cell_measure(self) -> np.ndarray | None:
         return self.georef.row_areas_m2(self.height)
 
