@@ -116,14 +116,19 @@ class Lease:
                            "expires": time.time() + self.seconds, "seconds": self.seconds,
                            "released": released}).encode()
 
+    def _partial(self, body: bytes) -> str:
+        """A hidden, fully written temporary file in the lease folder, to be published whole."""
+        partial = f"{self.folder}/.{uuid.uuid4().hex}.partial"
+        with open(partial, "wb") as fh:
+            fh.write(body)
+        return partial
+
     def _create(self, number: int) -> bool:
         """Create claim ``number`` atomically; False when it already exists."""
         path = f"{self.folder}/{_claim_name(number)}"
         if isinstance(self.fs, LocalFileSystem):
             os.makedirs(self.folder, exist_ok=True)
-            partial = f"{self.folder}/.{uuid.uuid4().hex}.partial"
-            with open(partial, "wb") as fh:
-                fh.write(self._body())
+            partial = self._partial(self._body())
             try:
                 os.link(partial, path)  # fails if the name exists: O_EXCL for a whole file
                 return True
@@ -146,10 +151,7 @@ class Lease:
         path = f"{self.folder}/{_claim_name(self.number)}"
         body = self._body(released)
         if isinstance(self.fs, LocalFileSystem):
-            partial = f"{path}.{uuid.uuid4().hex}.partial"
-            with open(partial, "wb") as fh:
-                fh.write(body)
-            os.replace(partial, path)
+            os.replace(self._partial(body), path)
         else:
             self.fs.pipe_file(path, body)
 
