@@ -28,7 +28,7 @@ demo: install
 # two test processes at most (each with its own Prefect API, moto server and Dask cluster),
 # a file's tests together, in collection order (tests/conftest.py starts the longest files first)
 test: install-test
-	$(BIN)/python -m pytest -q -n auto --maxprocesses=2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=2 --dist loadfile --no-loadscope-reorder --durations=25
 
 bench: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
