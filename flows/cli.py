@@ -1,4 +1,4 @@
-"""The ``segflow`` command line: segment, evaluate, batch, watch, query, serve, demo.
+"""The ``segflow`` command line: segment, evaluate, batch, watch, change, query, serve, demo.
 
 User mistakes and bad files end in one line on stderr, ``segflow: error: <source>: <reason>``,
 and a non-zero status; Prefect's own console logging is kept quiet unless ``-v`` is given
@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     _job_options(watch)
     _batch_options(watch)
 
+    change = sub.add_parser("change", help="from-to change between two masks of one grid: the "
+                                           "`change` table and a change mask in ROOT")
+    change.add_argument("a", metavar="MASK_OR_RUN_A", help="mask store (masks/<id>.zarr) or a "
+                                                          "run id in ROOT's catalog")
+    change.add_argument("b", metavar="MASK_OR_RUN_B", help="the later mask, likewise")
+    change.add_argument("--out", required=True, help="output root (its catalog names run ids)")
+    change.add_argument("--scheduler", help="tcp://host:port of a running Dask scheduler")
+
     q = sub.add_parser("query", help="run SQL over the catalog under ROOT")
     q.add_argument("sql")
     q.add_argument("--out", required=True, help="output root holding catalog/")
@@ -149,6 +157,11 @@ def _local(path: str | None) -> str | None:
     """A local path made absolute and resolved (the same file is the same catalog entry from
     any folder, and the warm server runs elsewhere); URLs as given."""
     return path if path is None or "://" in path else os.path.realpath(path)
+
+
+def _local_ref(ref: str) -> str:
+    """A mask store path made absolute (as ``_local``); a run id as given."""
+    return _local(ref) if os.path.exists(ref) else ref  # type: ignore[return-value]
 
 
 def _api_configured() -> bool:
@@ -247,6 +260,13 @@ def _report(result: dict[str, Any]) -> None:
                      title="against the ground truth (classes present in it)")
 
 
+def _change_report(result: dict[str, Any]) -> None:
+    print(f"change mask: {result['output_uri']}")
+    rows = [{k: r[k] for k in ("name_a", "name_b", "pixels", "area", "area_unit")}
+            for r in result["change"] if r["pixels"]]
+    _print_table(rows, title=f"{result['image_id']}: from (a) -> to (b), {result['seconds']:.1f} s")
+
+
 def _batch_report(rows: list[dict[str, Any]]) -> None:
     """The summary table on stdout, and one ``segflow: error:`` line per failed image."""
     counts = {s: sum(r["status"] == s for r in rows)
@@ -337,7 +357,7 @@ def _server(args: argparse.Namespace) -> None:
 
 
 #: commands whose flows need a Prefect API (a temporary one when no server is running)
-FLOW_COMMANDS = {"segment", "evaluate", "demo", "batch", "watch"}
+FLOW_COMMANDS = {"segment", "evaluate", "demo", "batch", "watch", "change"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
                              [f"stats.ground_truth={DEMO_TRUTH}"], None))
             print(f"\nquery it: segflow query \"select class_name, iou, dice from metrics "
                   f"where tp + fn > 0\" --out {deep}")
+        elif args.command == "change":
+            _change_report(runner.job("change", {"a": _local_ref(args.a), "b": _local_ref(args.b),
+                                                 "out": _local(args.out),
+                                                 "scheduler": args.scheduler}))
         elif args.command in ("batch", "watch"):
             return _batch(args, runner)
         elif args.command == "query":

@@ -40,6 +40,13 @@ def batch_job(args: dict[str, Any], scheduler: str | None) -> list[dict[str, Any
                      args.get("concurrency", 2))
 
 
+def change_job(args: dict[str, Any], scheduler: str | None) -> dict[str, Any]:
+    """``segflow change``: the from-to change between two masks of one grid."""
+    from segflow.flows.change import change_masks
+
+    return change_masks(args["a"], args["b"], args["out"], args.get("scheduler") or scheduler)
+
+
 @dataclass(frozen=True)
 class Job:
     """A CLI job and the module it needs, imported ahead (seconds) while the API starts."""
@@ -61,7 +68,8 @@ class Job:
 
 
 JOBS = {"segment": Job(segment_job, "segflow.flows.segment"),
-        "batch": Job(batch_job, "segflow.flows.batch")}
+        "batch": Job(batch_job, "segflow.flows.batch"),
+        "change": Job(change_job, "segflow.flows.change")}
 
 
 def run_command(command: str, args: dict[str, Any], scheduler: str | None) -> dict[str, Any]:

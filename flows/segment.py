@@ -1,5 +1,5 @@
 """``segment_image``: one image through plan → fit → infer → write → label → finish → measure →
-record → publish.
+export → record → publish.
 
 Prefect is the control plane (one task per stage, retries, logs); Dask is the data plane (one
 Dask task per chunk, on the cluster at ``scheduler`` or a LocalCluster started for the run).
@@ -24,6 +24,7 @@ from segflow.tasks.catalog.done import done
 from segflow.tasks.catalog.tables import record_run, write_rows
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import SegflowError, TransientError, UserError, first_line, output_error
+from segflow.tasks.export.outputs import write_outputs
 from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.pyramid import build_levels, ome_metadata
 from segflow.tasks.mask.quicklook import picture, summary_markdown, write_quicklook
@@ -125,11 +126,25 @@ def measure(outcome: Outcome, objects: Instances | None, scheduler: str) -> Meas
     return found
 
 
+@task(name="export", **RETRIED)
+def export(outcome: Outcome, found: Measurements, scheduler: str) -> list[dict[str, Any]]:
+    """Files for other tools (polygons, a label file; ``output.*``), as ``outputs`` rows."""
+    job = outcome.job
+    if job.reader.modality == "volume" and (job.config.output.vectors or
+                                            job.config.output.qupath):
+        get_run_logger().warning("%s: volumes are not polygonised (output.vectors and "
+                                 "output.qupath are for 2-D images)", job.source)
+    return write_outputs(client_for(scheduler), job, outcome.store,
+                         found.instances if job.config.stats.instances else None)
+
+
 @task(name="record", **RETRIED)
-def record(root: str, run: dict[str, Any], found: Measurements) -> None:
+def record(root: str, run: dict[str, Any], found: Measurements,
+           outputs: list[dict[str, Any]]) -> None:
     """Append this run's rows to the catalog (the run row last: a run row means it is all in)."""
     record_run(root, run, {"class_stats": found.class_stats, "instances": found.instances,
-                           "metrics": found.metrics, "confusion": found.confusion})
+                           "metrics": found.metrics, "confusion": found.confusion,
+                           "zone_stats": found.zone_stats, "outputs": outputs})
 
 
 @task(name="publish", **RETRIED)
@@ -190,10 +205,12 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
             stage(finish)(outcome, address)
             found = stage(measure)(outcome, objects, address)
             crash_point("measure")
+            outputs = stage(export)(outcome, found, address)
+            crash_point("export")
             run.update(status="succeeded", model=outcome.job.model.identity(),
                        chunks_skipped=outcome.chunks_skipped, finished_at=datetime.now(UTC),
                        seconds=time.perf_counter() - clock)
-            stage(record)(out, run, found)
+            stage(record)(out, run, found, outputs)
             crash_point("publish")
             stage(publish)(outcome.job, found)
         return {**run, "class_stats": found.class_stats, "metrics": found.metrics,

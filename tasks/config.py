@@ -108,6 +108,12 @@ class OutputConfig(_Strict):
     # image (CLI --wait), and seconds a crashed run's lease outlives its last renewal
     wait: float = Field(30.0, ge=0)
     lease_seconds: float = Field(60.0, ge=1)
+    # outputs for other tools, written after the mask (tasks/export/)
+    vectors: bool = False  # ROOT/vectors/<image_id>.parquet: GeoParquet polygons
+    qupath: bool = False  # slides: ROOT/vectors/<image_id>.geojson for QuPath
+    export: bool = False  # ROOT/exports/: COG (rasters), OME-TIFF (slides), NIfTI (volumes)
+    probabilities: bool = False  # per-class scores in the store (`probabilities` array)
+    probabilities_dtype: Literal["uint8", "float16"] = "uint8"
 
 
 class StatsConfig(_Strict):
@@ -117,6 +123,14 @@ class StatsConfig(_Strict):
     instances: bool = False  # label objects (connected cells of a thing class) across chunks
     things: list[str] | None = None  # class names that are objects; None: every class but id 0
     ground_truth: str | None = None  # label image on the input's grid: metrics per class
+    zones: str | None = None  # polygons (GeoPackage, GeoJSON, GeoParquet): `zone_stats` table
+    zone_id: str | None = None  # the zones' column naming each zone; None: its row number
+
+    @model_validator(mode="after")
+    def _zone_id_needs_zones(self) -> StatsConfig:
+        if self.zone_id and not self.zones:
+            raise ValueError("stats.zone_id names a column of stats.zones, which is not set")
+        return self
 
 
 class ClusterConfig(_Strict):
@@ -152,9 +166,11 @@ class JobConfig(_Strict):
     def output_hash(self) -> str:
         """Hash of everything that can change the mask (not where or how fast it runs)."""
         relevant = self.model_dump(mode="json", exclude={
-            "cluster": True, "tiling": {"batch"}, "output": {"wait", "lease_seconds"},
+            "cluster": True, "tiling": {"batch"},
+            "output": {"wait", "lease_seconds", "vectors", "qupath", "export"},
             "input": {"max_pixels"},
-            "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth"}})
+            "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth", "zones",
+                      "zone_id"}})
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -170,7 +186,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 #: config keys that name files: a relative one is relative to the config file's folder
-FILE_KEYS = (("model", "weights"), ("cluster", "spec"))
+FILE_KEYS = (("model", "weights"), ("cluster", "spec"), ("stats", "zones"))
 
 
 def _paths_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:

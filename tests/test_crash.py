@@ -1,6 +1,6 @@
 """Kill anywhere, then re-run: the CLI is SIGKILLed at each stage boundary of a run (a named
 crash point, tasks/runtime/crash.py); the re-run ends with the mask of an uninterrupted run,
-the same catalog rows and every output."""
+the same catalog rows and every output, the files for other tools included."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import rasterio
 import zarr
 from rasterio.transform import from_origin
 
@@ -20,8 +22,10 @@ from segflow.tasks.config import load_config
 from segflow.tasks.sources.identity import image_id
 from tests.conftest import smooth_noise, write_geotiff
 
-SETTINGS = ["model.kind=otsu", "tiling.chunk=128", "stats.instances=true"]
-POINTS = ["open", "fit", "chunks", "pyramid", "quicklook", "measure", "catalog", "publish"]
+SETTINGS = ["model.kind=otsu", "tiling.chunk=128", "stats.instances=true",
+            "output.vectors=true", "output.export=true"]
+POINTS = ["open", "fit", "chunks", "pyramid", "quicklook", "measure", "export", "catalog",
+          "publish"]
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +101,8 @@ def test_killed_at_a_stage_boundary_then_rerun(point, reference, killed, dask_ad
     n_objects = run_query(str(root), "select run_id, count(*) as n from instances "
                                      "group by run_id").to_pylist()
     assert {r["n"] for r in n_objects} == {expected["instances"]}
+    # the files for other tools are whole: one polygon per object, the label file readable
+    name = image_id(str(scene))
+    assert pq.read_table(root / "vectors" / f"{name}.parquet").num_rows == expected["instances"]
+    with rasterio.open(root / "exports" / f"{name}.tif") as cog:
+        np.testing.assert_array_equal(cog.read(1), mask)

@@ -66,7 +66,7 @@ def test_the_wheel_holds_one_top_level_package_with_the_demo_data(wheel):
                  "segflow/samples/nc_landclass96.tif", "segflow/samples/SOURCES.md"):
         assert data in names
     for stage in ("sources", "plan", "models", "mask", "measure", "catalog", "runtime",
-                  "intake"):
+                  "intake", "export"):
         assert f"segflow/tasks/{stage}/__init__.py" in names
     assert sum(zipfile.ZipFile(wheel).getinfo(n).file_size for n in names) < 12e6
 

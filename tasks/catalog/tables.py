@@ -55,6 +55,25 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("image_id", pa.string()), ("true_class", pa.int64()),
         ("predicted_class", pa.int64()), ("pixels", pa.int64()),
     ]),
+    # one row per zone (stats.zones) and class; fraction of the zone's valid cells
+    "zone_stats": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("zone_id", pa.string()),
+        ("class_id", pa.int64()), ("class_name", pa.string()), ("pixels", pa.int64()),
+        ("area", pa.float64()), ("area_unit", pa.string()), ("fraction", pa.float64()),
+    ]),
+    # one row per file or array written for other tools (output.vectors, qupath, export,
+    # probabilities); features: rows of a polygon file
+    "outputs": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("output", pa.string()),
+        ("format", pa.string()), ("uri", pa.string()), ("features", pa.int64()),
+    ]),
+    # `segflow change`: pixels going from class_a in mask A to class_b in mask B
+    "change": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("image_id_a", pa.string()),
+        ("image_id_b", pa.string()), ("class_a", pa.int64()), ("name_a", pa.string()),
+        ("class_b", pa.int64()), ("name_b", pa.string()), ("pixels", pa.int64()),
+        ("area", pa.float64()), ("area_unit", pa.string()),
+    ]),
 }
 
 
@@ -86,7 +105,8 @@ def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -
 
 
 #: tables a run writes besides ``runs``, in the order they are written
-RESULT_TABLES = ("class_stats", "instances", "metrics", "confusion")
+RESULT_TABLES = ("class_stats", "instances", "metrics", "confusion", "zone_stats", "outputs",
+                 "change")
 
 
 def record_run(root: str, run: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> None:

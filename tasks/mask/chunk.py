@@ -48,15 +48,26 @@ class Lane:
             return None
         return pixels, valid
 
-    def infer(self, chunk: Chunk, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        labels = self.model.predict(pixels, valid, chunk.crop).astype(self.store.dtype,
-                                                                     copy=False)
-        labels[~valid[chunk.crop]] = self.store.nodata
-        return labels
+    def infer(self, chunk: Chunk, pixels: np.ndarray, valid: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class ids of the chunk's core and, with ``output.probabilities``, its scores in the
+        store's dtype (uint8: 0-255 rounded; nodata cells 0 for every class)."""
+        inside = valid[chunk.crop]
+        scores = None
+        if self.store.scores:
+            labels, probs = self.model.predict_scores(pixels, valid, chunk.crop)
+            probs[:, ~inside] = 0
+            scores = (np.rint(probs * 255).astype(np.uint8) if self.store.scores == "uint8"
+                      else probs.astype(self.store.scores))
+        else:
+            labels = self.model.predict(pixels, valid, chunk.crop)
+        labels = labels.astype(self.store.dtype, copy=False)
+        labels[~inside] = self.store.nodata
+        return labels, scores
 
-    def write(self, chunk: Chunk, labels: np.ndarray) -> None:
+    def write(self, chunk: Chunk, labels: np.ndarray, scores: np.ndarray | None) -> None:
         try:
-            retry_transient(lambda: self.store.write_chunk(chunk, labels))
+            retry_transient(lambda: self.store.write_chunk(chunk, labels, scores=scores))
         except OSError as exc:  # a full disk or a refused write: the store's, not the source's
             raise io_error(self.store.uri, "cannot write the mask", exc) from exc
 
@@ -88,11 +99,11 @@ def _run_lane(lane: Lane, chunks: list[Chunk], known: list[str | None]) -> int:
             if data is None:
                 skipped += 1
                 continue
-            labels = lane.infer(chunk, *data)
+            labels, scores = lane.infer(chunk, *data)
             del data
             if written is not None:
                 written.result()  # at most one write in flight: memory stays bounded
-            written = writer.submit(lane.write, chunk, labels)
+            written = writer.submit(lane.write, chunk, labels, scores)
         if written is not None:
             written.result()
     return skipped

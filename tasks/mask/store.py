@@ -4,6 +4,8 @@ Layout (``ROOT/masks/<image_id>.zarr``):
   0            class ids (y, x); one Zarr shard (or chunk) per work chunk, so no two workers
                ever write the same object (concurrent writers of one shard lose data)
   instances    object ids (uint32, 0 = no object), laid out like ``0``; only when instances are on
+  probabilities  per-class scores (class, y, x), uint8 0-255 or float16 0-1, chunked and
+               sharded like ``0`` along the spatial axes; only with ``output.probabilities``
   progress     one uint8 per work chunk: 0 to do, 1 written, 2 skipped (all nodata); set after
                the chunk's mask is written, it is the resume record; its chunks are 1x1 so
                every worker writes only its own object
@@ -41,6 +43,8 @@ class MaskStore:
     uri: str
     dtype: str
     nodata: int
+    #: dtype of the ``probabilities`` array, None when the store has none
+    scores: str | None = None
 
     def labels(self, mode: str = "r") -> zarr.Array:
         return zarr.open_array(store=self.uri, path="0", mode=mode, **zarr_options(self.uri))
@@ -53,11 +57,18 @@ class MaskStore:
         return zarr.open_array(store=self.uri, path="progress", mode=mode,
                                **zarr_options(self.uri))
 
-    def write_chunk(self, chunk: Chunk, labels: np.ndarray, skipped: bool = False) -> None:
-        """Write one chunk's class ids (if any: an all-nodata chunk writes none), then record
-        it done."""
+    def probabilities(self, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(store=self.uri, path="probabilities", mode=mode,
+                               **zarr_options(self.uri))
+
+    def write_chunk(self, chunk: Chunk, labels: np.ndarray, skipped: bool = False,
+                    scores: np.ndarray | None = None) -> None:
+        """Write one chunk's class ids (if any: an all-nodata chunk writes none) and scores,
+        then record it done."""
         if labels.size:
             self.labels("r+")[chunk.core] = labels
+        if scores is not None:
+            self.probabilities("r+")[(slice(None), *chunk.core)] = scores
         self.progress("r+")[chunk.index] = DONE_SKIPPED if skipped else DONE_WRITTEN
 
 
@@ -90,22 +101,25 @@ def open_job_store(job: Job) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
     The caller holds the store's lease (mask/lease.py)."""
     check_held(job.store_uri)
     key = resume_key(job.checksum, job.model.identity(), job.config.output_hash())
+    out = job.config.output
     return open_or_create(job.store_uri, job.plan, job.reader.dims,
                           max(c.id for c in job.model.classes) + 1, store_attrs(job), key,
                           job.reader.spatial_attrs().get("grid_mapping"),
-                          job.reader.coordinates())
+                          job.reader.coordinates(),
+                          scores=out.probabilities_dtype if out.probabilities else None)
 
 
 def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
                    attrs: dict[str, Any], resume: str, grid_mapping: dict[str, Any] | None,
-                   coords: Coordinates) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
+                   coords: Coordinates, scores: str | None = None
+                   ) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
     """Open the store for resuming (same resume key) or create it anew with its full schema,
-    for class ids 0..``n_labels`` - 1.
+    for class ids 0..``n_labels`` - 1 (and their scores in ``scores`` dtype, when given).
 
     Returns the store, the chunk indexes already written, and whether the store is complete.
     """
     dtype, nodata = label_dtype(n_labels)
-    store = MaskStore(uri=uri, dtype=dtype.name, nodata=nodata)
+    store = MaskStore(uri=uri, dtype=dtype.name, nodata=nodata, scores=scores)
     try:
         group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
         meta = group.attrs.get("segflow", {})
@@ -128,6 +142,10 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
                        attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
                        if grid_mapping else {},
                        **layout)
+    if scores:
+        group.create_array("probabilities", shape=(n_labels, *plan.shape), dtype=scores,
+                           fill_value=0, dimension_names=["class", *dims],
+                           **{k: (n_labels, *v) for k, v in layout.items()})
     group.create_array("progress", shape=plan.grid, dtype="uint8", fill_value=0,
                        chunks=(1,) * rank, dimension_names=[f"chunk_{d}" for d in dims])
     for name, (values, coord_attrs) in coords.items():

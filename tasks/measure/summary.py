@@ -1,6 +1,6 @@
 """Every measurement of one written mask, streamed on the workers: class statistics, objects
-(``stats.instances``) and quality against a ground truth (``stats.ground_truth``), as rows for
-the catalog tables."""
+(``stats.instances``), zonal statistics (``stats.zones``) and quality against a ground truth
+(``stats.ground_truth``), as rows for the catalog tables."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from segflow.tasks.measure.classes import class_rows, count_chunk, report_unit
 from segflow.tasks.measure.instances import label_instances, measure_instances, thing_ids
 from segflow.tasks.measure.metrics import evaluate, open_ground_truth
 from segflow.tasks.measure.objects import Instances
+from segflow.tasks.measure.zones import read_zones, zone_rows
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import broadcast
 
@@ -26,6 +27,7 @@ class Measurements:
     instances: list[dict[str, Any]] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     confusion: list[dict[str, Any]] = field(default_factory=list)
+    zone_stats: list[dict[str, Any]] = field(default_factory=list)
     #: valid ground-truth cells holding no class id of the model, left out of the metrics
     unknown_truth: int = 0
 
@@ -61,6 +63,12 @@ def measure_mask(client: Client, job: Job, store: MaskStore,
     result = Measurements(class_rows(job.model.classes, counts, unit, per_class))
     if objects is not None:
         result.instances = objects.rows(job.reader, unit)
+    if want.zones:
+        georef = job.reader.georef
+        assert georef is not None, "plan_job refuses zones without a georeferenced raster"
+        result.zone_stats = zone_rows(client, store, job.plan,
+                                      read_zones(want.zones, want.zone_id, georef),
+                                      job.model.classes, areas, unit)
     if want.ground_truth:
         evaluation = evaluate(client, store, job.plan,
                               open_ground_truth(want.ground_truth, job.reader), job.model.classes)

@@ -45,6 +45,8 @@ class SegmentationModel(ABC):
     stride: int = 1
     #: True for methods that run faster on a GPU: the flow sends their chunks to GPU workers
     accelerated: ClassVar[bool] = False
+    #: True for methods with a per-class score (``predict_scores``, ``output.probabilities``)
+    soft: ClassVar[bool] = False
 
     def __init__(self, classes: list[ClassSpec], params: dict[str, Any]) -> None:
         self.classes = classes
@@ -65,6 +67,12 @@ class SegmentationModel(ABC):
 
         ``valid`` (*spatial) marks real cells; methods that need context use the halo around core.
         """
+
+    def predict_scores(self, pixels: np.ndarray, valid: np.ndarray,
+                       core: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Class ids for ``core`` and per-class scores in 0..1, (classes, *core), whose argmax
+        is those ids. Only methods that are ``soft`` have them."""
+        raise NotImplementedError(f"{self.kind} has no per-class score")
 
     def identity(self) -> str:
         """What produced the mask, for the catalog's ``model`` column: kind and fitted values."""

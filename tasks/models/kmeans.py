@@ -25,6 +25,7 @@ class KMeansModel(SegmentationModel):
     """``k`` clusters over all selected bands; class ids ordered by centroid brightness."""
 
     kind = "kmeans"
+    soft = True
 
     def __init__(self, classes: Any, params: dict[str, Any], k: int, seed: int,
                  max_samples: int) -> None:
@@ -57,6 +58,17 @@ class KMeansModel(SegmentationModel):
 
     def predict(self, pixels: np.ndarray, valid: np.ndarray,
                 core: tuple[slice, ...]) -> np.ndarray:
+        return self._nearest(pixels, core, scores=False)[0]
+
+    def predict_scores(self, pixels: np.ndarray, valid: np.ndarray,
+                       core: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centroids and fuzzy c-means memberships (m = 2): each cluster's
+        1 / distance², normalised to sum to 1, so the nearest centroid scores highest."""
+        labels, inverse = self._nearest(pixels, core, scores=True)
+        return labels, inverse / inverse.sum(axis=0, keepdims=True)
+
+    def _nearest(self, pixels: np.ndarray, core: tuple[slice, ...], scores: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
         assert self.centroids is not None, "fit() before predict()"
         pixels = pixels[(slice(None), *core)]
         x = pixels.reshape(pixels.shape[0], -1).astype(np.float64)
@@ -64,12 +76,16 @@ class KMeansModel(SegmentationModel):
         # block it arrives in (a BLAS product may change summation order with the block shape).
         best = np.full(x.shape[1], np.inf)
         labels = np.zeros(x.shape[1], np.uint8)
+        inverse = np.empty((len(self.centroids) if scores else 0, x.shape[1]))
         for i, centroid in enumerate(self.centroids):
             dist = ((x - centroid[:, None]) ** 2).sum(axis=0)
             closer = dist < best
             best[closer] = dist[closer]
             labels[closer] = i
-        return labels.reshape(pixels.shape[1:])
+            if scores:  # a pixel on a centroid: that cluster's membership dominates
+                inverse[i] = 1.0 / np.maximum(dist, 1e-300)
+        spatial = pixels.shape[1:]
+        return labels.reshape(spatial), inverse.reshape(len(inverse), *spatial)
 
     def identity(self) -> str:
         return f"kmeans(k={self.k}, seed={self.seed})"

@@ -54,15 +54,17 @@ def _batches(forward: Forward, block: torch.Tensor, core: tuple[slice, ...], til
 
 def predict_tiled(forward: Forward, block: torch.Tensor, core: tuple[slice, ...], tile: int,
                   halo: int, batch: int) -> torch.Tensor:
-    """Class ids for ``block[:, *core]`` (bands x 2 or 3 spatial axes), tiles cropped."""
+    """``forward``'s output for ``block[:, *core]`` (bands x 2 or 3 spatial axes), tiles
+    cropped: class ids (*core), or per-class scores (classes, *core)."""
     lo = tuple(s.start for s in core)
     out: torch.Tensor | None = None
     for t, labels in _batches(forward, block, core, tile, halo, batch):
+        lead = labels.shape[:labels.ndim - len(core)]  # () for ids, (classes,) for scores
         if out is None:
-            out = torch.empty(tuple(s.stop - s.start for s in core), dtype=labels.dtype,
+            out = torch.empty((*lead, *(s.stop - s.start for s in core)), dtype=labels.dtype,
                               device=labels.device)
         where = tuple(slice(c.start - o, c.stop - o) for c, o in zip(t.core, lo))
-        out[where] = labels[t.crop]
+        out[(..., *where)] = labels[(..., *t.crop)]
     assert out is not None  # a core has at least one cell, so at least one tile
     return out
 
@@ -76,27 +78,43 @@ def importance_map(shape: tuple[int, ...], device: torch.device | str = "cpu") -
     return weights
 
 
-def predict_blended(forward: Forward, block: torch.Tensor, core: tuple[slice, ...], tile: int,
-                    halo: int, batch: int) -> torch.Tensor:
-    """Class ids for ``block[:, *core]``: argmax of the Gaussian-weighted sum of overlapping
-    tile probabilities, accumulated only over the core plus halo (the tiles' reads).
-
-    The sum is not divided by the summed weights: a positive per-cell factor leaves the argmax
-    unchanged.
-    """
+def blend(forward: Forward, block: torch.Tensor, core: tuple[slice, ...], tile: int,
+          halo: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gaussian-weighted sum of overlapping tile probabilities over ``block[:, *core]``
+    (classes, *core), and the summed weights (*core); accumulated only over the core plus halo
+    (the tiles' reads)."""
     spatial = block.shape[1:]
     box_lo = tuple(max(0, s.start - halo) for s in core)
     box_hi = tuple(min(n, s.stop + halo) for s, n in zip(core, spatial))
+    box = tuple(b - a for a, b in zip(box_lo, box_hi))
     total: torch.Tensor | None = None
+    summed: torch.Tensor | None = None
     weights: dict[tuple[int, ...], torch.Tensor] = {}
     for t, probs in _batches(forward, block, core, tile, halo, batch):
         if total is None:
-            total = torch.zeros((probs.shape[0], *(b - a for a, b in zip(box_lo, box_hi))),
-                                dtype=torch.float32, device=probs.device)
+            total = torch.zeros((probs.shape[0], *box), dtype=torch.float32, device=probs.device)
+            summed = torch.zeros(box, dtype=torch.float32, device=probs.device)
         if t.read_shape not in weights:
             weights[t.read_shape] = importance_map(t.read_shape, probs.device)
         where = tuple(slice(r.start - o, r.stop - o) for r, o in zip(t.read, box_lo))
         total[(slice(None), *where)] += probs * weights[t.read_shape]
-    assert total is not None  # a core has at least one cell, so at least one tile
+        summed[where] += weights[t.read_shape]
+    assert total is not None and summed is not None  # a core has at least one tile
     inner = tuple(slice(s.start - o, s.stop - o) for s, o in zip(core, box_lo))
-    return total[(slice(None), *inner)].argmax(dim=0)
+    return total[(slice(None), *inner)], summed[inner]
+
+
+def predict_blended(forward: Forward, block: torch.Tensor, core: tuple[slice, ...], tile: int,
+                    halo: int, batch: int) -> torch.Tensor:
+    """Class ids for ``block[:, *core]``: argmax of the Gaussian-weighted sum of overlapping
+    tile probabilities. The sum is not divided by the summed weights: a positive per-cell
+    factor leaves the argmax unchanged."""
+    return blend(forward, block, core, tile, halo, batch)[0].argmax(dim=0)
+
+
+def blended_scores(forward: Forward, block: torch.Tensor, core: tuple[slice, ...], tile: int,
+                   halo: int, batch: int) -> torch.Tensor:
+    """Per-class probabilities (classes, *core): the Gaussian-weighted mean of the overlapping
+    tiles' probabilities, so they sum to 1 in every cell."""
+    total, summed = blend(forward, block, core, tile, halo, batch)
+    return total / summed

@@ -31,7 +31,7 @@ from segflow.tasks.models.sizing import (
     memory_budget,
     worker_threads_and_limit,
 )
-from segflow.tasks.models.tiling import predict_blended, predict_tiled
+from segflow.tasks.models.tiling import blended_scores, predict_blended, predict_tiled
 
 _CACHE: dict[tuple[str, str], nn.Module] = {}
 _LOCK = threading.Lock()
@@ -143,6 +143,7 @@ class TorchModel(SegmentationModel):
     """A torch module run tile by tile on the worker's device (CUDA when present)."""
 
     accelerated = True
+    soft = True
     #: True when the architecture pools over the whole input (e.g. ASPP image pooling)
     global_context: ClassVar[bool] = False
 
@@ -271,6 +272,18 @@ class TorchModel(SegmentationModel):
 
     def predict(self, pixels: np.ndarray, valid: np.ndarray,
                 core: tuple[slice, ...]) -> np.ndarray:
+        return self._infer(pixels, valid, core, scores=False)[0]
+
+    def predict_scores(self, pixels: np.ndarray, valid: np.ndarray,
+                       core: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Class ids and softmax probabilities: crop stitching keeps each tile's core, gaussian
+        the weighted mean of overlapping tiles; the ids are their argmax."""
+        labels, probs = self._infer(pixels, valid, core, scores=True)
+        assert probs is not None
+        return labels, probs
+
+    def _infer(self, pixels: np.ndarray, valid: np.ndarray, core: tuple[slice, ...],
+               scores: bool) -> tuple[np.ndarray, np.ndarray | None]:
         device = torch.device(pick_device(self.gpu))
         module = self._module(str(device))
         # class ids leave the device in the smallest type that holds them
@@ -282,16 +295,20 @@ class TorchModel(SegmentationModel):
         def forward(batch: torch.Tensor) -> torch.Tensor:
             with amp:
                 logits = module(batch)
-            if blend:  # probabilities to blend; crop keeps only the argmax
+            if blend or scores:  # probabilities to blend or keep; crop keeps only the argmax
                 return logits.float().softmax(dim=1)
             return logits.argmax(dim=1).to(ids)
 
         tile, batch = self._sizes(module, device, tuple(s.stop - s.start for s in core))
-        stitch = predict_blended if blend else predict_tiled
         with torch.inference_mode():
             block = self._block(pixels, valid, device)
+            if scores:
+                stitch = blended_scores if blend else predict_tiled
+                probs = stitch(forward, block, core, tile, self.halo, batch)
+                return probs.argmax(dim=0).to(ids).cpu().numpy(), probs.cpu().numpy()
+            stitch = predict_blended if blend else predict_tiled
             labels = stitch(forward, block, core, tile, self.halo, batch)
-            return labels.to(ids).cpu().numpy()
+            return labels.to(ids).cpu().numpy(), None
 
     def identity(self) -> str:
         return f"{self.kind}({Path(self.weights).name}@{self.digest})"

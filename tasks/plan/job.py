@@ -76,6 +76,13 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
                                 f"{config.input.max_pixels:,} (raise it if the image is real)")
     spec = InputSpec(bands=len(reader.bands), dtype=reader.dtype, ndim=len(reader.spatial_shape))
     model = build_model(config, spec, source=source)
+    if config.output.probabilities and not model.soft:
+        raise UserError(source, f"model.kind={model.kind} has no per-class score: "
+                                "output.probabilities needs kmeans or a deep model (unet, "
+                                "torchscript, torchvision, smp)")
+    if config.stats.zones and reader.georef is None:
+        raise UserError(config.stats.zones, f"stats.zones needs a georeferenced raster; "
+                                            f"{source} is a {reader.modality}")
     plan = plan_chunks(reader.spatial_shape, config.tiling.chunk, config.tiling.halo,
                        stride=model.stride)
     skip_glass = reader.capabilities.has_tissue_thumbnail and config.tiling.skip_empty

@@ -5,19 +5,20 @@ imported only when a config asks for them."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
 from importlib.util import find_spec
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, as_completed
 from distributed.deploy import Cluster
 
 from segflow.tasks.config import ClusterConfig, read_yaml
@@ -88,6 +89,27 @@ def broadcast(client: Client, value: Any) -> Any:
         return None
     [future] = client.scatter([value], broadcast=True, hash=False)
     return future
+
+
+def windowed(client: Client, fn: Callable[..., Any], items: Iterable[Any], window: int,
+             **kwargs: Any) -> Iterator[Any]:
+    """``fn(item, **kwargs)`` for every item on the cluster, results in completion order, with
+    at most ``window`` tasks in flight: the client and the scheduler hold a window, never a
+    whole image's tasks or results. The first failure cancels the rest and is raised."""
+    todo = iter(items)
+    running = as_completed([client.submit(fn, item, pure=False, **kwargs)
+                            for item in itertools.islice(todo, window)], loop=client.loop)
+    for future in running:
+        try:
+            result = future.result()
+        except BaseException:
+            client.cancel(list(running.futures))
+            raise
+        del future
+        item = next(todo, None)
+        if item is not None:
+            running.add(client.submit(fn, item, pure=False, **kwargs))
+        yield result
 
 
 def _optional(module: str, extra: str) -> Any:

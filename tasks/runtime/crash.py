@@ -4,7 +4,7 @@
 point: no ``finally``, no ``atexit``, exactly what ``kill -9`` or an out-of-memory kill does at
 that moment. Unset (always, outside the kill-anywhere test), a crash point is one dictionary
 lookup. The points, in the order a run passes them: open, fit, chunks, pyramid, quicklook,
-measure, catalog, publish.
+measure, export, catalog, publish.
 """
 
 from __future__ import annotations

@@ -1,0 +1,161 @@
+"""``output.export``: the mask as the label file desktop tools open, by modality, under
+``ROOT/exports/``: rasters a Cloud-Optimized GeoTIFF (QGIS), slides a pyramidal OME-TIFF
+(QuPath, Fiji/Bio-Formats), volumes a NIfTI label map (ITK-SNAP, 3D Slicer).
+
+Each is written by one task on a worker, streamed from the Zarr store chunk by chunk or tile by
+tile (a single file has a single writer), to a staged local file that appears whole.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import nibabel as nib
+import numpy as np
+import rasterio
+import rasterio.shutil
+import tifffile
+import zarr
+from affine import Affine
+from rasterio.windows import Window
+
+from segflow.tasks.colours import rgb
+from segflow.tasks.config import ClassSpec
+from segflow.tasks.errors import on_worker
+from segflow.tasks.export.files import export_uri, staged
+from segflow.tasks.mask.store import MaskStore
+from segflow.tasks.plan.grid import Plan
+from segflow.tasks.runtime.storage import zarr_options
+
+TILE = 256  # GeoTIFF blocks (and overviews down to one block) and OME-TIFF tiles
+#: file name suffix per modality
+SUFFIX = {"raster": ".tif", "slide": ".ome.tif", "volume": ".nii.gz"}
+
+
+def export_labels(store: MaskStore, plan: Plan, modality: str, root: str, image_id: str,
+                  classes: list[ClassSpec], spatial: dict[str, Any]) -> dict[str, Any]:
+    """Write the label file of one mask (runs on a worker); returns its ``outputs`` row."""
+    uri = export_uri(root, "exports", image_id + SUFFIX[modality])
+    write = {"raster": _cog, "slide": _ome_tiff, "volume": _nifti}[modality]
+    with staged(uri) as path:
+        on_worker(write, path, store, plan, classes, spatial)
+    if modality == "raster":  # GDAL keeps category names in its PAM sidecar; QGIS reads it
+        with staged(uri + ".aux.xml") as path:
+            path.write_text(_category_names(classes))
+    return {"output": "export", "format": {"raster": "cog", "slide": "ome-tiff",
+                                           "volume": "nifti"}[modality], "uri": uri,
+            "features": None}
+
+
+def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
+         spatial: dict[str, Any]) -> None:
+    """A tiled GeoTIFF written chunk by chunk, then GDAL's COG driver (overviews by nearest
+    neighbour, so they hold class ids; IFDs and overviews ahead of the full resolution)."""
+    labels = store.labels()
+    height, width = labels.shape
+    gm = spatial.get("grid_mapping") or {}
+    if gm:
+        gt = [float(v) for v in gm["GeoTransform"].split()]
+        transform, crs = Affine.from_gdal(*gt), gm["crs_wkt"]
+    else:
+        transform, crs = Affine.identity(), None
+    base = path.with_name(path.name + ".base.tif")
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": 1,
+               "dtype": store.dtype, "nodata": store.nodata, "crs": crs, "transform": transform,
+               "tiled": True, "blockxsize": TILE, "blockysize": TILE, "compress": "deflate",
+               "BIGTIFF": "IF_SAFER"}
+    try:
+        with rasterio.open(base, "w", **profile) as dst:
+            for chunk in plan.chunks:
+                rows, cols = chunk.core
+                dst.write(labels[chunk.core], 1, window=Window(cols.start, rows.start,
+                                                               cols.stop - cols.start,
+                                                               rows.stop - rows.start))
+            dst.write_colormap(1, {c.id: (*rgb(c.colour), 255) for c in classes})
+            dst.set_band_description(1, "class id")
+            dst.update_tags(1, **{f"CLASS_{c.id}": c.name for c in classes})
+        rasterio.shutil.copy(base, path, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=TILE,
+                             OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
+    finally:
+        base.unlink(missing_ok=True)
+
+
+def _category_names(classes: list[ClassSpec]) -> str:
+    """GDAL's PAM XML naming each class id of band 1 (ids no class has get an empty name)."""
+    by_id = {c.id: c.name for c in classes}
+    names = "".join(f"<Category>{escape(by_id.get(i, ''))}</Category>"
+                    for i in range(max(by_id) + 1))
+    return (f'<PAMDataset><PAMRasterBand band="1"><CategoryNames>{names}</CategoryNames>'
+            "</PAMRasterBand></PAMDataset>\n")
+
+
+def _levels(store: MaskStore) -> list[zarr.Array]:
+    """The store's pyramid (OME-Zarr levels 0, 1, ...), as far as it was built."""
+    group = zarr.open_group(store=store.uri, mode="r", **zarr_options(store.uri))
+    found = [group["0"]]
+    while str(len(found)) in group:
+        found.append(group[str(len(found))])
+    return found
+
+
+def _tiles(level: zarr.Array, nodata: int) -> Iterator[np.ndarray]:
+    """``level`` in TILE x TILE tiles, row by row, edge tiles padded with nodata (tifffile
+    wants whole tiles); one tile in memory at a time."""
+    height, width = level.shape
+    for r in range(0, height, TILE):
+        for c in range(0, width, TILE):
+            tile = np.full((TILE, TILE), nodata, level.dtype)
+            part = level[r:r + TILE, c:c + TILE]
+            tile[:part.shape[0], :part.shape[1]] = part
+            yield tile
+
+
+def _ome_tiff(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
+              spatial: dict[str, Any]) -> None:
+    """A pyramidal OME-TIFF (the store's pyramid levels as SubIFDs; level 0 only when
+    ``output.pyramid`` is off) with the physical pixel size of the level that was read."""
+    levels = _levels(store)
+    mpp = spatial.get("mpp")
+    metadata: dict[str, Any] = {"axes": "YX", "Name": "segflow labels"}
+    if mpp:
+        metadata.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm",
+                        PhysicalSizeYUnit="µm")
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        options = {"tile": (TILE, TILE), "compression": "zlib", "photometric": "minisblack",
+                   "dtype": levels[0].dtype}
+        tif.write(_tiles(levels[0], store.nodata), shape=levels[0].shape,
+                  subifds=len(levels) - 1, metadata=metadata, **options)
+        for level in levels[1:]:
+            tif.write(_tiles(level, store.nodata), shape=level.shape, subfiletype=1,
+                      metadata=None, **options)
+
+
+def _nifti(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
+           spatial: dict[str, Any]) -> None:
+    """A gzipped NIfTI-1 label map with the source's voxel affine (sform and qform), written
+    slab by slab along the last axis in NIfTI's column-major order."""
+    labels = store.labels()
+    affine = np.asarray(spatial["affine"], dtype=np.float64)
+    header = nib.Nifti1Header()
+    header.set_data_shape(labels.shape)
+    header.set_data_dtype(np.dtype(store.dtype))
+    header.set_sform(affine, code="scanner")
+    header.set_qform(affine, code="scanner")
+    header.set_xyzt_units("mm")
+    header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
+    header["intent_name"] = b"segflow labels"
+    header["vox_offset"] = 352
+    header["cal_min"], header["cal_max"] = 0, max(c.id for c in classes)
+    depth = labels.shape[2]
+    step = plan.chunk
+    with gzip.open(path, "wb", compresslevel=6) as out:
+        out.write(header.binaryblock)
+        out.write(b"\0" * (352 - len(header.binaryblock)))  # no extensions
+        for k in range(0, depth, step):
+            slab = labels[:, :, k:k + step]
+            for z in range(slab.shape[2]):
+                out.write(np.ascontiguousarray(slab[:, :, z].T).tobytes())

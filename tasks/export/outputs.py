@@ -1,0 +1,34 @@
+"""Every output for other tools of one written mask, as ``outputs`` catalog rows: the
+polygons (``output.vectors``, ``output.qupath``), the label file (``output.export``) and the
+probabilities already in the store (``output.probabilities``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distributed import Client
+
+from segflow.tasks.export.labels import export_labels
+from segflow.tasks.export.vectors import write_vectors
+from segflow.tasks.mask.store import MaskStore
+from segflow.tasks.measure.classes import report_unit
+from segflow.tasks.plan.job import Job
+
+
+def write_outputs(client: Client, job: Job, store: MaskStore,
+                  instance_rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Write the requested files (each appears whole, or not at all) and list them. Volumes
+    are not polygonised: their objects are 3-D."""
+    out = job.config.output
+    rows: list[dict[str, Any]] = []
+    if out.probabilities:
+        rows.append({"output": "probabilities", "format": "zarr",
+                     "uri": f"{store.uri}/probabilities", "features": None})
+    if (out.vectors or out.qupath) and job.reader.modality != "volume":
+        unit = report_unit(job.reader, job.reader.cell_measure(), job.config.stats)
+        rows += write_vectors(client, job, store, unit, instance_rows, out.vectors, out.qupath)
+    if out.export:
+        rows.append(client.submit(export_labels, store, job.plan, job.reader.modality, job.root,
+                                  job.image_id, job.model.classes, job.reader.spatial_attrs(),
+                                  pure=False).result())
+    return rows

@@ -1,0 +1,347 @@
+"""Outputs for other tools, each checked against an independent whole-image computation:
+polygons against ``rasterio.features.shapes`` over the whole mask, the COG with rio-cogeo's
+validator, the OME-TIFF with tifffile, the NIfTI with nibabel, zone statistics against
+rasterising each zone once over the whole image, change against ``np.bincount``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import nibabel as nib
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+import shapely
+import tifffile
+import zarr
+from affine import Affine
+from distributed import Client
+from rasterio.features import rasterize, shapes
+from rasterio.transform import from_origin
+from rio_cogeo.cogeo import cog_validate
+from shapely.geometry import Point, Polygon
+from skimage.measure import label
+
+from segflow.flows.change import change_masks
+from segflow.flows.segment import segment_image
+from segflow.tasks.catalog.query import run_query
+from segflow.tasks.config import load_config
+from segflow.tasks.errors import SegflowError
+from segflow.tasks.export.polygons import to_frame
+from segflow.tasks.export.vectors import regions
+from segflow.tasks.measure.instances import label_instances, thing_ids
+from tests.conftest import DATA, smooth_noise, write_geotiff, write_pyramid_tiff
+from tests.test_instances import CLASSES, THINGS, shapes_2d, write_mask
+
+LANDSAT = Path(__file__).parents[1] / "samples" / "nc_lsat7_2000_b12345.tif"
+
+
+IDENTITY = Affine.identity()
+
+
+def whole_polygons(mask: np.ndarray, nodata: int, transform: Affine = IDENTITY
+                   ) -> list[tuple[int, shapely.Geometry]]:
+    """(value, polygon) of polygonising the whole array at once, 4-connected."""
+    return [(int(v), shapely.geometry.shape(g)) for g, v in
+            shapes(mask, mask=mask != nodata, connectivity=4, transform=transform)]
+
+
+def assert_same_polygons(got: list[tuple[int, shapely.Geometry]],
+                         expected: list[tuple[int, shapely.Geometry]], cell_area: float) -> None:
+    """Same count, and each polygon (matched by class, area and box) covers the same ground:
+    their symmetric difference is below a millionth of a cell, holes included."""
+    assert len(got) == len(expected)
+
+    def key(item: tuple[int, shapely.Geometry]) -> tuple:
+        value, geom = item
+        return (value, round(geom.area / cell_area, 3),
+                *(round(b / cell_area ** 0.5, 3) for b in geom.bounds))
+
+    for (va, a), (vb, b) in zip(sorted(got, key=key), sorted(expected, key=key)):
+        assert va == vb and a.is_valid
+        assert len(a.interiors) == len(b.interiors)
+        assert a.symmetric_difference(b).area < 1e-6 * cell_area
+
+
+def snakes_and_holes() -> np.ndarray:
+    """``shapes_2d`` (spiral, comb, staircase, noise, nodata) plus rings whose holes and
+    bodies cross chunk corners, and a frame around the whole image."""
+    mask = shapes_2d()
+    mask[60:100, 130:170] = 3
+    mask[70:90, 140:160] = 0
+    mask[75:85, 145:155] = 2  # an island in the hole
+    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = 3
+    return mask
+
+
+@pytest.fixture(scope="module")
+def client(dask_address):
+    with Client(dask_address, set_as_default=False) as c:
+        yield c
+
+
+@pytest.mark.parametrize("chunk", [24, 64])
+def test_region_polygons_equal_the_whole_mask_polygonisation(chunk, tmp_path, client):
+    mask = snakes_and_holes()
+    store, plan = write_mask(str(tmp_path / "m.zarr"), mask, chunk, ("y", "x"))
+    found = list(regions(client, store, plan, False, None))
+    assert_same_polygons([(r.class_id, r.shape) for r in found], whole_polygons(mask, 255), 1.0)
+    assert len(found) > 300 and any(r.shape.interiors for r in found)
+    # ids are the raster index of each region's first cell: the same whatever the chunking
+    whole = label(mask, background=255, connectivity=1)
+    _, first = np.unique(whole.ravel(), return_index=True)
+    assert sorted(r.id for r in found) == sorted(first[np.unique(whole.ravel()) > 0])
+    assert sum(r.pixels for r in found) == int((mask != 255).sum())
+
+
+def test_object_polygons_equal_the_whole_mask_polygonisation(tmp_path, client):
+    mask = snakes_and_holes()
+    store, plan = write_mask(str(tmp_path / "m.zarr"), mask, 24, ("y", "x"))
+    label_instances(client, store, plan, thing_ids(CLASSES, THINGS, "test"), None)
+    ids = store.instances()[:].astype(np.int32)
+    found = list(regions(client, store, plan, True, None))
+    assert_same_polygons([(r.id, r.shape) for r in found], whole_polygons(ids, 0), 1.0)
+    assert {r.id for r in found} == set(np.unique(ids[ids > 0]).tolist())
+
+
+@pytest.fixture(scope="module")
+def zones_file(tmp_path_factory) -> Path:
+    """Three zones in WGS 84 over the Landsat scene (NC State Plane, metres): a disc, a box
+    reaching past the scene, and a polygon with a hole; two overlap."""
+    with rasterio.open(LANDSAT) as ds:
+        b, crs = ds.bounds, ds.crs
+    cx, cy = (b.left + b.right) / 2, (b.bottom + b.top) / 2
+    zones = [Point(cx, cy).buffer(4000),
+             Polygon([(b.left - 1000, b.bottom - 1000), (cx, b.bottom - 1000), (cx, cy),
+                      (b.left - 1000, cy)]),
+             Polygon([(cx - 3000, cy - 3000), (b.right + 500, cy - 3000),
+                      (b.right + 500, b.top + 500), (cx - 3000, b.top + 500)]
+                     ).difference(Point(cx + 2000, cy + 2000).buffer(1500))]
+    path = tmp_path_factory.mktemp("zones") / "zones.gpkg"
+    gpd.GeoDataFrame({"name": ["disc", "southwest", "northeast"]}, geometry=zones,
+                     crs=crs).to_crs("EPSG:4326").to_file(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def landsat_run(tmp_path_factory, dask_address, zones_file) -> tuple[Path, dict]:
+    """The real Landsat scene, k-means, 128-px chunks (16 chunks), every raster output on."""
+    root = tmp_path_factory.mktemp("landsat") / "out"
+    cfg = load_config(overrides=[
+        "model.kind=kmeans", "tiling.chunk=128", "output.vectors=true", "output.export=true",
+        "output.probabilities=true", f"stats.zones={zones_file}", "stats.zone_id=name"])
+    return root, segment_image(str(LANDSAT), str(root), cfg.model_dump(mode="json"),
+                               dask_address)
+
+
+def test_landsat_polygons_equal_the_whole_mask_polygonisation(landsat_run):
+    root, run = landsat_run
+    assert run["chunks_total"] == 16
+    mask = zarr.open_array(run["output_uri"], path="0", mode="r")[:]
+    with rasterio.open(LANDSAT) as ds:
+        transform, crs = ds.transform, ds.crs
+    polygons = gpd.read_parquet(root / "vectors" / f"{run['image_id']}.parquet")
+    assert polygons.crs.equals(crs)  # the CRS travels as PROJJSON
+    assert_same_polygons(list(zip(polygons.class_id, polygons.geometry)),
+                         whole_polygons(mask, 255, transform), abs(transform.determinant))
+    assert (polygons.pixels * 28.5 ** 2 / 1e4 - polygons["area"]).abs().max() < 1e-9
+    meta = json.loads(pq.read_metadata(root / "vectors" / f"{run['image_id']}.parquet")
+                      .metadata[b"geo"])
+    assert meta["version"] == "1.1.0" and meta["columns"]["geometry"]["encoding"] == "WKB"
+    assert meta["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+    outputs = run_query(str(root), "select output, format, uri, features from outputs "
+                                   "order by output").to_pylist()
+    assert [(o["output"], o["format"]) for o in outputs] == [
+        ("export", "cog"), ("probabilities", "zarr"), ("vectors", "geoparquet")]
+    assert outputs[2]["features"] == len(polygons)
+
+
+def test_landsat_cog_is_valid_and_equals_the_mask(landsat_run):
+    root, run = landsat_run
+    mask = zarr.open_array(run["output_uri"], path="0", mode="r")[:]
+    cog = root / "exports" / f"{run['image_id']}.tif"
+    valid, errors, _ = cog_validate(str(cog))
+    assert valid, errors
+    with rasterio.open(cog) as ds, rasterio.open(LANDSAT) as src:
+        np.testing.assert_array_equal(ds.read(1), mask)
+        assert ds.crs == src.crs and ds.transform == src.transform and ds.nodata == 255
+        assert ds.overviews(1) and ds.colormap(1)[0][:3] != ds.colormap(1)[1][:3]
+        assert ds.tags(1)["CLASS_0"] == "cluster_1"
+    assert "<Category>cluster_4</Category>" in Path(f"{cog}.aux.xml").read_text()
+
+
+def test_landsat_probabilities_argmax_is_the_mask(landsat_run):
+    _, run = landsat_run
+    group = zarr.open_group(run["output_uri"], mode="r")
+    mask, probs = group["0"][:], group["probabilities"][:]
+    assert probs.shape == (4, *mask.shape) and probs.dtype == np.uint8
+    assert group["probabilities"].chunks == (4, *group["0"].chunks)  # one shard per chunk
+    top = np.sort(probs, axis=0)
+    clear = (top[-1] > top[-2]) & (mask != 255)  # rounding to 0-255 can tie the top two
+    assert clear.mean() > 0.8
+    np.testing.assert_array_equal(probs.argmax(axis=0)[clear], mask[clear])
+    assert (probs[:, mask == 255] == 0).all()
+
+
+def test_landsat_zone_statistics_equal_whole_image_rasterisation(landsat_run, zones_file):
+    root, run = landsat_run
+    mask = zarr.open_array(run["output_uri"], path="0", mode="r")[:]
+    with rasterio.open(LANDSAT) as ds:
+        zones = gpd.read_file(zones_file).to_crs(ds.crs)
+        transform = ds.transform
+    rows = run_query(str(root), "select zone_id, class_id, pixels, area, fraction "
+                                "from zone_stats").to_pylist()
+    for name, geometry in zip(zones.name, zones.geometry):
+        inside = rasterize([(geometry, 1)], out_shape=mask.shape, transform=transform) == 1
+        valid = inside & (mask != 255)
+        expected = np.bincount(mask[valid], minlength=4)
+        got = {r["class_id"]: r for r in rows if r["zone_id"] == name}
+        assert [got[c]["pixels"] for c in range(4)] == expected.tolist()
+        for c in range(4):
+            assert got[c]["area"] == pytest.approx(expected[c] * 28.5 ** 2 / 1e4)
+            assert got[c]["fraction"] == pytest.approx(expected[c] / valid.sum())
+    assert {r["zone_id"] for r in rows} == {"disc", "southwest", "northeast"}
+
+
+def test_a_method_without_scores_refuses_probabilities(tmp_path):
+    cfg = load_config(overrides=["model.kind=otsu", "output.probabilities=true"])
+    with pytest.raises(SegflowError, match="no per-class score"):
+        segment_image(str(LANDSAT), str(tmp_path / "out"), cfg.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("stitch,dtype", [("crop", "uint8"), ("gaussian", "float16")])
+def test_deep_model_probabilities_argmax_is_the_mask(stitch, dtype, tmp_path, dilated_model,
+                                                     dask_address):
+    data = (np.stack([smooth_noise((300, 260), s) for s in (1, 2, 3)]) * 250).astype(np.uint8)
+    scene = write_geotiff(tmp_path / "scene.tif", data, "EPSG:32633",
+                          from_origin(500000, 7000000, 10, 10))
+    cfg = load_config(overrides=[
+        "model.kind=torchscript", f"model.weights={dilated_model}", "tiling.chunk=128",
+        "tiling.tile=64", "tiling.halo=8", f"tiling.stitch={stitch}",
+        "output.probabilities=true", f"output.probabilities_dtype={dtype}"])
+    run = segment_image(str(scene), str(tmp_path / "out"), cfg.model_dump(mode="json"),
+                        dask_address)
+    group = zarr.open_group(run["output_uri"], mode="r")
+    mask, probs = group["0"][:], group["probabilities"][:].astype(np.float32)
+    assert probs.shape == (4, 300, 260)
+    top = np.sort(probs, axis=0)
+    clear = top[-1] > top[-2]
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(probs.argmax(axis=0)[clear], mask[clear])
+    total = probs.sum(axis=0) / (255 if dtype == "uint8" else 1)
+    assert np.abs(total - 1).max() < 0.02  # probabilities: one per cell, up to rounding
+
+
+def test_slide_polygons_qupath_geojson_and_ome_tiff(tmp_path, dask_address):
+    tissue = tifffile.imread(DATA / "cmu1_pyramid.tif", level=0)[:1024, :1024]
+    slide = write_pyramid_tiff(tmp_path / "slide.tif", tissue, mpp=0.5)
+    root = tmp_path / "out"
+    cfg = load_config(overrides=[
+        "model.kind=otsu", "input.target_mpp=1.0", "tiling.chunk=128", "stats.instances=true",
+        "output.vectors=true", "output.qupath=true", "output.export=true"])
+    run = segment_image(str(slide), str(root), cfg.model_dump(mode="json"), dask_address)
+    group = zarr.open_group(run["output_uri"], mode="r")
+    ids = group["instances"][:].astype(np.int32)
+    assert ids.shape == (512, 512)  # level 1 was read: 1 µm per pixel
+
+    polygons = gpd.read_parquet(root / "vectors" / f"{run['image_id']}.parquet")
+    assert polygons.crs is None and len(polygons) == run["instances"] > 10
+    # µm from the top-left: level-1 pixels times 1.0 µm
+    assert_same_polygons(list(zip(polygons.instance_id, polygons.geometry)),
+                         whole_polygons(ids, 0), 1.0)
+    objects = run_query(str(root), "select instance_id, centroid_x from instances").to_pylist()
+    by_id = dict(zip(polygons.instance_id, polygons.centroid_x))
+    assert all(by_id[o["instance_id"]] == o["centroid_x"] for o in objects)
+
+    geojson = json.loads((root / "vectors" / f"{run['image_id']}.geojson").read_text())
+    features = geojson["features"]
+    assert geojson["type"] == "FeatureCollection" and len(features) == len(polygons)
+    first = features[0]["properties"]
+    assert first["objectType"] == "detection" and first["classification"]["name"] == "foreground"
+    assert len(first["classification"]["color"]) == 3
+    level0 = [(1, to_frame(g, Affine.scale(0.5))) for g in
+              (shapely.geometry.shape(f["geometry"]) for f in features)]
+    assert_same_polygons(level0, [(1, g) for _, g in whole_polygons(ids, 0)], 1.0)
+
+    with tifffile.TiffFile(root / "exports" / f"{run['image_id']}.ome.tif") as tif:
+        assert tif.is_ome
+        levels = tif.series[0].levels
+        np.testing.assert_array_equal(levels[0].asarray(), group["0"][:])
+        assert len(levels) == len([k for k in group.array_keys() if k.isdigit()]) > 1
+        pixels = tif.ome_metadata
+        assert 'PhysicalSizeX="1.0"' in pixels and 'PhysicalSizeXUnit="µm"' in pixels
+
+
+def test_volume_nifti_label_map_overlays_the_scan(tmp_path, head_nii, dask_address):
+    root = tmp_path / "out"
+    cfg = load_config(overrides=["model.kind=otsu", "tiling.chunk=32", "output.export=true",
+                                 "output.vectors=true"])
+    run = segment_image(str(head_nii), str(root), cfg.model_dump(mode="json"), dask_address)
+    labels = nib.load(root / "exports" / f"{run['image_id']}.nii.gz")
+    source = nib.load(head_nii)
+    np.testing.assert_array_equal(labels.affine, source.affine)
+    np.testing.assert_array_equal(np.asarray(labels.dataobj),
+                                  zarr.open_array(run["output_uri"], path="0", mode="r")[:])
+    assert labels.header["intent_code"] == 1002  # NIFTI_INTENT_LABEL
+    assert nib.aff2axcodes(labels.affine) == nib.aff2axcodes(source.affine)
+    assert not (root / "vectors").exists()  # volumes are not polygonised
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, dask_address) -> tuple[dict, dict, Path]:
+    """k-means and Otsu masks of the Landsat scene, each in its own root."""
+    base = tmp_path_factory.mktemp("change")
+    runs = []
+    for name, kind in (("a", "kmeans"), ("b", "multiotsu")):
+        cfg = load_config(overrides=[f"model.kind={kind}", "tiling.chunk=128"])
+        runs.append(segment_image(str(LANDSAT), str(base / name), cfg.model_dump(mode="json"),
+                                  dask_address))
+    return runs[0], runs[1], base
+
+
+def test_change_matrix_equals_a_bincount_of_the_two_masks(two_runs, dask_address):
+    a, b, base = two_runs
+    # A named by its store, B by its run id in the output root's catalog
+    result = change_masks(a["output_uri"], b["run_id"], str(base / "b"), dask_address)
+    ma = zarr.open_array(a["output_uri"], path="0", mode="r")[:].astype(np.int64)
+    mb = zarr.open_array(b["output_uri"], path="0", mode="r")[:].astype(np.int64)
+    valid = (ma != 255) & (mb != 255)
+    expected = np.bincount(ma[valid] * 3 + mb[valid], minlength=12).reshape(4, 3)
+    rows = run_query(str(base / "b"), "select class_a, class_b, pixels, area from change"
+                     ).to_pylist()
+    assert len(rows) == 12
+    for row in rows:
+        assert row["pixels"] == expected[row["class_a"], row["class_b"]]
+        assert row["area"] == pytest.approx(row["pixels"] * 28.5 ** 2 / 1e4)
+    change = zarr.open_group(result["output_uri"], mode="r")
+    np.testing.assert_array_equal(change["0"][:], np.where(valid, ma * 3 + mb, 255))
+    assert change.attrs["segflow"]["complete"] and "1" in change
+    assert result["output_uri"].endswith(f"masks/change-{a['image_id']}-{b['image_id']}.zarr")
+    names = {c["id"]: c["name"] for c in change.attrs["segflow"]["classes"]}
+    b_names = zarr.open_group(b["output_uri"], mode="r").attrs["segflow"]["classes"]
+    assert names[1 * 3 + 2] == f"cluster_2 -> {b_names[2]['name']}"
+
+
+def test_change_between_different_grids_is_one_line(two_runs, tmp_path, prefect_server,
+                                                    dask_address):
+    a, _, _ = two_runs
+    other = write_geotiff(tmp_path / "other.tif", np.full((1, 64, 64), 7, np.uint8),
+                          "EPSG:32633", from_origin(0, 0, 1, 1))
+    cfg = load_config(overrides=["model.kind=threshold", "model.params.value=3"])
+    b = segment_image(str(other), str(tmp_path / "b"), cfg.model_dump(mode="json"),
+                      dask_address)
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    done = subprocess.run([sys.executable, "-m", "segflow.flows.cli", "change",
+                           a["output_uri"], b["output_uri"], "--out", str(tmp_path / "c")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the grids differ: shape 443 x 489 vs 64 x 64" in lines[0]
+    failed = run_query(str(tmp_path / "c"), "select status, error from runs").to_pylist()
+    assert failed[0]["status"] == "failed" and "grids differ" in failed[0]["error"]
