@@ -7,11 +7,14 @@ the largest sum is the peak. Synthetic 3-band uint8 GeoTIFFs of smooth multi-oct
 
   * model kind ``otsu`` (``--set model.kind=otsu``; exact global histogram fit, then per chunk);
   * with ``--torchscript``: the throughput benchmark's TorchScript model (tile 1024, halo 10,
-    batch 1). Off by default: it adds ~8 minutes on 2 CPU cores.
+    batch 1). Off by default: it adds ~8 minutes on 2 CPU cores;
+  * with ``--outputs``: k-means with every output for other tools on: GeoParquet polygons,
+    the COG export, uint8 probabilities and zonal statistics over a 10x10 grid of zones given
+    in WGS 84 (the raster is UTM).
 
 Target: peak at 12000^2 within 1.3x of the peak at 6000^2, and under 3 GiB.
 
-    .venv/bin/python benchmarks/bench_memory.py [--sizes 6000 12000] [--torchscript]
+    .venv/bin/python benchmarks/bench_memory.py [--sizes 6000 12000] [--torchscript] [--outputs]
 """
 
 from __future__ import annotations
@@ -40,11 +43,29 @@ from _common import (  # noqa: E402
 )
 
 
+def zone_grid(image: Path, path: Path) -> Path:
+    """A 10x10 grid of square zones over ``image``, written in WGS 84."""
+    import geopandas as gpd
+    import rasterio
+    from shapely.geometry import box
+
+    with rasterio.open(image) as ds:
+        b, crs = ds.bounds, ds.crs
+    dx, dy = (b.right - b.left) / 10, (b.top - b.bottom) / 10
+    cells = [box(b.left + i * dx, b.bottom + j * dy, b.left + (i + 1) * dx, b.bottom + (j + 1) * dy)
+             for i in range(10) for j in range(10)]
+    gpd.GeoDataFrame({"name": [f"z{k}" for k in range(100)]}, geometry=cells,
+                     crs=crs).to_crs("EPSG:4326").to_file(path, driver="GeoJSON")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[6000, 12000])
     ap.add_argument("--torchscript", action="store_true",
                     help="also run the throughput benchmark's TorchScript model (slow)")
+    ap.add_argument("--outputs", action="store_true",
+                    help="also run k-means with every output for other tools on")
     ap.add_argument("--wait-quiet", type=float, default=180.0)
     args = ap.parse_args()
     started = time.perf_counter()
@@ -56,12 +77,19 @@ def main() -> None:
         print(f"image {size}x{size}: {images[size].stat().st_size / MIB:.0f} MiB on disk "
               f"({time.perf_counter() - t0:.0f} s to make or find)")
 
-    models = {"otsu": (None, ["model.kind=otsu"])}
+    # kind -> (config file, --set items for an image size)
+    models: dict = {"otsu": (None, lambda size: ["model.kind=otsu"])}
     if args.torchscript:
         rf = receptive_field()
         cfg = write_torchscript_config(OUT / "configs" / f"memory_torchscript_h{rf}.yaml",
                                        model_file(), rf)
-        models["torchscript"] = (cfg, [])
+        models["torchscript"] = (cfg, lambda size: [])
+
+    if args.outputs:
+        models["outputs"] = (None, lambda size: [
+            "model.kind=kmeans", "output.vectors=true", "output.export=true",
+            "output.probabilities=true", "stats.zone_id=name",
+            f"stats.zones={zone_grid(images[size], OUT / 'data' / f'zones_{size}.geojson')}"])
 
     runs_dir = OUT / "runs" / "memory"
     results: dict = {"runs": []}
@@ -70,8 +98,8 @@ def main() -> None:
         for size in args.sizes:
             wait_for_quiet(args.wait_quiet)
             with LoadMeter() as load:
-                r = run_segflow(images[size], fresh_dir(runs_dir, f"{kind}-{size}"), cfg, sets,
-                                sample_memory=True, timeout=1800)
+                r = run_segflow(images[size], fresh_dir(runs_dir, f"{kind}-{size}"), cfg,
+                                sets(size), sample_memory=True, timeout=1800)
             r.pop("stdout", None)
             r.update(model=kind, size=size, load=load.as_dict())
             results["runs"].append(r)
@@ -92,7 +120,8 @@ def main() -> None:
                   f"{'meets' if ok else 'MISSES'} target (<= 1.3x and < 3 GiB)")
 
     results["benchmark_wall_s"] = time.perf_counter() - started
-    path = save_results("memory" + ("_torchscript" if args.torchscript else ""), results)
+    path = save_results("memory" + ("_torchscript" if args.torchscript else "")
+                        + ("_outputs" if args.outputs else ""), results)
     print(f"\nresults: {path}  (benchmark took {results['benchmark_wall_s']:.0f} s)")
 
 

@@ -159,6 +159,19 @@ def _local(path: str | None) -> str | None:
     return path if path is None or "://" in path else os.path.realpath(path)
 
 
+#: config keys that name a file: a relative local path given with --set is relative to the CWD
+SET_FILES = {"model.weights", "cluster.spec", "stats.zones", "stats.ground_truth"}
+
+
+def _local_set(item: str) -> str:
+    """``--set key=path`` with a file key's local path made absolute (the job may run in the
+    warm server, elsewhere); anything else as given."""
+    key, sep, value = item.partition("=")
+    if sep and key.strip() in SET_FILES and value not in ("", "null", "~") and "://" not in value:
+        return f"{key}={_local(value)}"
+    return item
+
+
 def _local_ref(ref: str) -> str:
     """A mask store path made absolute (as ``_local``); a run id as given."""
     return _local(ref) if os.path.exists(ref) else ref  # type: ignore[return-value]
@@ -365,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     _process_defaults(args.verbose)
     if getattr(args, "wait", None) is not None:  # --wait is the config key output.wait
         args.set.append(f"output.wait={args.wait}")
+    if hasattr(args, "set"):
+        args.set = [_local_set(item) for item in args.set]
     runner: Runner | None = None
     from segflow.tasks.errors import SegflowError, first_line
 
