@@ -33,9 +33,9 @@ from segflow.flows.segment import segment_image
 from segflow.tasks.catalog.query import run_query
 from segflow.tasks.config import load_config
 from segflow.tasks.errors import SegflowError
-from segflow.tasks.export.polygons import to_frame
 from segflow.tasks.export.vectors import regions
 from segflow.tasks.measure.instances import label_instances, thing_ids
+from segflow.tasks.sources.georef import through
 from tests.conftest import DATA, smooth_noise, write_geotiff, write_pyramid_tiff
 from tests.test_instances import CLASSES, THINGS, shapes_2d, write_mask
 
@@ -265,7 +265,7 @@ def test_slide_polygons_qupath_geojson_and_ome_tiff(tmp_path, dask_address):
     first = features[0]["properties"]
     assert first["objectType"] == "detection" and first["classification"]["name"] == "foreground"
     assert len(first["classification"]["color"]) == 3
-    level0 = [(1, to_frame(g, Affine.scale(0.5))) for g in
+    level0 = [(1, through(Affine.scale(0.5), g)) for g in
               (shapely.geometry.shape(f["geometry"]) for f in features)]
     assert_same_polygons(level0, [(1, g) for _, g in whole_polygons(ids, 0)], 1.0)
 

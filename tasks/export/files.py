@@ -43,7 +43,3 @@ def staged(uri: str) -> Iterator[Path]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-
-def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return bool(fs.exists(path))

@@ -201,8 +201,3 @@ class Merger:
                          sum(p.pixels for p in parts), sum(p.area for p in parts),
                          shapely.union_all([p.shape for p in parts]))
 
-
-def to_frame(geometry: shapely.Geometry, frame: Affine) -> shapely.Geometry:
-    """``geometry`` from pixel coordinates (col, row) through the affine ``frame``."""
-    return shapely.affinity.affine_transform(geometry, [frame.a, frame.b, frame.d, frame.e,
-                                                        frame.c, frame.f])

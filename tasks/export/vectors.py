@@ -6,22 +6,23 @@ the client merges what crosses chunk faces and appends rows as they come."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from typing import Any
 
 import numpy as np
 from affine import Affine
-from distributed import Client
+from distributed import Client, Future
 
 from segflow.tasks.catalog.tables import SCHEMAS
 from segflow.tasks.export.files import export_uri, staged
-from segflow.tasks.export.polygons import Merger, Region, polygonise_chunk, to_frame
+from segflow.tasks.export.polygons import Merger, Region, polygonise_chunk
 from segflow.tasks.export.vector_files import GeoParquetSink, QuPathSink, vector_schema
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import UNITS
-from segflow.tasks.plan.grid import Plan
+from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import broadcast, windowed
+from segflow.tasks.sources.georef import through
 
 BATCH = 5000  # rows per Parquet row group and per GeoJSON write
 #: instance columns copied onto each object's polygon (the `instances` table's own)
@@ -48,10 +49,15 @@ def regions(client: Client, store: MaskStore, plan: Plan, instances: bool,
     pixel coordinates: complete ones as their chunks come back, merged ones at the end."""
     merger = Merger(plan.grid, instances)
     threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
-    for part in windowed(client, polygonise_chunk, plan.chunks, 8 * max(1, threads),
-                         store=store, instances=instances, shape=plan.shape,
-                         row_areas=broadcast(client, row_areas)):
-        yield from merger.add(part)
+    areas = broadcast(client, row_areas)
+
+    def submit(chunk: Chunk) -> Future:
+        return client.submit(polygonise_chunk, chunk, store=store, instances=instances,
+                             shape=plan.shape, row_areas=areas, pure=False)
+
+    with closing(windowed(client, submit, plan.chunks, 8 * max(1, threads))) as parts:
+        for _, part in parts:
+            yield from merger.add(part)
     yield from merger.finish()
 
 
@@ -75,8 +81,8 @@ def write_vectors(client: Client, job: Job, store: MaskStore, unit: str | None,
         return {**extra.get(region.id, {}), "image_id": job.image_id, id_name: region.id,
                 "class_id": region.class_id, "class_name": names.get(region.class_id),
                 "pixels": region.pixels, "area": region.area / scale,
-                "area_unit": unit or "px", "geometry": to_frame(region.shape, world),
-                "qupath": to_frame(region.shape, level0) if qupath else None}
+                "area_unit": unit or "px", "geometry": through(world, region.shape),
+                "qupath": through(level0, region.shape) if qupath else None}
 
     with ExitStack() as files:
         sinks: list[GeoParquetSink | QuPathSink] = []

@@ -37,7 +37,13 @@ class Lane:
         slide thumbnail: class 0) or ``NODATA`` (every block of it unwritten in the file)."""
         if known == BACKGROUND:
             shape = tuple(s.stop - s.start for s in chunk.core)
-            self.store.write_chunk(chunk, np.zeros(shape, self.store.dtype), skipped=True)
+            scores = None
+            if self.store.scores:  # glass is class 0 for certain
+                scores = np.zeros((self.store.probabilities().shape[0], *shape),
+                                  self.store.scores)
+                scores[0] = 255 if self.store.scores == "uint8" else 1
+            self.store.write_chunk(chunk, np.zeros(shape, self.store.dtype), skipped=True,
+                                   scores=scores)
             return None
         if known == NODATA:
             self.store.write_chunk(chunk, np.empty(0, self.store.dtype), skipped=True)

@@ -4,10 +4,10 @@ and stop everything at the first failure, so a bad file costs one chunk, not the
 
 from __future__ import annotations
 
-import itertools
 import uuid
+from contextlib import closing
 
-from distributed import Client, Future, as_completed
+from distributed import Client, Future
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from segflow.tasks.errors import SegflowError, io_error
@@ -16,7 +16,7 @@ from segflow.tasks.mask.lease import check_held
 from segflow.tasks.mask.store import DONE_SKIPPED, MaskStore
 from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.plan.job import Job
-from segflow.tasks.runtime.cluster import broadcast, inference_resources
+from segflow.tasks.runtime.cluster import broadcast, inference_resources, windowed
 from segflow.tasks.runtime.crash import crash_point
 
 #: lanes in flight per worker thread: enough to keep every thread fed, few enough that a
@@ -52,7 +52,7 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
     total = len(job.plan.chunks)
     threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
     model = broadcast(client, job.model)
-    groups = iter(lanes(todo, threads))
+    groups = lanes(todo, threads)
     resources = inference_resources(client, job.model.accelerated)
 
     # keys name the image for the dashboard, and this call: the same image segmented into two
@@ -65,28 +65,18 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
                              skip_empty=job.config.tiling.skip_empty, resources=resources,
                              key=f"chunk-{job.image_id}-{token}-{_index(group[0])}")
 
-    running = as_completed(loop=client.loop)
-    size: dict[str, int] = {}
-    for group in itertools.islice(groups, WINDOW * max(1, threads)):
-        running.add(future := submit(group))
-        size[future.key] = len(group)
-    with _progress() as bar:
+    with _progress() as bar, closing(windowed(client, submit, groups,
+                                              WINDOW * max(1, threads))) as done:
         progress = bar.add_task(job.image_id, total=total, completed=total - len(todo))
-        for future in running:
-            try:
-                future.result()
+        try:
+            for group, _ in done:
                 check_held(store.uri, look=False)  # a run that lost its lease stops writing
-            except Exception as exc:
-                client.cancel(list(running.futures))
-                if isinstance(exc, SegflowError):
-                    raise
-                raise io_error(job.source, "chunk failed", exc) from exc
-            bar.advance(progress, size.pop(future.key))
-            crash_point("chunks")
-            group = next(groups, None)
-            if group is not None:
-                running.add(nxt := submit(group))
-                size[nxt.key] = len(group)
+                bar.advance(progress, len(group))
+                crash_point("chunks")
+        except SegflowError:
+            raise
+        except Exception as exc:
+            raise io_error(job.source, "chunk failed", exc) from exc
 
 
 def count_skipped(store: MaskStore) -> tuple[int, bool]:

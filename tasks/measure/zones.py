@@ -22,13 +22,12 @@ from rasterio.features import rasterize
 
 from segflow.tasks.config import ClassSpec
 from segflow.tasks.errors import UserError, first_line, on_worker
-from segflow.tasks.export.polygons import to_frame
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import UNITS
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.runtime.cluster import broadcast
 from segflow.tasks.runtime.storage import filesystem, is_local
-from segflow.tasks.sources.georef import Georef
+from segflow.tasks.sources.georef import Georef, through
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def read_zones(path: str, id_column: str | None, georef: Georef) -> Zones:
            else [str(i) for i in range(len(frame))])
     if len(set(ids)) != len(ids):
         raise UserError(path, f"stats.zone_id: column {id_column!r} repeats names")
-    pixels = [to_frame(g, ~georef.affine) for g in frame.geometry]
+    pixels = [through(~georef.affine, g) for g in frame.geometry]
     boxes = shapely.bounds(pixels) if pixels else np.empty((0, 4))
     return Zones(ids, pixels, np.asarray(boxes).reshape(-1, 4))
 

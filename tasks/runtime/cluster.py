@@ -15,14 +15,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
 from importlib.util import find_spec
-from typing import Any
+from typing import Any, TypeVar
 
 import dask
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, as_completed
 from distributed.deploy import Cluster
 
 from segflow.tasks.config import ClusterConfig, read_yaml
 from segflow.tasks.errors import UserError, first_line
+
+T = TypeVar("T")
 
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's
 # dynamic mmap threshold: every torch activation above 128 KiB is then mmap'd and page-faulted
@@ -91,25 +93,32 @@ def broadcast(client: Client, value: Any) -> Any:
     return future
 
 
-def windowed(client: Client, fn: Callable[..., Any], items: Iterable[Any], window: int,
-             **kwargs: Any) -> Iterator[Any]:
-    """``fn(item, **kwargs)`` for every item on the cluster, results in completion order, with
-    at most ``window`` tasks in flight: the client and the scheduler hold a window, never a
-    whole image's tasks or results. The first failure cancels the rest and is raised."""
+def windowed(client: Client, submit: Callable[[T], Future], items: Iterable[T],
+             window: int) -> Iterator[tuple[T, Any]]:
+    """(item, result) of ``submit(item)`` for every item, in completion order, with at most
+    ``window`` tasks in flight: the client and the scheduler hold a window, never a whole
+    image's tasks or results. A failed task, or the caller leaving the loop (close the
+    generator, e.g. with ``contextlib.closing``), cancels the tasks still in flight."""
     todo = iter(items)
-    running = as_completed([client.submit(fn, item, pure=False, **kwargs)
-                            for item in itertools.islice(todo, window)], loop=client.loop)
-    for future in running:
-        try:
+    item_of: dict[str, T] = {}
+
+    def add(item: T) -> Future:
+        future = submit(item)
+        item_of[future.key] = item
+        return future
+
+    running = as_completed([add(item) for item in itertools.islice(todo, window)],
+                           loop=client.loop)
+    try:
+        for future in running:
             result = future.result()
-        except BaseException:
-            client.cancel(list(running.futures))
-            raise
-        del future
-        item = next(todo, None)
-        if item is not None:
-            running.add(client.submit(fn, item, pure=False, **kwargs))
-        yield result
+            item = item_of.pop(future.key)
+            following = next(todo, None)
+            if following is not None:
+                running.add(add(following))
+            yield item, result
+    finally:
+        client.cancel(list(running.futures))
 
 
 def _optional(module: str, extra: str) -> Any:

@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import shapely
 from affine import Affine
 from pyproj import CRS
 
@@ -130,3 +131,10 @@ class Georef:
         unit = self.crs.axis_info[0].unit_name if self.crs.axis_info else "metre"
         return {"y": (ys, {"units": unit, "standard_name": "projection_y_coordinate"}),
                 "x": (xs, {"units": unit, "standard_name": "projection_x_coordinate"})}
+
+
+def through(frame: Affine, geometry: shapely.Geometry) -> shapely.Geometry:
+    """``geometry`` mapped through the affine ``frame`` (pixel corners (col, row) to a CRS, µm
+    or level-0 pixels, or back with ``~frame``)."""
+    return shapely.affinity.affine_transform(geometry, [frame.a, frame.b, frame.d, frame.e,
+                                                        frame.c, frame.f])
