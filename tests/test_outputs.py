@@ -33,6 +33,7 @@ from segflow.flows.segment import segment_image
 from segflow.tasks.catalog.query import run_query
 from segflow.tasks.config import load_config
 from segflow.tasks.errors import SegflowError
+from segflow.tasks.export.polygons import Frames
 from segflow.tasks.export.vectors import regions
 from segflow.tasks.measure.instances import label_instances, thing_ids
 from segflow.tasks.sources.georef import through
@@ -80,6 +81,16 @@ def snakes_and_holes() -> np.ndarray:
     return mask
 
 
+def chunked_polygons(client: Client, store, plan, instances: bool) -> dict[str, np.ndarray]:
+    """segflow's polygons of a stored mask, in pixel coordinates, as columns."""
+    batches = list(regions(client, store, plan, instances, None,
+                           Frames(Affine.identity(), None)))
+    return {"ids": np.concatenate([b.ids for b in batches]),
+            "classes": np.concatenate([b.classes for b in batches]),
+            "pixels": np.concatenate([b.pixels for b in batches]),
+            "shapes": shapely.from_wkb([w for b in batches for w in b.wkb])}
+
+
 @pytest.fixture(scope="module")
 def client(dask_address):
     with Client(dask_address, set_as_default=False) as c:
@@ -90,14 +101,15 @@ def client(dask_address):
 def test_region_polygons_equal_the_whole_mask_polygonisation(chunk, tmp_path, client):
     mask = snakes_and_holes()
     store, plan = write_mask(str(tmp_path / "m.zarr"), mask, chunk, ("y", "x"))
-    found = list(regions(client, store, plan, False, None))
-    assert_same_polygons([(r.class_id, r.shape) for r in found], whole_polygons(mask, 255), 1.0)
-    assert len(found) > 300 and any(r.shape.interiors for r in found)
+    found = chunked_polygons(client, store, plan, False)
+    assert_same_polygons(list(zip(found["classes"], found["shapes"])),
+                         whole_polygons(mask, 255), 1.0)
+    assert len(found["ids"]) > 300 and any(g.interiors for g in found["shapes"])
     # ids are the raster index of each region's first cell: the same whatever the chunking
     whole = label(mask, background=255, connectivity=1)
     _, first = np.unique(whole.ravel(), return_index=True)
-    assert sorted(r.id for r in found) == sorted(first[np.unique(whole.ravel()) > 0])
-    assert sum(r.pixels for r in found) == int((mask != 255).sum())
+    assert sorted(found["ids"]) == sorted(first[np.unique(whole.ravel()) > 0])
+    assert found["pixels"].sum() == int((mask != 255).sum())
 
 
 def test_object_polygons_equal_the_whole_mask_polygonisation(tmp_path, client):
@@ -105,9 +117,9 @@ def test_object_polygons_equal_the_whole_mask_polygonisation(tmp_path, client):
     store, plan = write_mask(str(tmp_path / "m.zarr"), mask, 24, ("y", "x"))
     label_instances(client, store, plan, thing_ids(CLASSES, THINGS, "test"), None)
     ids = store.instances()[:].astype(np.int32)
-    found = list(regions(client, store, plan, True, None))
-    assert_same_polygons([(r.id, r.shape) for r in found], whole_polygons(ids, 0), 1.0)
-    assert {r.id for r in found} == set(np.unique(ids[ids > 0]).tolist())
+    found = chunked_polygons(client, store, plan, True)
+    assert_same_polygons(list(zip(found["ids"], found["shapes"])), whole_polygons(ids, 0), 1.0)
+    assert set(found["ids"].tolist()) == set(np.unique(ids[ids > 0]).tolist())
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +276,8 @@ def test_slide_polygons_qupath_geojson_and_ome_tiff(tmp_path, dask_address):
     assert geojson["type"] == "FeatureCollection" and len(features) == len(polygons)
     first = features[0]["properties"]
     assert first["objectType"] == "detection" and first["classification"]["name"] == "foreground"
+    assert first["measurements"]["area mm2"] == pytest.approx(first["measurements"]["pixels"]
+                                                              * 1e-6)
     assert len(first["classification"]["color"]) == 3
     level0 = [(1, through(Affine.scale(0.5), g)) for g in
               (shapely.geometry.shape(f["geometry"]) for f in features)]

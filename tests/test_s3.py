@@ -17,7 +17,10 @@ from urllib.parse import urlsplit
 import boto3
 import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import rasterio
 import zarr
 from rasterio.transform import from_origin
 
@@ -31,7 +34,8 @@ from segflow.tasks.sources.raster import open_raster
 from segflow.tasks.sources.registry import open_source
 from tests.conftest import DATA, write_geotiff
 
-CFG = load_config(overrides=["model.kind=otsu", "tiling.chunk=512"]).model_dump(mode="json")
+CFG = load_config(overrides=["model.kind=otsu", "tiling.chunk=512", "output.vectors=true",
+                             "output.export=true"]).model_dump(mode="json")
 #: credentials of the client process during the S3 run; moto accepts any
 KEY_ID, SECRET = "AKIASEGFLOWLEAKCHECK", "segflow-secret-must-not-leak"
 
@@ -84,6 +88,27 @@ def test_s3_mask_equals_local_mask(s3_run):
     assert meta["complete"] and meta["levels"] == 3 and group["2"].shape == (180, 198)
     assert meta["source_uri"] == s3_run["source"]
     assert meta["source_checksum"].startswith("etag:") and remote["reused"] is False
+
+
+def test_files_for_other_tools_on_s3_equal_the_local_ones(s3_run, tmp_path):
+    """Polygons and the COG are staged locally and uploaded whole, one PUT each."""
+    remote, local = s3_run["remote"], s3_run["local"]
+    written = _objects(s3_run["bucket"], "results/")
+    name = remote["image_id"]
+    assert {f"results/vectors/{name}.parquet", f"results/exports/{name}.tif",
+            f"results/exports/{name}.tif.aux.xml"} <= set(written)
+    assert not [k for k in written if k.endswith(".partial")]
+    local_root = Path(local["output_uri"]).parents[1]
+    here = pq.read_table(local_root / "vectors" / f"{local['image_id']}.parquet")
+    there = pq.read_table(pa.BufferReader(written[f"results/vectors/{name}.parquet"]))
+    assert there.drop(["image_id"]).equals(here.drop(["image_id"])) and there.num_rows > 0
+    (tmp_path / "cog.tif").write_bytes(written[f"results/exports/{name}.tif"])
+    with rasterio.open(tmp_path / "cog.tif") as a, \
+            rasterio.open(local_root / "exports" / f"{local['image_id']}.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    uris = run_query(s3_run["root"], "select uri from outputs").column("uri").to_pylist()
+    assert sorted(uris) == [f"{s3_run['root']}/exports/{name}.tif",
+                            f"{s3_run['root']}/vectors/{name}.parquet"]
 
 
 def test_s3_outputs_hold_no_credentials(s3_run):

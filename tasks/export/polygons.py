@@ -16,8 +16,8 @@ chunks whose neighbours are not all in yet, and the pieces of regions that cross
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import shapely
@@ -30,8 +30,9 @@ from skimage.measure import label
 from segflow.tasks.errors import on_worker
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.plan.grid import Chunk
+from segflow.tasks.sources.georef import through
 
-FACES = ("top", "bottom", "left", "right")
+TYPES = {3: "Polygon", 6: "MultiPolygon"}  # shapely type ids
 
 
 @dataclass(frozen=True)
@@ -47,34 +48,64 @@ class Piece:
 
 
 @dataclass(frozen=True)
+class Frames:
+    """Where polygons go from pixel corners (col, row): output coordinates (a CRS, µm or
+    pixels) and, for QuPath, level-0 pixels (None: no QuPath file)."""
+
+    world: Affine
+    level0: Affine | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Finished polygons, column by column: cheap to send from a worker and to write."""
+
+    ids: np.ndarray  # region: raster index of its first cell; object: instance id
+    classes: np.ndarray
+    pixels: np.ndarray
+    area: np.ndarray  # in the reader's base unit (cells when it has none)
+    wkb: list[bytes]  # in output coordinates
+    bounds: np.ndarray  # (n, 4) xmin, ymin, xmax, ymax of each, in output coordinates
+    qupath: list[str] | None  # GeoJSON geometries in level-0 pixels
+    types: frozenset[str]  # geometry types present (GeoParquet's geometry_types)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def batch(ids: Any, classes: Any, pixels: Any, area: Any, shapes_px: list[shapely.Geometry],
+          frames: Frames) -> Batch:
+    """Polygons in pixel coordinates, with their columns, as a ``Batch`` in the output frames."""
+    geoms = np.empty(len(shapes_px), dtype=object)
+    geoms[:] = shapes_px
+    world = through(frames.world, geoms)
+    return Batch(np.asarray(ids, np.int64), np.asarray(classes, np.int64),
+                 np.asarray(pixels, np.int64), np.asarray(area, np.float64),
+                 list(shapely.to_wkb(world)), shapely.bounds(world).reshape(-1, 4),
+                 None if frames.level0 is None
+                 else list(shapely.to_geojson(through(frames.level0, geoms))),
+                 frozenset(TYPES[t] for t in np.unique(shapely.get_type_id(world)).tolist()))
+
+
+@dataclass(frozen=True)
 class ChunkPolygons:
     index: tuple[int, ...]
-    closed: list[Piece]
+    closed: Batch
     open: list[Piece]
     count: int  # local labels (regions); 0 for instances
     faces: dict[str, np.ndarray]  # local labels along each face (regions only)
     classes: np.ndarray  # class of each local label, index 0 unused (regions only)
 
 
-@dataclass(frozen=True)
-class Region:
-    """A finished polygon: its id (first cell, or instance id), class, size and shape."""
-
-    id: int
-    class_id: int
-    pixels: int
-    area: float
-    shape: shapely.Geometry
-
-
 def polygonise_chunk(chunk: Chunk, store: MaskStore, instances: bool, shape: tuple[int, ...],
-                     row_areas: np.ndarray | None) -> ChunkPolygons:
-    """Polygons of one chunk's regions (or instances), split into complete and open ones."""
-    return on_worker(_polygonise, chunk, store, instances, shape, row_areas)
+                     row_areas: np.ndarray | None, frames: Frames) -> ChunkPolygons:
+    """Polygons of one chunk's regions (or instances): the complete ones as a ``Batch`` in
+    the output frames, the ones touching an inner face as pieces in pixel coordinates."""
+    return on_worker(_polygonise, chunk, store, instances, shape, row_areas, frames)
 
 
 def _polygonise(chunk: Chunk, store: MaskStore, instances: bool, shape: tuple[int, ...],
-                row_areas: np.ndarray | None) -> ChunkPolygons:
+                row_areas: np.ndarray | None, frames: Frames) -> ChunkPolygons:
     classes = store.labels()[chunk.core]
     if instances:
         ids = store.instances()[chunk.core]
@@ -111,45 +142,56 @@ def _polygonise(chunk: Chunk, store: MaskStore, instances: bool, shape: tuple[in
     for face, values in faces.items():
         if inner[face]:
             touching[values] = True
-    closed: list[Piece] = []
+    closed: list[tuple[int, shapely.Geometry]] = []
     opened: list[Piece] = []
     for geometry, value in shapes(local.astype(np.int32), mask=local > 0, connectivity=4,
                                   transform=Affine.translation(c0, r0)):
         k = int(value)
-        piece = Piece(int(keys[k]) if instances else k, int(label_class[k]), int(first[k]),
-                      int(pixels[k]), float(area[k]), shapely.geometry.shape(geometry))
-        (opened if touching[k] else closed).append(piece)
+        polygon = shapely.geometry.shape(geometry)
+        if touching[k]:
+            opened.append(Piece(int(keys[k]) if instances else k, int(label_class[k]),
+                                int(first[k]), int(pixels[k]), float(area[k]), polygon))
+        else:
+            closed.append((k, polygon))
+    ks = np.array([k for k, _ in closed], np.int64)
+    done = batch(keys[ks] if instances else first[ks], label_class[ks], pixels[ks], area[ks],
+                 [p for _, p in closed], frames)
     if instances:
-        return ChunkPolygons(chunk.index, closed, opened, 0, {}, np.empty(0, np.int64))
-    return ChunkPolygons(chunk.index, closed, opened, n,
+        return ChunkPolygons(chunk.index, done, opened, 0, {}, np.empty(0, np.int64))
+    return ChunkPolygons(chunk.index, done, opened, n,
                          {f: v.astype(np.int32) for f, v in faces.items() if inner[f]},
                          label_class)
 
 
-class Merger:
-    """Joins the open pieces of chunks as they arrive; ``finish`` yields the merged regions."""
+#: what a neighbour needs of an arrived chunk: its id offset, face labels and label classes
+Faces = tuple[int, dict[str, np.ndarray], np.ndarray]
 
-    def __init__(self, grid: tuple[int, ...], instances: bool) -> None:
-        self.grid, self.instances = grid, instances
+
+class Merger:
+    """Joins the open pieces of chunks as they arrive; ``finish`` returns the merged regions."""
+
+    def __init__(self, grid: tuple[int, ...], instances: bool, frames: Frames) -> None:
+        self.grid, self.instances, self.frames = grid, instances, frames
         self.next_id = 1
         self.arrived: set[tuple[int, ...]] = set()
-        #: arrived chunks (offset, polygons) whose faces a neighbour still needs
-        self.waiting: dict[tuple[int, ...], tuple[int, ChunkPolygons]] = {}
+        #: arrived chunks whose faces a neighbour still needs: (id offset, faces, classes)
+        self.waiting: dict[tuple[int, ...], Faces] = {}
         self.pairs: list[np.ndarray] = []
         self.pieces: list[tuple[int, Piece]] = []
 
-    def add(self, part: ChunkPolygons) -> Iterator[Region]:
-        """Take one chunk's polygons; yields its complete regions at once."""
+    def add(self, part: ChunkPolygons) -> Batch:
+        """Take one chunk's polygons; returns its complete regions."""
         offset, self.next_id = self.next_id, self.next_id + part.count
-        for piece in part.closed:
-            yield Region(piece.key if self.instances else piece.first, piece.class_id,
-                         piece.pixels, piece.area, piece.shape)
         self.pieces.extend((piece.key if self.instances else piece.key + offset, piece)
                            for piece in part.open)
-        if self.instances:
-            return
+        if not self.instances:
+            self._match(part, offset)
+        return part.closed
+
+    def _match(self, part: ChunkPolygons, offset: int) -> None:
+        """Pairs across the faces this chunk shares with chunks already in."""
         self.arrived.add(part.index)
-        self.waiting[part.index] = (offset, part)
+        self.waiting[part.index] = (offset, part.faces, part.classes)
         for axis, (low, high) in enumerate((("bottom", "top"), ("right", "left"))):
             for step in (-1, 1):
                 other = self._neighbour(part.index, axis, step)
@@ -169,22 +211,19 @@ class Merger:
         found = (self._neighbour(index, axis, step) for axis in (0, 1) for step in (-1, 1))
         return [n for n in found if n is not None]
 
-    def _touch(self, a: tuple[int, ChunkPolygons], b: tuple[int, ChunkPolygons], low: str,
-               high: str) -> None:
+    def _touch(self, a: Faces, b: Faces, low: str, high: str) -> None:
         """Pairs of labels facing each other with the same class across ``a``'s ``low`` face
         and ``b``'s ``high`` face (``b`` lies after ``a`` along the axis)."""
-        (off_a, part_a), (off_b, part_b) = a, b
-        here, there = part_a.faces[low], part_b.faces[high]
-        same = (here > 0) & (there > 0) & (part_a.classes[here] == part_b.classes[there])
+        (off_a, faces_a, classes_a), (off_b, faces_b, classes_b) = a, b
+        here, there = faces_a[low], faces_b[high]
+        same = (here > 0) & (there > 0) & (classes_a[here] == classes_b[there])
         self.pairs.append(np.stack([here[same] + off_a, there[same] + off_b], axis=1))
 
-    def finish(self) -> Iterator[Region]:
+    def finish(self) -> Batch:
         """The regions whose pieces lay in more than one chunk, each as one polygon."""
-        if not self.pieces:
-            return
         ids = np.array([k for k, _ in self.pieces], np.int64)
         nodes, node_of_piece = np.unique(ids, return_inverse=True)
-        if self.instances:
+        if self.instances or not len(ids):
             group = node_of_piece
         else:
             pairs = np.unique(np.concatenate([np.empty((0, 2), np.int64), *self.pairs]), axis=0)
@@ -193,11 +232,16 @@ class Merger:
             _, component = connected_components(graph, directed=False)
             group = component[node_of_piece]
         order = np.argsort(group, kind="stable")
-        bounds = np.flatnonzero(np.diff(group[order])) + 1
-        for members in np.split(order, bounds):
+        columns: list[list[Any]] = [[], [], [], [], []]
+        for members in np.split(order, np.flatnonzero(np.diff(group[order])) + 1):
             parts = [self.pieces[i][1] for i in members]
+            if not parts:
+                continue
             head = min(parts, key=lambda p: p.first)
-            yield Region(head.key if self.instances else head.first, head.class_id,
-                         sum(p.pixels for p in parts), sum(p.area for p in parts),
-                         shapely.union_all([p.shape for p in parts]))
-
+            for column, value in zip(columns, (
+                    head.key if self.instances else head.first, head.class_id,
+                    sum(p.pixels for p in parts), sum(p.area for p in parts),
+                    shapely.union_all([p.shape for p in parts]))):
+                column.append(value)
+        self.pieces.clear()
+        return batch(*columns, frames=self.frames)

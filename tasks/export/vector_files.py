@@ -1,5 +1,5 @@
-"""The two polygon files, written row batch by row batch: GeoParquet 1.1 (WKB geometry, the CRS
-as PROJJSON, a ``bbox`` covering column) for geopandas, DuckDB and QGIS, and QuPath's GeoJSON
+"""The two polygon files, written batch by batch: GeoParquet 1.1 (WKB geometry, the CRS as
+PROJJSON, a ``bbox`` covering column) for geopandas, DuckDB and QGIS, and QuPath's GeoJSON
 (features with ``objectType`` and ``classification``) for slides.
 
 pyarrow writes the Parquet; the ``geo`` metadata is the GeoParquet 1.1 specification's, added
@@ -12,11 +12,12 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import shapely
 
 from segflow.tasks.colours import rgb
+from segflow.tasks.export.polygons import Batch
 
 BBOX = pa.struct([("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()),
                   ("ymax", pa.float64())])
@@ -31,31 +32,39 @@ def vector_schema(id_name: str, extra: list[tuple[str, pa.DataType]]) -> pa.Sche
 
 
 class GeoParquetSink:
-    """Appends rows (with a shapely ``geometry``) to a GeoParquet file."""
+    """Appends batches of polygons to a GeoParquet file, one row group each; ``extra`` holds
+    per-id columns (an object's ``instances`` row)."""
 
-    def __init__(self, path: Path, schema: pa.Schema, crs: dict[str, Any] | None) -> None:
-        self.schema, self.crs = schema, crs
+    def __init__(self, path: Path, schema: pa.Schema, crs: dict[str, Any] | None,
+                 image_id: str, names: dict[int, str], unit: str | None, scale: float,
+                 extra: dict[int, dict[str, Any]]) -> None:
+        self.schema, self.crs, self.image_id, self.names = schema, crs, image_id, names
+        self.unit, self.scale, self.extra = unit, scale, extra
         self.writer = pq.ParquetWriter(path, schema, compression="zstd")
         self.types: set[str] = set()
-        self.extent = [float("inf"), float("inf"), float("-inf"), float("-inf")]
+        self.extent = np.array([np.inf, np.inf, -np.inf, -np.inf])
         self.rows = 0
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+    def write(self, found: Batch) -> None:
+        n = len(found)
+        if not n:
             return
-        shapes = [r["geometry"] for r in rows]
-        bounds = shapely.bounds(shapes)
-        self.types.update(g.geom_type for g in shapes)
-        self.extent = [min(self.extent[0], bounds[:, 0].min()),
-                       min(self.extent[1], bounds[:, 1].min()),
-                       max(self.extent[2], bounds[:, 2].max()),
-                       max(self.extent[3], bounds[:, 3].max())]
-        columns = {name: [r.get(name) for r in rows] for name in self.schema.names}
-        columns["geometry"] = list(shapely.to_wkb(shapes))
-        columns["bbox"] = [dict(zip(("xmin", "ymin", "xmax", "ymax"), map(float, b)))
-                           for b in bounds]
+        self.types |= found.types
+        self.extent = np.concatenate([np.minimum(self.extent[:2], found.bounds[:, :2].min(0)),
+                                      np.maximum(self.extent[2:], found.bounds[:, 2:].max(0))])
+        id_name = self.schema.names[1]
+        columns: dict[str, Any] = {
+            "image_id": [self.image_id] * n, id_name: found.ids, "class_id": found.classes,
+            "class_name": [self.names.get(int(c)) for c in found.classes],
+            "pixels": found.pixels, "area": found.area / self.scale,
+            "area_unit": [self.unit or "px"] * n, "geometry": found.wkb,
+            "bbox": pa.StructArray.from_arrays([pa.array(found.bounds[:, i]) for i in range(4)],
+                                               fields=list(BBOX))}
+        for name in self.schema.names:
+            if name not in columns:  # per-object columns from the `instances` rows
+                columns[name] = [self.extra.get(int(i), {}).get(name) for i in found.ids]
         self.writer.write_table(pa.table(columns, schema=self.schema))
-        self.rows += len(rows)
+        self.rows += n
 
     def close(self) -> int:
         """Finish the file with its ``geo`` metadata; returns the number of rows."""
@@ -63,7 +72,7 @@ class GeoParquetSink:
             "encoding": "WKB", "geometry_types": sorted(self.types), "crs": self.crs,
             "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}}}
         if self.rows:
-            column["bbox"] = self.extent
+            column["bbox"] = self.extent.tolist()
         self.writer.add_key_value_metadata({"geo": json.dumps(
             {"version": "1.1.0", "primary_column": "geometry",
              "columns": {"geometry": column}})})
@@ -72,25 +81,29 @@ class GeoParquetSink:
 
 
 class QuPathSink:
-    """Appends rows to a GeoJSON FeatureCollection that QuPath imports (File > Import objects):
-    objects are detections, regions annotations, classified by class name and colour."""
+    """Appends batches to a GeoJSON FeatureCollection that QuPath imports (File > Import
+    objects): objects are detections, regions annotations, classified by class name and
+    colour."""
 
-    def __init__(self, path: Path, object_type: str, colours: dict[int, str]) -> None:
+    def __init__(self, path: Path, object_type: str, names: dict[int, str],
+                 colours: dict[int, str], unit: str | None, scale: float) -> None:
         self.file: IO[str] = open(path, "w")  # noqa: SIM115 (closed by close())
         self.file.write('{"type": "FeatureCollection", "features": [\n')
-        self.object_type, self.colours = object_type, colours
+        self.object_type, self.scale = object_type, scale
+        self.area = f"area {unit}" if unit else "area px"
+        self.classes = {i: {"name": names[i], "color": list(rgb(colours[i]))} for i in names}
         self.rows = 0
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            geometry = json.loads(shapely.to_geojson(row["qupath"]))
-            feature = {"type": "Feature", "geometry": geometry,
-                       "properties": {
-                           "objectType": self.object_type,
-                           "classification": {"name": row["class_name"],
-                                              "color": list(rgb(self.colours[row["class_id"]]))},
-                           "measurements": {"pixels": row["pixels"], "area": row["area"]}}}
-            self.file.write((",\n" if self.rows else "") + json.dumps(feature))
+    def write(self, found: Batch) -> None:
+        assert found.qupath is not None
+        for geometry, class_id, pixels, area in zip(found.qupath, found.classes, found.pixels,
+                                                    found.area):
+            properties = {"objectType": self.object_type,
+                          "classification": self.classes[int(class_id)],
+                          "measurements": {"pixels": int(pixels),
+                                           self.area: float(area) / self.scale}}
+            self.file.write((",\n" if self.rows else "") + '{"type": "Feature", "geometry": '
+                            + geometry + ', "properties": ' + json.dumps(properties) + "}")
             self.rows += 1
 
     def close(self) -> int:

@@ -1,7 +1,8 @@
 """``output.vectors`` and ``output.qupath``: one polygon per region or object of a written mask,
 in ``ROOT/vectors/<image_id>.parquet`` (GeoParquet) and, for slides, ``<image_id>.geojson``
-(QuPath). Chunks are polygonised on the workers (export/polygons.py) through a bounded window;
-the client merges what crosses chunk faces and appends rows as they come."""
+(QuPath). Chunks are polygonised on the workers (export/polygons.py) through a bounded window
+and come back column by column, already in output coordinates; the client merges only what
+crosses chunk faces and appends each batch to the files as it comes."""
 
 from __future__ import annotations
 
@@ -15,50 +16,51 @@ from distributed import Client, Future
 
 from segflow.tasks.catalog.tables import SCHEMAS
 from segflow.tasks.export.files import export_uri, staged
-from segflow.tasks.export.polygons import Merger, Region, polygonise_chunk
+from segflow.tasks.export.polygons import Batch, Frames, Merger, polygonise_chunk
 from segflow.tasks.export.vector_files import GeoParquetSink, QuPathSink, vector_schema
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import UNITS
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import broadcast, windowed
-from segflow.tasks.sources.georef import through
 
-BATCH = 5000  # rows per Parquet row group and per GeoJSON write
+#: polygon chunks in flight per worker thread: a chunk's polygons can be 100k rows
+WINDOW = 2
 #: instance columns copied onto each object's polygon (the `instances` table's own)
 INSTANCE_EXTRA = [(f.name, f.type) for f in SCHEMAS["instances"]
                   if f.name not in {"run_id", "image_id", "instance_id", "class_id", "pixels",
                                     "area", "area_unit"}]
 
 
-def frames(job: Job) -> tuple[Affine, dict[str, Any] | None, Affine]:
-    """Pixel corners (col, row) to output coordinates, their CRS as PROJJSON (None: not on
-    Earth), and to QuPath's level-0 pixel coordinates."""
+def frames(job: Job, qupath: bool) -> tuple[Frames, dict[str, Any] | None]:
+    """Pixel corners (col, row) to output coordinates and (``qupath``) to level-0 pixels, and
+    the output CRS as PROJJSON (None: not on Earth)."""
     georef = job.reader.georef
     if georef is not None:
         crs = georef.crs
-        return georef.affine, crs.to_json_dict() if crs else None, Affine.identity()
+        return (Frames(georef.affine, Affine.identity() if qupath else None),
+                crs.to_json_dict() if crs else None)
     attrs = job.reader.spatial_attrs()
-    mpp, downsample = attrs.get("mpp"), float(attrs.get("downsample") or 1.0)
-    return Affine.scale(mpp or 1.0), None, Affine.scale(downsample)
+    level0 = Affine.scale(float(attrs.get("downsample") or 1.0))
+    return Frames(Affine.scale(attrs.get("mpp") or 1.0), level0 if qupath else None), None
 
 
 def regions(client: Client, store: MaskStore, plan: Plan, instances: bool,
-            row_areas: np.ndarray | None) -> Iterator[Region]:
-    """Every region (or object, with ``instances``) of the mask in ``store`` as one polygon in
-    pixel coordinates: complete ones as their chunks come back, merged ones at the end."""
-    merger = Merger(plan.grid, instances)
+            row_areas: np.ndarray | None, frames: Frames) -> Iterator[Batch]:
+    """Every region (or object, with ``instances``) of the mask in ``store`` as one polygon:
+    complete ones as their chunks come back, merged ones last."""
+    merger = Merger(plan.grid, instances, frames)
     threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
     areas = broadcast(client, row_areas)
 
     def submit(chunk: Chunk) -> Future:
         return client.submit(polygonise_chunk, chunk, store=store, instances=instances,
-                             shape=plan.shape, row_areas=areas, pure=False)
+                             shape=plan.shape, row_areas=areas, frames=frames, pure=False)
 
-    with closing(windowed(client, submit, plan.chunks, 8 * max(1, threads))) as parts:
+    with closing(windowed(client, submit, plan.chunks, WINDOW * max(1, threads))) as parts:
         for _, part in parts:
-            yield from merger.add(part)
-    yield from merger.finish()
+            yield merger.add(part)
+    yield merger.finish()
 
 
 def write_vectors(client: Client, job: Job, store: MaskStore, unit: str | None,
@@ -67,44 +69,29 @@ def write_vectors(client: Client, job: Job, store: MaskStore, unit: str | None,
     """Polygonise the mask into the GeoParquet file (``parquet``) and the QuPath GeoJSON
     (``qupath``); returns their ``outputs`` rows."""
     instances = instance_rows is not None
-    world, crs, level0 = frames(job)
+    to, crs = frames(job, qupath)
     id_name = "instance_id" if instances else "region_id"
-    schema = vector_schema(id_name, INSTANCE_EXTRA if instances else [])
     extra = {r["instance_id"]: r for r in instance_rows or []}
     names = {c.id: c.name for c in job.model.classes}
-    colours = {c.id: c.colour for c in job.model.classes}
     scale = UNITS[unit] if unit else 1.0
     parquet_uri = export_uri(job.root, "vectors", f"{job.image_id}.parquet")
     geojson_uri = export_uri(job.root, "vectors", f"{job.image_id}.geojson")
-
-    def row(region: Region) -> dict[str, Any]:
-        return {**extra.get(region.id, {}), "image_id": job.image_id, id_name: region.id,
-                "class_id": region.class_id, "class_name": names.get(region.class_id),
-                "pixels": region.pixels, "area": region.area / scale,
-                "area_unit": unit or "px", "geometry": through(world, region.shape),
-                "qupath": through(level0, region.shape) if qupath else None}
-
     with ExitStack() as files:
         sinks: list[GeoParquetSink | QuPathSink] = []
         if parquet:
-            sinks.append(GeoParquetSink(files.enter_context(staged(parquet_uri)), schema, crs))
+            sinks.append(GeoParquetSink(
+                files.enter_context(staged(parquet_uri)),
+                vector_schema(id_name, INSTANCE_EXTRA if instances else []), crs,
+                job.image_id, names, unit, scale, extra))
         if qupath:
             sinks.append(QuPathSink(files.enter_context(staged(geojson_uri)),
-                                    "detection" if instances else "annotation", colours))
-        batch: list[dict[str, Any]] = []
-        for region in regions(client, store, job.plan, instances, job.reader.cell_measure()):
-            batch.append(row(region))
-            if len(batch) == BATCH:
-                _write(sinks, batch)
-        _write(sinks, batch)
+                                    "detection" if instances else "annotation", names,
+                                    {c.id: c.colour for c in job.model.classes}, unit, scale))
+        for found in regions(client, store, job.plan, instances, job.reader.cell_measure(), to):
+            for sink in sinks:
+                sink.write(found)
         counts = [sink.close() for sink in sinks]
     written = [("vectors", "geoparquet", parquet_uri)] * parquet + \
         [("qupath", "geojson", geojson_uri)] * qupath
     return [{"output": output, "format": fmt, "uri": uri, "features": n}
             for (output, fmt, uri), n in zip(written, counts)]
-
-
-def _write(sinks: list[GeoParquetSink | QuPathSink], batch: list[dict[str, Any]]) -> None:
-    for sink in sinks:
-        sink.write(batch)
-    batch.clear()

@@ -133,8 +133,9 @@ class Georef:
                 "x": (xs, {"units": unit, "standard_name": "projection_x_coordinate"})}
 
 
-def through(frame: Affine, geometry: shapely.Geometry) -> shapely.Geometry:
-    """``geometry`` mapped through the affine ``frame`` (pixel corners (col, row) to a CRS, µm
-    or level-0 pixels, or back with ``~frame``)."""
-    return shapely.affinity.affine_transform(geometry, [frame.a, frame.b, frame.d, frame.e,
-                                                        frame.c, frame.f])
+def through(frame: Affine, geometry: Any) -> Any:
+    """A shapely geometry, or an array of them, mapped through the affine ``frame`` (pixel
+    corners (col, row) to a CRS, µm or level-0 pixels, or back with ``~frame``)."""
+    matrix = np.array([[frame.a, frame.b], [frame.d, frame.e]])
+    offset = np.array([frame.c, frame.f])
+    return shapely.transform(geometry, lambda xy: xy @ matrix.T + offset)
