@@ -2,16 +2,16 @@
 
 ``rasterio.features.shapes`` (GDAL's polygoniser, 4-connected) runs on each chunk on a worker,
 over that chunk's connected regions (``skimage.measure.label``: cells of one class joined by
-faces) or its instances. A region that touches no inner chunk face is complete and goes
-straight to the writer. The other pieces go to the client with the region labels on their
-chunk's four faces: two pieces on either side of a face are one region where cells face each
-other with the same class (scipy's ``connected_components`` merges them, as the instance
-labeller does), and shapely's ``union_all`` joins their polygons. Pieces are in pixel
-coordinates (integers, so the union is exact), mapped to output coordinates last.
+faces) or its instances. A region that touches no inner chunk face is complete: the worker
+maps it to output coordinates and sends it as columns. The other pieces go to the client with
+the region labels on their chunk's faces: two pieces on either side of a face are one region
+where cells face each other with the same class (a union-find joins them; objects are joined by
+their id), and once every face a region's pieces touch has had its neighbour chunk arrive,
+shapely's ``union_all`` makes its polygon. Pieces are in pixel coordinates (integers, so the
+union is exact), mapped to output coordinates last.
 
 No library merges polygons across tiles (solaris #445 is open); this module is the hand-written
-part, and tests compare it to ``shapes`` over the whole mask. Client memory: the faces of the
-chunks whose neighbours are not all in yet, and the pieces of regions that cross a chunk face.
+part, and tests compare it to ``shapes`` over the whole mask.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio.features import shapes
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from skimage.measure import label
 
 from segflow.tasks.errors import on_worker
@@ -33,6 +31,10 @@ from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.sources.georef import through
 
 TYPES = {3: "Polygon", 6: "MultiPolygon"}  # shapely type ids
+#: a chunk's faces, and for each: the axis, the step to the neighbour and the facing face
+FACES = ("top", "bottom", "left", "right")
+ACROSS = {"top": (0, -1, "bottom"), "bottom": (0, 1, "top"), "left": (1, -1, "right"),
+          "right": (1, 1, "left")}
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Piece:
     pixels: int
     area: float  # in the reader's base unit (cells when it has none)
     shape: shapely.Geometry
+    faces: tuple[str, ...]  # the inner chunk faces it touches
 
 
 @dataclass(frozen=True)
@@ -138,19 +141,20 @@ def _polygonise(chunk: Chunk, store: MaskStore, instances: bool, shape: tuple[in
     faces = {"top": local[0], "bottom": local[-1], "left": local[:, 0], "right": local[:, -1]}
     inner = {"top": r0 > 0, "bottom": chunk.core[0].stop < shape[0],
              "left": c0 > 0, "right": chunk.core[1].stop < shape[1]}
-    touching = np.zeros(n + 1, bool)
-    for face, values in faces.items():
+    touching = np.zeros((n + 1, len(FACES)), bool)
+    for f, face in enumerate(FACES):
         if inner[face]:
-            touching[values] = True
+            touching[faces[face], f] = True
     closed: list[tuple[int, shapely.Geometry]] = []
     opened: list[Piece] = []
     for geometry, value in shapes(local.astype(np.int32), mask=local > 0, connectivity=4,
                                   transform=Affine.translation(c0, r0)):
         k = int(value)
         polygon = shapely.geometry.shape(geometry)
-        if touching[k]:
+        if touching[k].any():
             opened.append(Piece(int(keys[k]) if instances else k, int(label_class[k]),
-                                int(first[k]), int(pixels[k]), float(area[k]), polygon))
+                                int(first[k]), int(pixels[k]), float(area[k]), polygon,
+                                tuple(f for f, t in zip(FACES, touching[k]) if t)))
         else:
             closed.append((k, polygon))
     ks = np.array([k for k, _ in closed], np.int64)
@@ -163,85 +167,104 @@ def _polygonise(chunk: Chunk, store: MaskStore, instances: bool, shape: tuple[in
                          label_class)
 
 
-#: what a neighbour needs of an arrived chunk: its id offset, face labels and label classes
-Faces = tuple[int, dict[str, np.ndarray], np.ndarray]
-
-
 class Merger:
-    """Joins the open pieces of chunks as they arrive; ``finish`` returns the merged regions."""
+    """Joins the open pieces of chunks as they arrive, and hands a region back as soon as it is
+    whole: when every inner face that any of its pieces touches has had its neighbour chunk
+    arrive. Pieces are nodes of a union-find (provisional ids for regions, instance ids for
+    objects); each root counts the faces its pieces still wait on.
+
+    Client memory is the faces of arrived chunks whose neighbours are not all in, and the
+    pieces of regions not yet whole: with chunks coming back about in row order, about one row
+    of chunks' worth, plus any region that truly spans the image (its polygon is that big)."""
 
     def __init__(self, grid: tuple[int, ...], instances: bool, frames: Frames) -> None:
         self.grid, self.instances, self.frames = grid, instances, frames
         self.next_id = 1
         self.arrived: set[tuple[int, ...]] = set()
-        #: arrived chunks whose faces a neighbour still needs: (id offset, faces, classes)
-        self.waiting: dict[tuple[int, ...], Faces] = {}
-        self.pairs: list[np.ndarray] = []
-        self.pieces: list[tuple[int, Piece]] = []
+        #: arrived chunks whose neighbours are not all in: id offset, face labels, classes,
+        #: and the nodes of its open pieces touching each face (one entry per piece)
+        self.waiting: dict[tuple[int, ...], tuple[int, dict[str, np.ndarray], np.ndarray,
+                                                  dict[str, list[int]]]] = {}
+        self.parent: dict[int, int] = {}
+        self.members: dict[int, list[Piece]] = {}  # root -> its pieces
+        self.pending: dict[int, int] = {}  # root -> faces its pieces still wait on
 
-    def add(self, part: ChunkPolygons) -> Batch:
-        """Take one chunk's polygons; returns its complete regions."""
+    def add(self, part: ChunkPolygons) -> list[Batch]:
+        """Take one chunk's polygons; returns its complete regions and those it completed."""
         offset, self.next_id = self.next_id, self.next_id + part.count
-        self.pieces.extend((piece.key if self.instances else piece.key + offset, piece)
-                           for piece in part.open)
-        if not self.instances:
-            self._match(part, offset)
-        return part.closed
-
-    def _match(self, part: ChunkPolygons, offset: int) -> None:
-        """Pairs across the faces this chunk shares with chunks already in."""
+        touching: dict[str, list[int]] = {face: [] for face in FACES}
+        touched: set[int] = set()
+        for piece in part.open:
+            node = piece.key if self.instances else piece.key + offset
+            root = self._find(node)
+            self.members.setdefault(root, []).append(piece)
+            for face in piece.faces:
+                touching[face].append(node)
+                if self._neighbour(part.index, face) not in self.arrived:
+                    self.pending[root] = self.pending.get(root, 0) + 1
+            touched.add(node)
+        for face, (_, _, facing) in ACROSS.items():
+            other = self._neighbour(part.index, face)
+            if other is None or other not in self.arrived:
+                continue
+            off_o, faces_o, classes_o, touching_o = self.waiting[other]
+            for node in touching_o[facing]:  # the other side no longer waits on this face
+                root = self._find(node)
+                self.pending[root] -= 1
+                touched.add(root)
+            if not self.instances:
+                here, there = part.faces[face], faces_o[facing]
+                same = (here > 0) & (there > 0) & (part.classes[here] == classes_o[there])
+                for a, b in zip((here[same] + offset).tolist(), (there[same] + off_o).tolist()):
+                    self._union(a, b)
         self.arrived.add(part.index)
-        self.waiting[part.index] = (offset, part.faces, part.classes)
-        for axis, (low, high) in enumerate((("bottom", "top"), ("right", "left"))):
-            for step in (-1, 1):
-                other = self._neighbour(part.index, axis, step)
-                if other in self.waiting:
-                    a, b = (other, part.index) if step < 0 else (part.index, other)
-                    self._touch(self.waiting[a], self.waiting[b], low, high)
-        for index in (part.index, *self._neighbours(part.index)):
-            if index in self.waiting and all(n in self.arrived for n in self._neighbours(index)):
+        self.waiting[part.index] = (offset, part.faces, part.classes, touching)
+        for index in (part.index, *(self._neighbour(part.index, f) for f in FACES)):
+            if index in self.waiting and all(n is None or n in self.arrived for n in
+                                             (self._neighbour(index, f) for f in FACES)):
                 del self.waiting[index]
+        whole = {self._find(n) for n in touched}
+        done = [self._whole(root) for root in whole if self.pending.get(root, 0) == 0
+                and root in self.members]
+        return [part.closed, *([self._batch(done)] if done else [])]
 
-    def _neighbour(self, index: tuple[int, ...], axis: int, step: int) -> tuple[int, ...] | None:
+    def finish(self) -> Batch:
+        """Whatever is still open once every chunk is in (nothing, when all arrived)."""
+        return self._batch([self._whole(root) for root in list(self.members)])
+
+    def _neighbour(self, index: tuple[int, ...], face: str) -> tuple[int, ...] | None:
+        axis, step, _ = ACROSS[face]
         moved = list(index)
         moved[axis] += step
         return tuple(moved) if 0 <= moved[axis] < self.grid[axis] else None
 
-    def _neighbours(self, index: tuple[int, ...]) -> list[tuple[int, ...]]:
-        found = (self._neighbour(index, axis, step) for axis in (0, 1) for step in (-1, 1))
-        return [n for n in found if n is not None]
+    def _find(self, node: int) -> int:
+        root = self.parent.setdefault(node, node)
+        while root != self.parent[root]:
+            root = self.parent[root]
+        while node != root:  # path compression
+            self.parent[node], node = root, self.parent[node]
+        return root
 
-    def _touch(self, a: Faces, b: Faces, low: str, high: str) -> None:
-        """Pairs of labels facing each other with the same class across ``a``'s ``low`` face
-        and ``b``'s ``high`` face (``b`` lies after ``a`` along the axis)."""
-        (off_a, faces_a, classes_a), (off_b, faces_b, classes_b) = a, b
-        here, there = faces_a[low], faces_b[high]
-        same = (here > 0) & (there > 0) & (classes_a[here] == classes_b[there])
-        self.pairs.append(np.stack([here[same] + off_a, there[same] + off_b], axis=1))
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            return
+        if len(self.members.get(ra, ())) < len(self.members.get(rb, ())):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members.setdefault(ra, []).extend(self.members.pop(rb, []))
+        self.pending[ra] = self.pending.get(ra, 0) + self.pending.pop(rb, 0)
 
-    def finish(self) -> Batch:
-        """The regions whose pieces lay in more than one chunk, each as one polygon."""
-        ids = np.array([k for k, _ in self.pieces], np.int64)
-        nodes, node_of_piece = np.unique(ids, return_inverse=True)
-        if self.instances or not len(ids):
-            group = node_of_piece
-        else:
-            pairs = np.unique(np.concatenate([np.empty((0, 2), np.int64), *self.pairs]), axis=0)
-            a, b = np.searchsorted(nodes, pairs[:, 0]), np.searchsorted(nodes, pairs[:, 1])
-            graph = coo_matrix((np.ones(len(pairs)), (a, b)), shape=(len(nodes), len(nodes)))
-            _, component = connected_components(graph, directed=False)
-            group = component[node_of_piece]
-        order = np.argsort(group, kind="stable")
-        columns: list[list[Any]] = [[], [], [], [], []]
-        for members in np.split(order, np.flatnonzero(np.diff(group[order])) + 1):
-            parts = [self.pieces[i][1] for i in members]
-            if not parts:
-                continue
-            head = min(parts, key=lambda p: p.first)
-            for column, value in zip(columns, (
-                    head.key if self.instances else head.first, head.class_id,
-                    sum(p.pixels for p in parts), sum(p.area for p in parts),
-                    shapely.union_all([p.shape for p in parts]))):
-                column.append(value)
-        self.pieces.clear()
+    def _whole(self, root: int) -> tuple[int, int, int, float, shapely.Geometry]:
+        """One finished region from its pieces; forgets them."""
+        parts = self.members.pop(root)
+        self.pending.pop(root, None)
+        head = min(parts, key=lambda p: p.first)
+        return (head.key if self.instances else head.first, head.class_id,
+                sum(p.pixels for p in parts), sum(p.area for p in parts),
+                shapely.union_all([p.shape for p in parts]))
+
+    def _batch(self, regions: list[tuple[int, int, int, float, shapely.Geometry]]) -> Batch:
+        columns = [list(c) for c in zip(*regions)] if regions else [[], [], [], [], []]
         return batch(*columns, frames=self.frames)

@@ -59,7 +59,7 @@ def regions(client: Client, store: MaskStore, plan: Plan, instances: bool,
 
     with closing(windowed(client, submit, plan.chunks, WINDOW * max(1, threads))) as parts:
         for _, part in parts:
-            yield merger.add(part)
+            yield from merger.add(part)
     yield merger.finish()
 
 
