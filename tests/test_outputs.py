@@ -33,7 +33,7 @@ from segflow.flows.segment import segment_image
 from segflow.tasks.catalog.query import run_query
 from segflow.tasks.config import load_config
 from segflow.tasks.errors import SegflowError
-from segflow.tasks.export.polygons import Frames
+from segflow.tasks.export.polygons import Frames, Merger, polygonise_chunk
 from segflow.tasks.export.vectors import regions
 from segflow.tasks.measure.instances import label_instances, thing_ids
 from segflow.tasks.sources.georef import through
@@ -110,6 +110,27 @@ def test_region_polygons_equal_the_whole_mask_polygonisation(chunk, tmp_path, cl
     _, first = np.unique(whole.ravel(), return_index=True)
     assert sorted(found["ids"]) == sorted(first[np.unique(whole.ravel()) > 0])
     assert found["pixels"].sum() == int((mask != 255).sum())
+
+
+def test_regions_leave_the_client_as_soon_as_they_are_whole(tmp_path):
+    """Chunks handed over in row order: a region goes out once every face its pieces touch has
+    its neighbour in, so the pieces held at once stay about one row of chunks' worth, and
+    nothing is left for the end."""
+    rng = np.random.default_rng(3)
+    mask = (smooth_noise((320, 320), 5, scale=8) * 12).astype(np.uint8)  # no region spans it
+    mask[rng.random(mask.shape) < 0.05] = 255
+    store, plan = write_mask(str(tmp_path / "m.zarr"), mask, 32, ("y", "x"))
+    merger = Merger(plan.grid, False, Frames(Affine.identity(), None))
+    held, out = [], []
+    for chunk in plan.chunks:  # row-major, as the window hands them out
+        out += merger.add(polygonise_chunk(chunk, store, False, mask.shape, None, merger.frames))
+        held.append(sum(len(m) for m in merger.members.values()))
+    rest = merger.finish()
+    assert len(rest) == 0 and not merger.members and not merger.waiting
+    found = [(c, g) for b in out for c, g in zip(b.classes, shapely.from_wkb(b.wkb))]
+    assert_same_polygons(found, whole_polygons(mask, 255), 1.0)
+    row_of_chunks = max(held[: plan.grid[1] * 2])  # what the first two rows held at most
+    assert max(held) <= 1.5 * row_of_chunks < sum(len(b) for b in out) / 4
 
 
 def test_object_polygons_equal_the_whole_mask_polygonisation(tmp_path, client):
