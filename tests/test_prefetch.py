@@ -53,9 +53,10 @@ class CountingStore:
     def __init__(self, inner: Any, held: Held) -> None:
         self.inner, self.held = inner, held
 
-    def write_chunk(self, chunk: Any, labels: np.ndarray, skipped: bool = False) -> None:
+    def write_chunk(self, chunk: Any, labels: np.ndarray, skipped: bool = False,
+                    scores: np.ndarray | None = None) -> None:
         time.sleep(0.05)  # a slow store: the next read lands before this write ends
-        self.inner.write_chunk(chunk, labels, skipped=skipped)
+        self.inner.write_chunk(chunk, labels, skipped=skipped, scores=scores)
         if labels.size or skipped:
             self.held.add(-1)
 
