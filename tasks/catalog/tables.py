@@ -14,10 +14,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from segflow.tasks.runtime.crash import crash_point
-from segflow.tasks.runtime.storage import filesystem
+from segflow.tasks.runtime.storage import staged
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -92,15 +91,9 @@ def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -
                              "not finite")
     data = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows],
                                 schema=schema)
-    fs, folder = filesystem(table_dir(root, table))
-    fs.makedirs(folder, exist_ok=True)
-    final = f"{folder}/{run_id}.parquet"
-    if isinstance(fs, LocalFileSystem):
-        partial = f"{folder}/.{run_id}.parquet.partial"
-        pq.write_table(data, partial, filesystem=fs)
-        fs.mv(partial, final)
-    else:
-        pq.write_table(data, final, filesystem=fs)
+    final = f"{table_dir(root, table)}/{run_id}.parquet"
+    with staged(final) as path:
+        pq.write_table(data, path)
     return final
 
 

@@ -20,18 +20,20 @@ import rasterio
 import rasterio.shutil
 import tifffile
 import zarr
-from affine import Affine
 from rasterio.windows import Window
 
 from segflow.tasks.colours import rgb
 from segflow.tasks.config import ClassSpec
 from segflow.tasks.errors import on_worker
-from segflow.tasks.export.files import export_uri, staged
-from segflow.tasks.mask.store import MaskStore
+from segflow.tasks.export import export_uri
+from segflow.tasks.mask.store import SHARD_INNER, MaskStore
 from segflow.tasks.plan.grid import Plan
-from segflow.tasks.runtime.storage import zarr_options
+from segflow.tasks.runtime.storage import staged, zarr_options
+from segflow.tasks.sources.georef import Georef
 
-TILE = 256  # GeoTIFF blocks (and overviews down to one block) and OME-TIFF tiles
+COG_BLOCK = 256  # GeoTIFF blocks, and overviews down to one block
+#: OME-TIFF tiles: the store's inner chunk, so each tile reads one chunk, decoded once
+OME_TILE = SHARD_INNER[2]
 #: file name suffix per modality
 SUFFIX = {"raster": ".tif", "slide": ".ome.tif", "volume": ".nii.gz"}
 
@@ -57,17 +59,12 @@ def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
     neighbour, so they hold class ids; IFDs and overviews ahead of the full resolution)."""
     labels = store.labels()
     height, width = labels.shape
-    gm = spatial.get("grid_mapping") or {}
-    if gm:
-        gt = [float(v) for v in gm["GeoTransform"].split()]
-        transform, crs = Affine.from_gdal(*gt), gm["crs_wkt"]
-    else:
-        transform, crs = Affine.identity(), None
+    georef = Georef(spatial.get("crs_wkt"), tuple(spatial["transform"]))
     base = path.with_name(path.name + ".base.tif")
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 1,
-               "dtype": store.dtype, "nodata": store.nodata, "crs": crs, "transform": transform,
-               "tiled": True, "blockxsize": TILE, "blockysize": TILE, "compress": "deflate",
-               "BIGTIFF": "IF_SAFER"}
+               "dtype": store.dtype, "nodata": store.nodata, "crs": georef.crs_wkt,
+               "transform": georef.affine, "tiled": True, "blockxsize": COG_BLOCK,
+               "blockysize": COG_BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
     try:
         with rasterio.open(base, "w", **profile) as dst:
             for chunk in plan.chunks:
@@ -78,7 +75,7 @@ def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
             dst.write_colormap(1, {c.id: (*rgb(c.colour), 255) for c in classes})
             dst.set_band_description(1, "class id")
             dst.update_tags(1, **{f"CLASS_{c.id}": c.name for c in classes})
-        rasterio.shutil.copy(base, path, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=TILE,
+        rasterio.shutil.copy(base, path, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK,
                              OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
     finally:
         base.unlink(missing_ok=True)
@@ -103,13 +100,13 @@ def _levels(store: MaskStore) -> list[zarr.Array]:
 
 
 def _tiles(level: zarr.Array, nodata: int) -> Iterator[np.ndarray]:
-    """``level`` in TILE x TILE tiles, row by row, edge tiles padded with nodata (tifffile
-    wants whole tiles); one tile in memory at a time."""
+    """``level`` in square OME_TILE tiles, row by row, edge tiles padded with nodata
+    (tifffile wants whole tiles); one tile in memory at a time."""
     height, width = level.shape
-    for r in range(0, height, TILE):
-        for c in range(0, width, TILE):
-            tile = np.full((TILE, TILE), nodata, level.dtype)
-            part = level[r:r + TILE, c:c + TILE]
+    for r in range(0, height, OME_TILE):
+        for c in range(0, width, OME_TILE):
+            tile = np.full((OME_TILE, OME_TILE), nodata, level.dtype)
+            part = level[r:r + OME_TILE, c:c + OME_TILE]
             tile[:part.shape[0], :part.shape[1]] = part
             yield tile
 
@@ -125,7 +122,8 @@ def _ome_tiff(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec]
         metadata.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm",
                         PhysicalSizeYUnit="µm")
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
-        options = {"tile": (TILE, TILE), "compression": "zlib", "photometric": "minisblack",
+        options = {"tile": (OME_TILE, OME_TILE), "compression": "zlib",
+                   "photometric": "minisblack",
                    "dtype": levels[0].dtype}
         tif.write(_tiles(levels[0], store.nodata), shape=levels[0].shape,
                   subifds=len(levels) - 1, metadata=metadata, **options)

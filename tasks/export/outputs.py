@@ -25,8 +25,10 @@ def write_outputs(client: Client, job: Job, store: MaskStore,
         rows.append({"output": "probabilities", "format": "zarr",
                      "uri": f"{store.uri}/probabilities", "features": None})
     if (out.vectors or out.qupath) and job.reader.modality != "volume":
-        unit = report_unit(job.reader, job.reader.cell_measure(), job.config.stats)
-        rows += write_vectors(client, job, store, unit, instance_rows, out.vectors, out.qupath)
+        row_areas = job.reader.cell_measure()  # geodesic per row: computed once here
+        unit = report_unit(job.reader, row_areas, job.config.stats)
+        rows += write_vectors(client, job, store, row_areas, unit, instance_rows, out.vectors,
+                              out.qupath)
     if out.export:
         rows.append(client.submit(export_labels, store, job.plan, job.reader.modality, job.root,
                                   job.image_id, job.model.classes, job.reader.spatial_attrs(),

@@ -15,7 +15,7 @@ from affine import Affine
 from distributed import Client, Future
 
 from segflow.tasks.catalog.tables import SCHEMAS
-from segflow.tasks.export.files import export_uri, staged
+from segflow.tasks.export import export_uri
 from segflow.tasks.export.polygons import Batch, Frames, Merger, polygonise_chunk
 from segflow.tasks.export.vector_files import GeoParquetSink, QuPathSink, vector_schema
 from segflow.tasks.mask.store import MaskStore
@@ -23,6 +23,7 @@ from segflow.tasks.measure.classes import UNITS
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import broadcast, windowed
+from segflow.tasks.runtime.storage import staged
 
 #: polygon chunks in flight per worker thread: a chunk's polygons can be 100k rows
 WINDOW = 2
@@ -63,11 +64,12 @@ def regions(client: Client, store: MaskStore, plan: Plan, instances: bool,
     yield merger.finish()
 
 
-def write_vectors(client: Client, job: Job, store: MaskStore, unit: str | None,
-                  instance_rows: list[dict[str, Any]] | None, parquet: bool, qupath: bool
-                  ) -> list[dict[str, Any]]:
+def write_vectors(client: Client, job: Job, store: MaskStore, row_areas: np.ndarray | None,
+                  unit: str | None, instance_rows: list[dict[str, Any]] | None,
+                  parquet: bool, qupath: bool) -> list[dict[str, Any]]:
     """Polygonise the mask into the GeoParquet file (``parquet``) and the QuPath GeoJSON
-    (``qupath``); returns their ``outputs`` rows."""
+    (``qupath``); ``row_areas`` is the reader's ``cell_measure()``, ``unit`` the reporting
+    unit. Returns the files' ``outputs`` rows."""
     instances = instance_rows is not None
     to, crs = frames(job, qupath)
     id_name = "instance_id" if instances else "region_id"
@@ -87,7 +89,7 @@ def write_vectors(client: Client, job: Job, store: MaskStore, unit: str | None,
             sinks.append(QuPathSink(files.enter_context(staged(geojson_uri)),
                                     "detection" if instances else "annotation", names,
                                     {c.id: c.colour for c in job.model.classes}, unit, scale))
-        for found in regions(client, store, job.plan, instances, job.reader.cell_measure(), to):
+        for found in regions(client, store, job.plan, instances, row_areas, to):
             for sink in sinks:
                 sink.write(found)
         counts = [sink.close() for sink in sinks]

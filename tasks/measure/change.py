@@ -67,9 +67,8 @@ class Mask:
             return self.georef.cell_size()
         if self.spatial.get("mpp"):
             return "micrometer", [float(self.spatial["mpp"])] * 2
-        if "affine" in self.spatial:
-            affine = np.asarray(self.spatial["affine"])
-            return "millimeter", np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).tolist()
+        if "voxel_size_mm" in self.spatial:  # as the volume reader recorded it
+            return "millimeter", list(self.spatial["voxel_size_mm"])
         return None, [1.0] * len(self.shape)
 
     def coordinates(self) -> tuple[Coordinates, dict[str, Any] | None]:

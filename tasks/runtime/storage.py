@@ -10,8 +10,12 @@ profile name and region, which are safe to pickle to workers and to log.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -112,3 +116,28 @@ def raster_dataset(uri: str) -> Iterator[DatasetReader]:
     with raster_env(uri), rasterio.open(uri, driver="GTiff",
                                         opener=None if native else filesystem(uri)[0]) as ds:
         yield ds
+
+
+@contextmanager
+def staged(uri: str) -> Iterator[Path]:
+    """A local path to write ``uri``'s content to; it becomes ``uri`` when the block ends
+    without an error (local: a rename in its folder; object stores: one upload), and is
+    removed otherwise, so a file appears whole or not at all (catalog tables, exports)."""
+    fs, path = filesystem(uri)
+    if is_local(uri):
+        final = Path(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            yield work
+            os.replace(work, final)
+        finally:
+            work.unlink(missing_ok=True)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="segflow-staged-"))
+    try:
+        work = folder / Path(path).name
+        yield work
+        fs.put_file(str(work), path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
