@@ -93,7 +93,16 @@ def segment(job: Job, scheduler: str) -> Outcome:
 def label(outcome: Outcome, scheduler: str) -> Instances | None:
     """Give every object one id across chunk borders (``stats.instances``), and measure them."""
     client = client_for(scheduler)
-    return find_objects(client, outcome.job, outcome.store, outcome.reused)
+    found = find_objects(client, outcome.job, outcome.store, outcome.reused)
+    if found is not None and found.cut:
+        get_run_logger().warning(
+            "%s: %d object(s) reach their chunk's read window and may be cut: raise "
+            "stats.max_object (the halo follows it)", outcome.job.source, found.cut)
+    if found is not None and found.capped:
+        get_run_logger().warning(
+            "%s: %d model call(s) returned the most detections allowed, so objects may be "
+            "missing: raise model.params.max_detections", outcome.job.source, found.capped)
+    return found
 
 
 @task(name="finish", cache_policy=NO_CACHE)

@@ -49,7 +49,8 @@ class Normalize(_Strict):
 
 class ModelConfig(_Strict):
     kind: Literal["threshold", "otsu", "multiotsu", "adaptive", "edges", "kmeans", "watershed",
-                  "index", "stain", "unet", "torchscript", "torchvision", "smp"] = "otsu"
+                  "index", "stain", "unet", "segnet", "torchscript", "torchvision", "smp",
+                  "maskrcnn", "sam"] = "otsu"
     weights: str | None = None
     classes: list[str | ClassSpec] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -67,6 +68,9 @@ class InputConfig(_Strict):
     # the largest image (cells, all spatial axes) accepted: a header claiming more is refused
     # before any pixel is read (a corrupt or hostile file can claim 10^12 pixels)
     max_pixels: int = Field(100_000_000_000, ge=1)
+    # model.kind=sam: points or boxes (GeoJSON, GeoPackage, GeoParquet) prompting one object
+    # each; rasters: any CRS; slides: level-0 pixels; None: SAM's automatic point grid
+    prompts: str | None = None
 
     @field_validator("bands")
     @classmethod
@@ -125,6 +129,15 @@ class StatsConfig(_Strict):
     ground_truth: str | None = None  # label image on the input's grid: metrics per class
     zones: str | None = None  # polygons (GeoPackage, GeoJSON, GeoParquet): `zone_stats` table
     zone_id: str | None = None  # the zones' column naming each zone; None: its row number
+    # distance: touching objects of the thing classes split by a marker-controlled watershed on
+    # the distance transform (tasks/models/split.py); implies instances
+    split: Literal["none", "distance"] = "none"
+    split_min_size: int = Field(16, ge=0)  # cells: smaller thing components are removed
+    split_h: float = Field(1.0, gt=0)  # px: a distance peak must rise this far to be a marker
+    # the largest object (split: clump of touching objects) across, in px, or with a unit
+    # ("12 um", "0.5 mm", "30 m"); instance models read every chunk with halo >= reach + this
+    max_object: float | str = 64.0
+    on_cut: Literal["warn", "error"] = "warn"  # an owned object reaching its read window's edge
 
     @model_validator(mode="after")
     def _zone_id_needs_zones(self) -> StatsConfig:
@@ -170,7 +183,7 @@ class JobConfig(_Strict):
             "output": {"wait", "lease_seconds", "vectors", "qupath", "export"},
             "input": {"max_pixels"},
             "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth", "zones",
-                      "zone_id"}})
+                      "zone_id", "on_cut"}})
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -186,7 +199,8 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 #: config keys that name files: a relative one is relative to the config file's folder
-FILE_KEYS = (("model", "weights"), ("cluster", "spec"), ("stats", "zones"))
+FILE_KEYS = (("model", "weights"), ("cluster", "spec"), ("stats", "zones"),
+             ("input", "prompts"))
 
 
 def _paths_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:

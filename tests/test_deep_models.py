@@ -1,5 +1,6 @@
-"""Deep models behind the one interface: the U-Net (2-D demo checkpoint, 3-D volumes), torchvision
-and smp networks, exact tiling where the receptive field allows, and safe weight loading."""
+"""Deep models behind the one interface: the U-Net (2-D demo checkpoint, 3-D volumes), SegNet,
+torchvision and smp networks, exact tiling where the receptive field allows, and safe weight
+loading."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ from segflow.flows.segment import segment_image
 from segflow.tasks.config import load_config
 from segflow.tasks.errors import SegflowError
 from segflow.tasks.models import InputSpec, build_model
-from segflow.tasks.models.nets import UNet, unet_receptive_field
+from segflow.tasks.models.nets import (
+    SegNet,
+    UNet,
+    segnet_receptive_field,
+    unet_receptive_field,
+)
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "samples" / "nc_lsat7_2000_b12345.tif"
@@ -99,6 +105,40 @@ def test_landcover_unet_through_the_flow_is_seamless_and_matches_its_report(tmp_
     # scored over labelled cells with pixels: the report's figures, from a tiled run
     assert np.mean(ious) == pytest.approx(report["holdout"]["mean_iou"], abs=0.01)
     assert np.mean(ious) > 0.2  # modest: see the README
+
+
+
+@pytest.mark.parametrize("depth, convs", [(1, 2), (2, 2), (3, 2), (2, 1), (3, 3)])
+def test_segnet_receptive_field_is_tight_and_safe(depth, convs):
+    """Over every pooling phase: replacing every input cell beyond the stated radius leaves the
+    output cell bit for bit (this covers the unpooling's argmax, which has no gradient), and
+    replacing the two cells at the radius with large values changes it for some phase: the
+    radius is exact.
+
+    Autograd sees exactly 2**(depth-1) cells less and nothing beyond: at the deepest level the
+    unpool puts each max back where it came from, so that window's other cells act only through
+    the argmax (a choice, not a value with a gradient)."""
+    torch.manual_seed(0)
+    rf = segnet_receptive_field(depth, convs)
+    net = SegNet(1, 1, base=8, depth=depth, convs=convs).double().eval()
+    reach, touched = 0, False
+    for p in range(2 * rf, 2 * rf + 2**depth):
+        x = torch.randn(1, 1, 2**depth * 4, 4 * rf + 64, dtype=torch.float64,
+                        requires_grad=True)
+        out = net(x)
+        out[0, :, :, p].sum().backward()
+        cols = (x.grad[0, 0].abs().sum(0) > 0).nonzero().flatten()
+        reach = max(reach, p - int(cols.min()), int(cols.max()) - p)
+        with torch.no_grad():
+            far, edge = x.detach().clone(), x.detach().clone()
+            far[..., :p - rf] = torch.randn_like(far[..., :p - rf])
+            far[..., p + rf + 1:] = torch.randn_like(far[..., p + rf + 1:])
+            # large values: some channel's max in the deepest window moves to that cell
+            edge[..., [p - rf, p + rf]] = 10 * torch.randn_like(edge[..., [p - rf, p + rf]])
+            assert torch.equal(net(far)[..., p], out.detach()[..., p])
+            touched |= not torch.equal(net(edge)[..., p], out.detach()[..., p])
+    assert touched
+    assert reach == rf - 2**(depth - 1)
 
 
 @pytest.fixture
@@ -236,3 +276,52 @@ def test_unet_weights_for_another_band_count_are_refused(tmp_path):
     torch.save(UNet(3, 3, dims=2, base=4, depth=2).state_dict(), path)
     with pytest.raises(SegflowError, match=r"bands=5.*shape mismatches"):
         build_model(_unet_cfg(path), InputSpec(bands=5, dtype="uint8"), "scene.tif")
+
+
+def test_segnet_through_the_flow_equals_a_whole_image_pass(tmp_path, dask_address):
+    """A seeded SegNet on the real Landsat scene in 4x4 chunks of 128 (tiles of 64, halo = its
+    receptive field of 35): the mask equals one whole-image forward pass. BatchNorm keeps the
+    scene's statistics and the head is centred, so that the random net splits it into 4 classes
+    with few near-ties."""
+    with rasterio.open(SAMPLE) as src:
+        pixels = src.read()
+    valid = (pixels != -99999).all(axis=0)
+    mean, std = pixels[:, valid].mean(axis=1), pixels[:, valid].std(axis=1)
+    x = (pixels - mean[:, None, None]) / std[:, None, None]
+    x[:, ~valid] = 0
+    scene = torch.from_numpy(x[None].astype(np.float32))
+    torch.manual_seed(0)
+    net = SegNet(5, 4, base=8, depth=3, convs=2)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # running statistics = this one batch's
+    with torch.no_grad():
+        net.train()(scene)
+        net.head.bias -= net.eval()(scene).mean((0, 2, 3))
+        logits = net(scene)[0].numpy()
+    assert len(np.unique(logits.argmax(0)[valid])) == 4
+    weights = tmp_path / "segnet.pt"
+    torch.save(net.state_dict(), weights)
+    cfg = load_config(overrides=[
+        "model.kind=segnet", f"model.weights={weights}", "model.classes=[a, b, c, d]",
+        "model.params={base: 8, depth: 3, convs: 2}",
+        f"model.normalize={{mean: {mean.tolist()}, std: {std.tolist()}}}",
+        "tiling.chunk=128", "tiling.tile=64", f"tiling.halo={segnet_receptive_field(3, 2)}"])
+    result = segment_image(str(SAMPLE), str(tmp_path / "out"), cfg.model_dump(mode="json"),
+                           dask_address)
+    assert result["chunks_total"] == 16
+    mask = _mask(result)
+    assert (mask[~valid] == 255).all()
+    assert _agree_but_near_ties(mask, logits, valid) <= 20
+
+
+def test_segnet_refuses_volumes_in_one_line(tmp_path):
+    path = tmp_path / "segnet.pt"
+    torch.save(SegNet(1, 3, base=4, depth=2).state_dict(), path)
+    for spec, params in ((InputSpec(bands=1, dtype="float32", ndim=3), "{depth: 2, base: 4}"),
+                         (InputSpec(bands=1, dtype="float32"), "{dims: 3, depth: 2, base: 4}")):
+        cfg = load_config(overrides=["model.kind=segnet", f"model.weights={path}",
+                                     "model.classes=[a, b, c]", f"model.params={params}"])
+        with pytest.raises(SegflowError, match="segnet is 2-D") as err:
+            build_model(cfg, spec, "volume.nii")
+        assert "\n" not in str(err.value)

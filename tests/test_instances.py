@@ -21,7 +21,8 @@ from segflow.tasks.catalog.tables import write_rows
 from segflow.tasks.config import ClassSpec, load_config
 from segflow.tasks.errors import SegflowError
 from segflow.tasks.mask.store import MaskStore, open_or_create
-from segflow.tasks.measure.instances import label_instances, measure_instances, thing_ids
+from segflow.tasks.measure.instances import label_instances, measure_instances
+from segflow.tasks.models.instance import thing_ids
 from segflow.tasks.plan.grid import Plan, plan_chunks
 from segflow.tasks.sources.raster import open_raster
 from segflow.tasks.sources.slide import Slide

@@ -35,7 +35,8 @@ from segflow.tasks.config import load_config
 from segflow.tasks.errors import SegflowError
 from segflow.tasks.export.polygons import Frames, Merger, polygonise_chunk
 from segflow.tasks.export.vectors import regions
-from segflow.tasks.measure.instances import label_instances, thing_ids
+from segflow.tasks.measure.instances import label_instances
+from segflow.tasks.models.instance import thing_ids
 from segflow.tasks.sources.georef import through
 from tests.conftest import DATA, smooth_noise, write_geotiff, write_pyramid_tiff
 from tests.test_instances import CLASSES, THINGS, shapes_2d, write_mask

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from segflow.tasks.errors import io_error, on_worker, retry_transient
+from segflow.tasks.mask.owned import segment_objects
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.models.base import SegmentationModel  # no torch: models import lazily
+from segflow.tasks.models.instance import InstanceModel
 from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.plan.job import BACKGROUND, NODATA
 from segflow.tasks.sources.base import SourceBase
@@ -60,7 +62,10 @@ class Lane:
         store's dtype (uint8: 0-255 rounded; nodata cells 0 for every class)."""
         inside = valid[chunk.crop]
         scores = None
-        if self.store.scores:
+        if isinstance(self.model, InstanceModel):  # owned objects go to the store whole
+            labels = segment_objects(self.model, chunk, pixels, valid, self.source.spatial_shape,
+                                     self.store, self.source.uri)
+        elif self.store.scores:
             labels, probs = self.model.predict_scores(pixels, valid, chunk.crop)
             probs[:, ~inside] = 0
             scores = (np.rint(probs * 255).astype(np.uint8) if self.store.scores == "uint8"

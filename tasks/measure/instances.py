@@ -27,7 +27,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import label
 
-from segflow.tasks.config import ClassSpec
 from segflow.tasks.errors import UserError
 from segflow.tasks.mask.store import MaskStore, create_instances
 from segflow.tasks.measure.objects import Instances, InstanceSums, chunk_sums, merge_sums
@@ -35,18 +34,6 @@ from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.runtime.cluster import broadcast
 
 MAX_ID = int(np.iinfo(np.uint32).max)
-
-
-def thing_ids(classes: list[ClassSpec], things: list[str] | None, source: str) -> list[int]:
-    """Class ids that are objects: the named ``things``, or every class but id 0 when None."""
-    if things is None:
-        return sorted(c.id for c in classes if c.id != 0)
-    by_name = {c.name: c.id for c in classes}
-    unknown = [name for name in things if name not in by_name]
-    if unknown:
-        raise UserError(source, f"stats.things names unknown classes {unknown}; "
-                                   f"the classes are {list(by_name)}")
-    return sorted(by_name[name] for name in things)
 
 
 @dataclass(frozen=True)

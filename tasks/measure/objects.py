@@ -59,6 +59,8 @@ class Instances:
 
     class_ids: np.ndarray  # (N,)
     sums: InstanceSums
+    cut: int = 0  # instance models: objects that reached their read window's edge
+    capped: int = 0  # instance models: model calls whose detections hit the model's cap
 
     @property
     def count(self) -> int:

@@ -9,12 +9,14 @@ from typing import Any
 
 from distributed import Client
 
+from segflow.tasks.mask.owned import paint_instances
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import class_rows, count_chunk, report_unit
-from segflow.tasks.measure.instances import label_instances, measure_instances, thing_ids
+from segflow.tasks.measure.instances import label_instances, measure_instances
 from segflow.tasks.measure.metrics import evaluate, open_ground_truth
 from segflow.tasks.measure.objects import Instances
 from segflow.tasks.measure.zones import read_zones, zone_rows
+from segflow.tasks.models.instance import InstanceModel, thing_ids
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import broadcast
 
@@ -40,6 +42,8 @@ def find_objects(client: Client, job: Job, store: MaskStore, reused: bool) -> In
     row_areas = job.reader.cell_measure()
     if reused:
         return measure_instances(client, store, job.plan, row_areas)
+    if isinstance(job.model, InstanceModel):  # objects found by the model, merged by owner
+        return paint_instances(client, job.model, store, job.plan, row_areas)
     things = thing_ids(job.model.classes, job.config.stats.things, job.source)
     return label_instances(client, store, job.plan, things, row_areas)
 

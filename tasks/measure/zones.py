@@ -11,7 +11,6 @@ per-chunk sums add up to rasterising each zone over the whole image.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,13 +20,13 @@ from distributed import Client
 from rasterio.features import rasterize
 
 from segflow.tasks.config import ClassSpec
-from segflow.tasks.errors import UserError, first_line, on_worker
+from segflow.tasks.errors import UserError, on_worker
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import UNITS
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.runtime.cluster import broadcast
-from segflow.tasks.runtime.storage import filesystem, is_local
 from segflow.tasks.sources.georef import Georef, through
+from segflow.tasks.sources.vectors import read_vectors
 
 
 @dataclass(frozen=True)
@@ -42,22 +41,10 @@ class Zones:
 def read_zones(path: str, id_column: str | None, georef: Georef) -> Zones:
     """The zones of ``path`` on the raster's grid; a file without a CRS is taken to be in the
     raster's CRS."""
-    import geopandas  # only runs that ask for zones pay for its import
-
-    try:
-        if is_local(path):
-            source: str | io.BytesIO = path
-        else:
-            fs, inside = filesystem(path)
-            source = io.BytesIO(fs.cat_file(inside))
-        frame = (geopandas.read_parquet(source) if str(path).endswith((".parquet", ".geoparquet"))
-                 else geopandas.read_file(source))
-    except Exception as exc:  # pyogrio, pyarrow and OS errors alike
-        raise UserError(path, f"cannot read zones: {first_line(exc)}") from exc
+    frame = read_vectors(path, "zones")
     if id_column and id_column not in frame.columns:
         raise UserError(path, f"stats.zone_id: no column {id_column!r}; the columns are "
                               f"{[c for c in frame.columns if c != frame.geometry.name]}")
-    frame = frame[~(frame.geometry.isna() | frame.geometry.is_empty)]
     if frame.crs is not None and georef.crs is not None:
         frame = frame.to_crs(georef.crs)
     ids = ([str(v) for v in frame[id_column]] if id_column

@@ -23,9 +23,12 @@ REGISTRY: dict[str, str] = {
     "index": "segflow.tasks.models.spectral_index:SpectralIndexModel",
     "stain": "segflow.tasks.models.stain:StainModel",
     "unet": "segflow.tasks.models.unet:UNetModel",
+    "segnet": "segflow.tasks.models.segnet:SegNetModel",
     "torchscript": "segflow.tasks.models.torchscript:TorchScriptModel",
     "torchvision": "segflow.tasks.models.torchvision_models:TorchvisionModel",
     "smp": "segflow.tasks.models.smp_models:SMPModel",
+    "maskrcnn": "segflow.tasks.models.maskrcnn:MaskRCNNModel",
+    "sam": "segflow.tasks.models.sam:SamModel",
 }
 
 

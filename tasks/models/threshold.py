@@ -4,21 +4,32 @@ Otsu and multi-Otsu are fitted on an exact histogram summed over every valid pix
 dask pass), so the thresholds, and hence the mask, do not depend on how the image is chunked.
 
 Params: ``band`` (1-based, default 1) for all; ``value`` for threshold; ``classes_k`` (2..254,
-default 3) for multiotsu.
+default 3) for multiotsu; ``sigma`` (threshold and otsu, default 0) smooths the band with a
+Gaussian first (Otsu is then fitted on the smoothed band, the same filter run over the whole
+image), which keeps noise specks out of fluorescence masks; its reach is the receptive field.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from segflow.tasks.config import JobConfig, class_table
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec, SegmentationModel
-from segflow.tasks.models.filters import FIT_CHUNK
+from segflow.tasks.models.filters import (
+    FIT_CHUNK,
+    TRUNCATE,
+    filled_band,
+    filtered_band,
+    gaussian_radius,
+    valid_mean,
+)
 from segflow.tasks.models.histogram import multiotsu_thresholds, otsu_threshold
-from segflow.tasks.models.params import band_param
+from segflow.tasks.models.params import at_least, band_param
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -32,10 +43,13 @@ class ThresholdModel(SegmentationModel):
     kind = "threshold"
 
     def __init__(self, classes: Any, params: dict[str, Any], band: int,
-                 value: float | None) -> None:
+                 value: float | None, sigma: float = 0.0) -> None:
         super().__init__(classes, params)
         self.band = band
         self.value = value
+        self.sigma = sigma
+        self.fill: float | None = None  # nodata cells' value under the smoothing
+        self.receptive_field = gaussian_radius(sigma) if sigma else 0
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> ThresholdModel:
@@ -45,18 +59,35 @@ class ThresholdModel(SegmentationModel):
         if cls.kind == "threshold" and value is None:
             raise UserError(source, "model.kind=threshold needs model.params.value")
         classes = class_table(cfg.model, ["background", "foreground"])
-        return cls(classes, params, band, None if value is None else float(value))
+        sigma = at_least(params, "sigma", 0.0, 0, source)
+        return cls(classes, params, band, None if value is None else float(value), sigma)
+
+    def fit(self, source: SourceBase, client: Client) -> None:
+        if self.sigma:
+            self.fill = valid_mean(source, self.band, client)
+
+    def smoothed(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The band, Gaussian-smoothed when ``sigma`` is set (nodata filled with the mean)."""
+        if not self.sigma:
+            return self.band_of(pixels, self.band)
+        assert self.fill is not None, "fit() before predict()"
+        values = filled_band(pixels, valid, self.band, self.fill)
+        return ndi.gaussian_filter(values, self.sigma, mode="reflect", truncate=TRUNCATE)
 
     def predict(self, pixels: np.ndarray, valid: np.ndarray,
                 core: tuple[slice, ...]) -> np.ndarray:
         assert self.value is not None, "fit() before predict()"
-        return (self.band_of(pixels[(slice(None), *core)], self.band) > self.value).astype(np.uint8)
+        if not self.sigma:
+            pixels = pixels[(slice(None), *core)]
+            return (self.band_of(pixels, self.band) > self.value).astype(np.uint8)
+        return (self.smoothed(pixels, valid)[core] > self.value).astype(np.uint8)
 
     def identity(self) -> str:
-        return f"{self.kind}(band={self.band}, value={self.value:.6g})"
+        smooth = f", sigma={self.sigma:.6g}" if self.sigma else ""
+        return f"{self.kind}(band={self.band}, value={self.value:.6g}{smooth})"
 
     def fitted(self) -> dict[str, Any]:
-        return {"band": self.band, "value": self.value}
+        return {"band": self.band, "value": self.value, "sigma": self.sigma}
 
 
 class OtsuModel(ThresholdModel):
@@ -65,8 +96,16 @@ class OtsuModel(ThresholdModel):
     kind = "otsu"
 
     def fit(self, source: SourceBase, client: Client) -> None:
-        values = source.to_dask(FIT_CHUNK)[self.band - 1]
-        self.value = otsu_threshold(values, source.dtype, client, source.uri)
+        super().fit(source, client)
+        if not self.sigma:
+            values = source.to_dask(FIT_CHUNK)[self.band - 1]
+            self.value = otsu_threshold(values, source.dtype, client, source.uri)
+            return
+        assert self.fill is not None
+        smooth = partial(ndi.gaussian_filter, sigma=self.sigma, mode="reflect",
+                         truncate=TRUNCATE)
+        values = filtered_band(source, self.band, self.fill, smooth, self.receptive_field)
+        self.value = otsu_threshold(values, "float64", client, source.uri)
 
 
 class MultiOtsuModel(SegmentationModel):

@@ -15,6 +15,7 @@ import pickle
 import threading
 import warnings
 from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -133,6 +134,18 @@ def fill(module: nn.Module, path: str, state: dict[str, torch.Tensor], what: str
     return module.eval()
 
 
+def cached_module(key: tuple[str, str], device: str,
+                  build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` on ``device``, once per worker process and ``key`` (weights, kind, device):
+    a worker's threads share one copy of the weights."""
+    with _LOCK:
+        if key not in _CACHE:
+            if device == "cpu":
+                torch.set_num_threads(_worker_threads())
+            _CACHE[key] = build().to(device)
+        return _CACHE[key]
+
+
 def global_norms(module: nn.Module) -> set[str]:
     """Names of whole-input normalisation layers (TorchScript keeps them as ``original_name``)."""
     names = {getattr(m, "original_name", type(m).__name__) for _, m in module.named_modules()}
@@ -230,15 +243,9 @@ class TorchModel(SegmentationModel):
 
     def _module(self, device: str) -> nn.Module:
         """The module on ``device``, built once per worker process (and per weights version)."""
-        key = (self.weights, f"{type(self).kind}:{self.digest}:{device}")
-        with _LOCK:
-            if key not in _CACHE:
-                if device == "cpu":
-                    torch.set_num_threads(_worker_threads())
-                declared = len(self.classes)
-                module = self.build(self.weights, self.params, self.bands, self.ndim, declared)
-                _CACHE[key] = module.to(device)
-            return _CACHE[key]
+        return cached_module((self.weights, f"{type(self).kind}:{self.digest}:{device}"), device,
+                             lambda: self.build(self.weights, self.params, self.bands, self.ndim,
+                                                len(self.classes)))
 
     def _sizes(self, module: nn.Module, device: torch.device,
                core: tuple[int, ...]) -> tuple[int, int]:

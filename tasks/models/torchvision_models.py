@@ -14,8 +14,6 @@ tiled mask equals the whole-image one only when one tile covers the image; other
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -23,38 +21,10 @@ from torch import nn
 
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.torch_model import TorchModel, fill, load_state_dict
+from segflow.tasks.models.vision_ops import import_torchvision
 
 ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
          "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large")
-
-_STUBS: list[torch.library.Library] = []
-
-
-def import_torchvision() -> ModuleType:
-    """``torchvision``, also from a CUDA torchvision wheel next to a CPU-only torch.
-
-    That pairing cannot load torchvision's C++ ops, and torchvision's import then fails while
-    registering a meta kernel for ``nms`` (pytorch/vision#9085). The segmentation networks use
-    none of those ops, so declaring the two missing op schemas lets the import finish; calling
-    ``nms`` would still fail loudly. No torchvision release guards this itself.
-    """
-    try:
-        import torchvision
-    except ModuleNotFoundError as exc:
-        raise ImportError("model.kind=torchvision needs torchvision "
-                          "(pip install 'segflow[torchvision]')") from exc
-    except RuntimeError as exc:
-        if "torchvision::nms" not in str(exc):
-            raise
-        for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-            del sys.modules[name]
-        stubs = torch.library.Library("torchvision", "FRAGMENT")
-        stubs.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        stubs.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _STUBS.append(stubs)  # a Library unregisters its ops when garbage-collected
-        import torchvision
-    return torchvision
-
 
 class _Logits(nn.Module):
     """torchvision returns ``{"out": logits, ...}``; segflow wants the logits tensor."""

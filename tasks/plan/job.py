@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 from distributed import Client
@@ -15,6 +16,8 @@ from distributed import Client
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import UserError
 from segflow.tasks.models import InputSpec, SegmentationModel, build_model
+from segflow.tasks.models.instance import InstanceModel, thing_ids
+from segflow.tasks.models.split import DistanceSplit
 from segflow.tasks.plan.grid import Chunk, Plan, plan_chunks
 from segflow.tasks.sources.base import SourceBase
 from segflow.tasks.sources.foreground import fit_foreground
@@ -83,8 +86,15 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
     if config.stats.zones and reader.georef is None:
         raise UserError(config.stats.zones, f"stats.zones needs a georeferenced raster; "
                                             f"{source} is a {reader.modality}")
-    plan = plan_chunks(reader.spatial_shape, config.tiling.chunk, config.tiling.halo,
-                       stride=model.stride)
+    halo = config.tiling.halo
+    if config.stats.split != "none" or isinstance(model, InstanceModel):
+        model, config = _instance_model(model, config, reader, source)
+        halo = max(halo, model.receptive_field)  # the halo an exact merge needs
+    plan = plan_chunks(reader.spatial_shape, config.tiling.chunk, halo, stride=model.stride)
+    if len(plan.chunks) > 1 and plan.halo > plan.chunk:
+        raise UserError(source, f"instances need a halo of {plan.halo} px (reach + "
+                                f"stats.max_object) but chunks are {plan.chunk} px: raise "
+                                "tiling.chunk or lower stats.max_object")
     skip_glass = reader.capabilities.has_tissue_thumbnail and config.tiling.skip_empty
     background = frozenset(background_chunks(reader, plan)) if skip_glass else frozenset()
     unwritten = frozenset(c.index for c, empty in zip(
@@ -94,6 +104,48 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
                checksum=checksum or source_checksum(source), reader=reader, plan=plan,
                model=model, config=config, background=background,
                unwritten=unwritten)
+
+
+#: metres per unit, for ``stats.max_object`` with a unit and for the readers' cell units
+_METRES = {"um": 1e-6, "µm": 1e-6, "micrometer": 1e-6, "mm": 1e-3, "millimeter": 1e-3,
+           "m": 1.0, "meter": 1.0}
+
+
+def object_cells(value: float | str, reader: SourceBase, source: str) -> int:
+    """``stats.max_object`` in cells: a number is cells; "12 um", "0.5 mm", "30 m" are
+    converted with the reader's finest cell size."""
+    if not isinstance(value, str):
+        return math.ceil(value)
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(px|um|µm|mm|m)\s*", value)
+    if not found:
+        raise UserError(source, f"stats.max_object={value!r}: a number of px, or with a unit "
+                                "(um, mm, m), e.g. '12 um'")
+    number, unit = float(found[1]), found[2]
+    if unit == "px":
+        return math.ceil(number)
+    units, size = reader.cell_size()
+    if units not in _METRES:
+        raise UserError(source, f"stats.max_object={value!r} has a unit but the image has no "
+                                "physical cell size: give it in px")
+    return math.ceil(number * _METRES[unit] / (min(size) * _METRES[units]))
+
+
+def _instance_model(model: SegmentationModel, config: JobConfig, reader: SourceBase,
+                    source: str) -> tuple[InstanceModel, JobConfig]:
+    """The model that finds objects (a deep instance model, or a semantic one whose things
+    ``stats.split`` splits) sized for ``stats.max_object``, and the config with instances on."""
+    stats = config.stats
+    if stats.split != "none":
+        if isinstance(model, InstanceModel):
+            raise UserError(source, f"stats.split is for semantic models; model.kind="
+                                    f"{model.kind} finds its objects itself")
+        things = thing_ids(model.classes, stats.things, source)
+        model = DistanceSplit(model, things, stats.split_min_size, stats.split_h)
+    assert isinstance(model, InstanceModel)
+    model = model.sized(object_cells(stats.max_object, reader, source), stats.on_cut)
+    if not stats.instances:
+        config = config.model_copy(update={"stats": stats.model_copy(update={"instances": True})})
+    return model, config
 
 
 def fitted(job: Job, client: Client) -> Job:

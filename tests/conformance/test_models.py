@@ -24,6 +24,7 @@ import pytest
 import rasterio
 import tifffile
 import torch
+import yaml
 from distributed import Client
 from rasterio.windows import Window
 
@@ -33,9 +34,10 @@ from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.run import run_chunks
 from segflow.tasks.mask.store import open_job_store
 from segflow.tasks.models import REGISTRY, InputSpec, build_model
-from segflow.tasks.models.nets import UNet
+from segflow.tasks.models.nets import SegNet, UNet
 from segflow.tasks.models.torch_model import TilingWarning
 from segflow.tasks.plan.job import fitted, plan_job
+from tests.conformance.test_instance_models import INSTANCE_CASES
 from tests.conftest import DATA, DilatedNet, write_pyramid_tiff
 
 LANDSAT = Path(__file__).parents[2] / "samples" / "nc_lsat7_2000_b12345.tif"
@@ -98,6 +100,17 @@ CASES = [
                 "model.params.num_classes=8"), "shape mismatches"),
               (("model.weights={not_torch}", "model.params.num_classes=4"),
                "not a torch state_dict"))),
+    # a seeded SegNet (BatchNorm statistics of this image, head centred: 4 classes occur)
+    Case("segnet", "landsat", ("model.weights={segnet}", "model.params.num_classes=4",
+                               f"model.normalize={DEMO_NORMALIZE}"),
+         exact=False, many=("model.weights={segnet_many}", f"model.params.num_classes={MANY}",
+                            "model.params={depth: 2, base: 4, num_classes: 300}"),
+         bad=((("model.weights={segnet}", "model.params={depth: 3, base: 8}",
+                "model.params.num_classes=4"), "shape mismatches"),
+              (("model.weights={segnet}", "model.params.num_classes=4", "model.params.dims=3"),
+               "segnet is 2-D"),
+              (("model.weights={not_torch}", "model.params.num_classes=4"),
+               "not a torch state_dict"))),
     Case("torchscript", "landsat", ("model.weights={dilated}", "model.params.receptive_field=7"),
          exact=False, many=("model.weights={script_many}",),
          bad=((("model.weights={not_torch}",), "not a TorchScript model"),
@@ -119,7 +132,8 @@ CASES = [
 
 
 def test_every_registered_kind_has_a_case():
-    assert sorted(c.kind for c in CASES) == sorted(REGISTRY)
+    instance_kinds = {c.kind for c in INSTANCE_CASES} - {"otsu"}  # otsu: the split's base
+    assert sorted([c.kind for c in CASES] + sorted(instance_kinds)) == sorted(REGISTRY)
 
 
 # --- data and weights ----------------------------------------------------------------------
@@ -150,6 +164,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
         many.head.bias.copy_(-((torch.arange(MANY) - 280.0) ** 2))
     out["unet_many"] = folder / "unet_many.pt"
     torch.save(many.state_dict(), out["unet_many"])
+    out["segnet"] = _segnet(folder, data, profile["nodata"], 4)
+    out["segnet_many"] = _segnet(folder, data, profile["nodata"], MANY)
     out["dilated"] = folder / "dilated5.pt"
     torch.jit.script(DilatedNet(bands=5).eval()).save(str(out["dilated"]))
     out["script_many"] = folder / "many.pt"
@@ -170,6 +186,32 @@ def files(tmp_path_factory) -> dict[str, Path]:
     except ImportError:
         pass
     return out
+
+
+def _segnet(folder: Path, data: np.ndarray, nodata: float, classes: int) -> Path:
+    """A seeded SegNet (default params) with BatchNorm statistics of ``data`` as the demo
+    normalisation maps it and its head centred there, so that the random net splits the image;
+    with ``MANY`` classes (depth 2, base 4) its head is set so that every cell's top class is
+    280."""
+    torch.manual_seed(0)
+    net = SegNet(5, classes) if classes != MANY else SegNet(5, MANY, base=4, depth=2)
+    norm = yaml.safe_load(DEMO_NORMALIZE)
+    mean, std = np.array(norm["mean"])[:, None, None], np.array(norm["std"])[:, None, None]
+    x = np.where((data != nodata).all(axis=0), (data - mean) / std, 0)
+    x = torch.from_numpy(x[None].astype(np.float32))
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # running statistics = this one batch's
+    with torch.no_grad():
+        net.train()(x)
+        if classes == MANY:
+            net.head.weight.zero_()
+            net.head.bias.copy_(-((torch.arange(MANY) - 280.0) ** 2))
+        else:
+            net.head.bias -= net.eval()(x).mean((0, 2, 3))
+    path = folder / f"segnet{classes}.pt"
+    torch.save(net.eval().state_dict(), path)
+    return path
 
 
 class _ValueClasses(torch.nn.Module):
