@@ -133,7 +133,8 @@ class StatsConfig(_Strict):
     # the distance transform (tasks/models/split.py); implies instances
     split: Literal["none", "distance"] = "none"
     split_min_size: int = Field(16, ge=0)  # cells: smaller thing components are removed
-    split_h: float = Field(1.0, gt=0)  # px: a distance peak must rise this far to be a marker
+    split_h: float = Field(0.5, gt=0)  # px: a distance peak must rise this far to be a marker
+    split_sigma: float = Field(1.0, ge=0)  # px: the distance is smoothed within its clump
     # the largest object (split: clump of touching objects) across, in px, or with a unit
     # ("12 um", "0.5 mm", "30 m"); instance models read every chunk with halo >= reach + this
     max_object: float | str = 64.0

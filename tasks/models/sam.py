@@ -22,6 +22,7 @@ Weights: Meta's checkpoint files (``sam_vit_b_01ec64.pth`` ...) are state_dicts,
 from __future__ import annotations
 
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -48,10 +49,22 @@ AUTOMATIC = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stabilit
              "box_nms_thresh")
 
 
+def segment_anything() -> ModuleType:
+    """The ``segment_anything`` package; it imports torchvision, which needs vision_ops.py's
+    help beside a CPU-only torch."""
+    import_torchvision()
+    try:
+        import segment_anything
+    except ImportError as exc:
+        raise ImportError("model.kind=sam needs segment-anything "
+                          "(pip install 'segflow[sam]')") from exc
+    return segment_anything
+
+
 def build_sam(arch: str, encoder: dict[str, Any]) -> nn.Module:
     """A SAM of ``arch`` with ``encoder`` overrides, as ``segment_anything._build_sam`` makes
     it (which fixes the image size at 1024 and takes no overrides)."""
-    import_torchvision()  # segment_anything imports torchvision (vision_ops.py says why)
+    segment_anything()
     from segment_anything.modeling import (
         ImageEncoderViT,
         MaskDecoder,
@@ -145,11 +158,7 @@ class SamModel(TorchInstanceModel):
         return model
 
     def build(self) -> nn.Module:
-        try:
-            net = build_sam(self.arch, self.encoder)
-        except ImportError as exc:
-            raise ImportError("model.kind=sam needs segment-anything "
-                              "(pip install 'segflow[sam]')") from exc
+        net = build_sam(self.arch, self.encoder)
         size = net.image_encoder.img_size
         return fill(net, self.weights, load_state_dict(self.weights),
                     f"SAM {self.arch} (encoder {self.encoder or 'as published'}, {size} px)")
@@ -166,10 +175,9 @@ class SamModel(TorchInstanceModel):
 
     def tile_objects(self, module: nn.Module, tiles: list[np.ndarray], device: torch.device
                      ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]:
-        from segment_anything import SamAutomaticMaskGenerator  # after build_sam's import
-
-        generator = SamAutomaticMaskGenerator(module, **self.automatic)  # one per call: its
-        results = []  # predictor holds the image it was given
+        # one per call: its predictor holds the image it was last given
+        generator = segment_anything().SamAutomaticMaskGenerator(module, **self.automatic)
+        results = []
         for tile in tiles:
             found = generator.generate(np.rint(tile.transpose(1, 2, 0) * 255).astype(np.uint8))
             masks = np.array([f["segmentation"] for f in found], bool).reshape(
@@ -181,8 +189,7 @@ class SamModel(TorchInstanceModel):
     def _prompted(self, pixels: np.ndarray, valid: np.ndarray, window: tuple[slice, ...],
                   shape: tuple[int, ...]) -> Objects:
         """One object per prompt anchored in the window, each on its own crop."""
-        from segment_anything import SamPredictor
-
+        predictor_class = segment_anything().SamPredictor
         assert self.prompts is not None
         module, device = self.module()
         size = pixels.shape[1:]
@@ -195,7 +202,7 @@ class SamModel(TorchInstanceModel):
             lo = np.maximum(anchors[i] - self.max_object, 0)
             hi = np.minimum(anchors[i] + self.max_object + 1, size)
             crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-            predictor = SamPredictor(module)
+            predictor = predictor_class(module)
             with torch.inference_mode(), self.autocast(device):
                 predictor.set_image(np.ascontiguousarray(image[crop]))
                 kind, y0, x0, y1, x1 = self.prompts[i]

@@ -140,7 +140,8 @@ def _instance_model(model: SegmentationModel, config: JobConfig, reader: SourceB
             raise UserError(source, f"stats.split is for semantic models; model.kind="
                                     f"{model.kind} finds its objects itself")
         things = thing_ids(model.classes, stats.things, source)
-        model = DistanceSplit(model, things, stats.split_min_size, stats.split_h)
+        model = DistanceSplit(model, things, stats.split_min_size, stats.split_h,
+                              stats.split_sigma)
     assert isinstance(model, InstanceModel)
     model = model.sized(object_cells(stats.max_object, reader, source), stats.on_cut)
     if not stats.instances:
