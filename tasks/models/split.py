@@ -17,6 +17,7 @@ object.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,6 +57,7 @@ class DistanceSplit(InstanceModel):
         raise NotImplementedError("built by plan_job around a semantic model")
 
     def fit(self, source: SourceBase, client: Client) -> None:
+        self.inner = copy.copy(self.inner)  # fitted() fits a copy: the planned one stays as is
         self.inner.fit(source, client)
 
     def thing_classes(self) -> list[int]:
