@@ -84,8 +84,8 @@ def snakes_and_holes() -> np.ndarray:
 
 def chunked_polygons(client: Client, store, plan, instances: bool) -> dict[str, np.ndarray]:
     """segflow's polygons of a stored mask, in pixel coordinates, as columns."""
-    batches = list(regions(client, store, plan, instances, None,
-                           Frames(Affine.identity(), None)))
+    totals = np.bincount(store.instances()[:].ravel()) if instances else None
+    batches = list(regions(client, store, plan, totals, None, Frames(Affine.identity(), None)))
     return {"ids": np.concatenate([b.ids for b in batches]),
             "classes": np.concatenate([b.classes for b in batches]),
             "pixels": np.concatenate([b.pixels for b in batches]),
@@ -121,10 +121,10 @@ def test_regions_leave_the_client_as_soon_as_they_are_whole(tmp_path):
     mask = (smooth_noise((320, 320), 5, scale=8) * 12).astype(np.uint8)  # no region spans it
     mask[rng.random(mask.shape) < 0.05] = 255
     store, plan = write_mask(str(tmp_path / "m.zarr"), mask, 32, ("y", "x"))
-    merger = Merger(plan.grid, False, Frames(Affine.identity(), None))
+    merger = Merger(plan.grid, None, Frames(Affine.identity(), None))
     held, out = [], []
     for chunk in plan.chunks:  # row-major, as the window hands them out
-        out += merger.add(polygonise_chunk(chunk, store, False, mask.shape, None, merger.frames))
+        out += merger.add(polygonise_chunk(chunk, store, None, mask.shape, None, merger.frames))
         held.append(sum(len(m) for m in merger.members.values()))
     rest = merger.finish()
     assert len(rest) == 0 and not merger.members and not merger.waiting
@@ -142,6 +142,25 @@ def test_object_polygons_equal_the_whole_mask_polygonisation(tmp_path, client):
     found = chunked_polygons(client, store, plan, True)
     assert_same_polygons(list(zip(found["ids"], found["shapes"])), whole_polygons(ids, 0), 1.0)
     assert set(found["ids"].tolist()) == set(np.unique(ids[ids > 0]).tolist())
+
+
+def test_an_object_in_disjoint_parts_is_one_row(tmp_path, client):
+    """Instance models may give an object parts that do not touch (a mask split by a
+    higher-scored one): in one chunk or in chunks apart, it is one (multi)polygon, one row."""
+    mask = snakes_and_holes()
+    store, plan = write_mask(str(tmp_path / "m.zarr"), mask, 24, ("y", "x"))
+    label_instances(client, store, plan, thing_ids(CLASSES, THINGS, "test"), None)
+    ids = store.instances()[:]
+    far = np.unique(ids[100:, 150:])  # give an object far away the id of the first object
+    far = int(far[far > 1][0])
+    ids[ids == far] = 1
+    store.instances("r+")[:] = ids
+    found = chunked_polygons(client, store, plan, True)
+    rows = found["ids"].tolist()
+    assert len(rows) == len(set(rows)) == len(np.unique(ids[ids > 0]))
+    one = found["shapes"][rows.index(1)]
+    assert one.geom_type == "MultiPolygon" and found["pixels"][rows.index(1)] == (ids == 1).sum()
+    assert one.area == pytest.approx((ids == 1).sum())
 
 
 @pytest.fixture(scope="module")

@@ -230,3 +230,12 @@ def test_tiles_merge_by_ownership_like_a_whole_window():
         assert not merged.cut.any()  # every object fits in the overlap
         np.testing.assert_array_equal(label(merged.labels, connectivity=1), whole)
         assert merged.count == int(whole.max())
+
+
+def test_tiles_without_objects_merge_to_none():
+    from segflow.tasks.models.instance import merge_tiles, no_objects, tile_windows
+
+    tiles = [(read, core, no_objects(tuple(s.stop - s.start for s in read)))
+             for read, core in tile_windows((50, 70), 32, 8)]
+    merged = merge_tiles((50, 70), tiles)
+    assert merged.count == 0 and not merged.labels.any()

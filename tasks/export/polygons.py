@@ -100,16 +100,20 @@ class ChunkPolygons:
     classes: np.ndarray  # class of each local label, index 0 unused (regions only)
 
 
-def polygonise_chunk(chunk: Chunk, store: MaskStore, instances: bool, shape: tuple[int, ...],
-                     row_areas: np.ndarray | None, frames: Frames) -> ChunkPolygons:
-    """Polygons of one chunk's regions (or instances): the complete ones as a ``Batch`` in
-    the output frames, the ones touching an inner face as pieces in pixel coordinates."""
-    return on_worker(_polygonise, chunk, store, instances, shape, row_areas, frames)
+def polygonise_chunk(chunk: Chunk, store: MaskStore, totals: np.ndarray | None,
+                     shape: tuple[int, ...], row_areas: np.ndarray | None,
+                     frames: Frames) -> ChunkPolygons:
+    """Polygons of one chunk's regions (or, with ``totals``, the cells of each object id, its
+    objects): the complete ones as a ``Batch`` in the output frames, the others as pieces in
+    pixel coordinates."""
+    return on_worker(_polygonise, chunk, store, totals, shape, row_areas, frames)
 
 
-def _polygonise(chunk: Chunk, store: MaskStore, instances: bool, shape: tuple[int, ...],
-                row_areas: np.ndarray | None, frames: Frames) -> ChunkPolygons:
+def _polygonise(chunk: Chunk, store: MaskStore, totals: np.ndarray | None,
+                shape: tuple[int, ...], row_areas: np.ndarray | None,
+                frames: Frames) -> ChunkPolygons:
     classes = store.labels()[chunk.core]
+    instances = totals is not None
     if instances:
         ids = store.instances()[chunk.core]
         keys, local = np.unique(ids, return_inverse=True)
@@ -145,13 +149,18 @@ def _polygonise(chunk: Chunk, store: MaskStore, instances: bool, shape: tuple[in
     for f, face in enumerate(FACES):
         if inner[face]:
             touching[faces[face], f] = True
-    closed: list[tuple[int, shapely.Geometry]] = []
-    opened: list[Piece] = []
+    found: dict[int, list[shapely.Geometry]] = {}
     for geometry, value in shapes(local.astype(np.int32), mask=local > 0, connectivity=4,
                                   transform=Affine.translation(c0, r0)):
-        k = int(value)
-        polygon = shapely.geometry.shape(geometry)
-        if touching[k].any():
+        found.setdefault(int(value), []).append(shapely.geometry.shape(geometry))
+    closed: list[tuple[int, shapely.Geometry]] = []
+    opened: list[Piece] = []
+    for k, parts in found.items():  # an object of a model may lie in several parts
+        polygon = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+        # a region is whole unless it touches an inner face; an object when it has all its
+        # cells here (its parts need not touch each other, or a face)
+        partial = pixels[k] < totals[keys[k]] if instances else touching[k].any()
+        if partial:
             opened.append(Piece(int(keys[k]) if instances else k, int(label_class[k]),
                                 int(first[k]), int(pixels[k]), float(area[k]), polygon,
                                 tuple(f for f, t in zip(FACES, touching[k]) if t)))
@@ -170,15 +179,19 @@ def _polygonise(chunk: Chunk, store: MaskStore, instances: bool, shape: tuple[in
 class Merger:
     """Joins the open pieces of chunks as they arrive, and hands a region back as soon as it is
     whole: when every inner face that any of its pieces touches has had its neighbour chunk
-    arrive. Pieces are nodes of a union-find (provisional ids for regions, instance ids for
-    objects); each root counts the faces its pieces still wait on.
+    arrive. Pieces are nodes of a union-find (provisional ids for regions); each root counts
+    the faces its pieces still wait on. An object (``totals``: cells per object id) is whole
+    once its pieces hold all its cells.
 
     Client memory is the faces of arrived chunks whose neighbours are not all in, and the
     pieces of regions not yet whole: with chunks coming back about in row order, about one row
     of chunks' worth, plus any region that truly spans the image (its polygon is that big)."""
 
-    def __init__(self, grid: tuple[int, ...], instances: bool, frames: Frames) -> None:
-        self.grid, self.instances, self.frames = grid, instances, frames
+    def __init__(self, grid: tuple[int, ...], totals: np.ndarray | None,
+                 frames: Frames) -> None:
+        self.grid, self.totals, self.frames = grid, totals, frames
+        self.instances = totals is not None
+        self.cells: dict[int, int] = {}  # object id -> cells of its pieces in so far
         self.next_id = 1
         self.arrived: set[tuple[int, ...]] = set()
         #: arrived chunks whose neighbours are not all in: id offset, face labels, classes,
@@ -191,6 +204,8 @@ class Merger:
 
     def add(self, part: ChunkPolygons) -> list[Batch]:
         """Take one chunk's polygons; returns its complete regions and those it completed."""
+        if self.totals is not None:
+            return self._add_objects(part, self.totals)
         offset, self.next_id = self.next_id, self.next_id + part.count
         touching: dict[str, list[int]] = {face: [] for face in FACES}
         touched: set[int] = set()
@@ -228,6 +243,14 @@ class Merger:
                 and root in self.members]
         return [part.closed, *([self._batch(done)] if done else [])]
 
+    def _add_objects(self, part: ChunkPolygons, totals: np.ndarray) -> list[Batch]:
+        for piece in part.open:
+            self.members.setdefault(piece.key, []).append(piece)
+            self.cells[piece.key] = self.cells.get(piece.key, 0) + piece.pixels
+        done = [self._whole(key) for key in {p.key for p in part.open}
+                if self.cells[key] == totals[key]]
+        return [part.closed, *([self._batch(done)] if done else [])]
+
     def finish(self) -> Batch:
         """Whatever is still open once every chunk is in (nothing, when all arrived)."""
         return self._batch([self._whole(root) for root in list(self.members)])
@@ -260,6 +283,7 @@ class Merger:
         """One finished region from its pieces; forgets them."""
         parts = self.members.pop(root)
         self.pending.pop(root, None)
+        self.cells.pop(root, None)
         head = min(parts, key=lambda p: p.first)
         return (head.key if self.instances else head.first, head.class_id,
                 sum(p.pixels for p in parts), sum(p.area for p in parts),

@@ -46,16 +46,16 @@ def frames(job: Job, qupath: bool) -> tuple[Frames, dict[str, Any] | None]:
     return Frames(Affine.scale(attrs.get("mpp") or 1.0), level0 if qupath else None), None
 
 
-def regions(client: Client, store: MaskStore, plan: Plan, instances: bool,
+def regions(client: Client, store: MaskStore, plan: Plan, totals: np.ndarray | None,
             row_areas: np.ndarray | None, frames: Frames) -> Iterator[Batch]:
-    """Every region (or object, with ``instances``) of the mask in ``store`` as one polygon:
-    complete ones as their chunks come back, merged ones last."""
-    merger = Merger(plan.grid, instances, frames)
+    """Every region (or object, with ``totals``: cells per object id) of the mask in
+    ``store`` as one polygon: complete ones as their chunks come back, merged ones last."""
+    merger = Merger(plan.grid, totals, frames)
     threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
-    areas = broadcast(client, row_areas)
+    areas, cells = broadcast(client, row_areas), broadcast(client, totals)
 
     def submit(chunk: Chunk) -> Future:
-        return client.submit(polygonise_chunk, chunk, store=store, instances=instances,
+        return client.submit(polygonise_chunk, chunk, store=store, totals=cells,
                              shape=plan.shape, row_areas=areas, frames=frames, pure=False)
 
     with closing(windowed(client, submit, plan.chunks, WINDOW * max(1, threads))) as parts:
@@ -89,7 +89,12 @@ def write_vectors(client: Client, job: Job, store: MaskStore, row_areas: np.ndar
             sinks.append(QuPathSink(files.enter_context(staged(geojson_uri)),
                                     "detection" if instances else "annotation", names,
                                     {c.id: c.colour for c in job.model.classes}, unit, scale))
-        for found in regions(client, store, job.plan, instances, row_areas, to):
+        totals = None
+        if instance_rows is not None:
+            totals = np.zeros(len(instance_rows) + 1, np.int64)
+            for row in instance_rows:
+                totals[row["instance_id"]] = row["pixels"]
+        for found in regions(client, store, job.plan, totals, row_areas, to):
             for sink in sinks:
                 sink.write(found)
         counts = [sink.close() for sink in sinks]

@@ -26,8 +26,8 @@ import zarr
 from distributed import Client
 from scipy import ndimage
 
-from segflow.tasks.errors import UserError
-from segflow.tasks.mask.store import MaskStore, create_instances
+from segflow.tasks.errors import UserError, io_error, retry_transient
+from segflow.tasks.mask.store import DONE_WRITTEN, MaskStore, create_instances
 from segflow.tasks.measure.instances import MAX_ID
 from segflow.tasks.measure.objects import Instances, InstanceSums, chunk_sums, merge_sums
 from segflow.tasks.models.instance import InstanceModel, Objects, classes_of, owned, paint
@@ -121,7 +121,10 @@ def segment_objects(model: InstanceModel, chunk: Chunk, pixels: np.ndarray, vali
         raise UserError(source, f"{found.cut} object(s) of chunk {chunk.index} reach the "
                                 f"read window's edge: raise stats.max_object (now "
                                 f"{model.max_object} px) or set stats.on_cut=warn")
-    write_owned(store, chunk.index, found)
+    try:
+        retry_transient(lambda: write_owned(store, chunk.index, found))
+    except OSError as exc:  # a full disk or a refused write: the store's, not the source's
+        raise io_error(store.uri, "cannot write the owned objects", exc) from exc
     return classes_of(objects, chunk.crop)
 
 
@@ -136,9 +139,15 @@ class Header:
 
 
 def read_header(chunk: Chunk, store: MaskStore) -> Header | None:
+    """The chunk's header; None for a chunk skipped unread (glass, all nodata)."""
     found = read_owned(store, chunk.index)
-    return None if found is None else Header(found.canonical, found.classes, found.cut,
-                                             found.capped)
+    if found is None:
+        if store.progress()[chunk.index] == DONE_WRITTEN:
+            raise UserError(store.uri, f"the objects of chunk {chunk.index} are missing "
+                                       "though it is recorded written: delete the store and "
+                                       "run again")
+        return None
+    return Header(found.canonical, found.classes, found.cut, found.capped)
 
 
 def neighbourhood(index: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -157,7 +166,8 @@ def paint_chunk(chunk: Chunk, sources: list[tuple[tuple[int, ...], np.ndarray]],
     scores, ids, classes = [], [], []
     for index, final in sources:
         found = read_owned(store, index)
-        assert found is not None
+        if found is None:
+            raise UserError(store.uri, f"the objects of chunk {index} disappeared mid-run")
         for k in range(len(final)):
             lo, hi = found.lo[k], found.lo[k] + found.size[k]
             cut = [(max(a, c.start), min(b, c.stop)) for a, b, c in zip(lo, hi, core)]
@@ -177,9 +187,11 @@ def paint_chunk(chunk: Chunk, sources: list[tuple[tuple[int, ...], np.ndarray]],
     lut_class = np.concatenate([[0], classes]).astype(preview.dtype)
     out = np.where(np.isin(preview, things), 0, preview).astype(preview.dtype)
     out = np.where(labels > 0, lut_class[labels], out)
-    store.labels("r+")[core] = out
+    if (out != preview).any():
+        store.labels("r+")[core] = out
     instances = lut_id[labels]
-    store.instances("r+")[core] = instances
+    if labels.any():  # the array was created empty (0)
+        store.instances("r+")[core] = instances
     found_ids, local = np.unique(instances, return_inverse=True)
     local = local.reshape(shape) + (found_ids[0] != 0)  # 0 stays 0 only where there is one
     return chunk_sums(local, found_ids[found_ids != 0], tuple(s.start for s in core), row_areas)
@@ -203,15 +215,12 @@ def paint_instances(client: Client, model: InstanceModel, store: MaskStore, plan
         raise UserError(store.uri, f"{len(final)} objects exceed the uint32 id limit {MAX_ID}")
     starts = np.concatenate([[0], np.cumsum([len(h.canonical) for _, h in present])])
     ids_of = {index: final[starts[i]:starts[i + 1]] for i, (index, _) in enumerate(present)}
-    jobs = []
-    for chunk in plan.chunks:
-        sources = [(i, ids_of[i]) for i in neighbourhood(chunk.index) if i in ids_of
-                   and len(ids_of[i])]
-        if sources:
-            jobs.append((chunk, sources))
+    # every chunk: one nobody's object reaches still has its preview's thing cells cleared
+    sources = [[(i, ids_of[i]) for i in neighbourhood(chunk.index) if i in ids_of
+                and len(ids_of[i])] for chunk in plan.chunks]
     parts = client.gather(client.map(
-        paint_chunk, *zip(*jobs), store=store, things=model.thing_classes(),
-        row_areas=broadcast(client, row_areas), pure=False)) if jobs else []
+        paint_chunk, plan.chunks, sources, store=store, things=model.thing_classes(),
+        row_areas=broadcast(client, row_areas), pure=False))
     classes = np.zeros(len(final), np.int64)
     classes[final - 1] = np.concatenate([h.classes for _, h in present]
                                         or [np.empty(0, np.int64)])

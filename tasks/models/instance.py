@@ -171,7 +171,8 @@ def merge_tiles(shape: tuple[int, ...], tiles: list[tuple[tuple[slice, ...], tup
             if objs.anchors is not None:
                 anchors.append(objs.anchors[k] + [r.start for r in read])
     n = len(boxes)
-    starts = np.array([[s.start for s in box] for box, _ in boxes], np.int64).reshape(n, -1)
+    starts = np.array([[s.start for s in box] for box, _ in boxes],
+                      np.int64).reshape(n, len(shape))
     key = (np.ravel_multi_index(tuple(starts.T), shape) if n else np.empty(0, np.int64))
     labels = paint(shape, boxes, np.asarray(scores, np.float32), key)
     return Objects(labels, np.asarray(classes, np.int64), np.asarray(scores, np.float32),

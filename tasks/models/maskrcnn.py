@@ -72,14 +72,13 @@ class MaskRCNNModel(TorchInstanceModel):
         net = getattr(detection, self.arch)(
             weights=None, weights_backbone=None, num_classes=len(self.classes),
             box_detections_per_img=self.max_detections, box_score_thresh=self.score_threshold,
-            rpn_pre_nms_top_n_test=extra, rpn_post_nms_top_n_test=extra)
+            rpn_pre_nms_top_n_test=extra, rpn_post_nms_top_n_test=extra,
+            min_size=self.side, max_size=self.side)  # tiles are padded to it: no rescaling
         what = f"{self.arch} with {len(self.classes)} classes"
         return fill(net, self.weights, load_state_dict(self.weights), what)
 
     def tile_objects(self, module: nn.Module, tiles: list[np.ndarray], device: torch.device
                      ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]:
-        side = tiles[0].shape[-1]
-        module.transform.min_size, module.transform.max_size = (side,), side  # no rescaling
         out = module([torch.from_numpy(t).to(device) for t in tiles])
         results = []
         for found in out:

@@ -21,6 +21,7 @@ Weights: Meta's checkpoint files (``sam_vit_b_01ec64.pth`` ...) are state_dicts,
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 from types import ModuleType
 from typing import Any
@@ -141,6 +142,7 @@ class SamModel(TorchInstanceModel):
         self.automatic = {k: params[k] for k in AUTOMATIC if k in params}
         self.prompt_file = cfg.input.prompts
         self.prompts: np.ndarray | None = None  # mapped at fit time
+        self.prompts_digest = ""
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> SamModel:
@@ -166,6 +168,8 @@ class SamModel(TorchInstanceModel):
     def fit(self, source: SourceBase, client: Any) -> None:
         if self.prompt_file:
             self.prompts = read_prompts(self.prompt_file, source)
+            # in the model's identity, hence the resume key: edited prompts are a new mask
+            self.prompts_digest = hashlib.sha256(self.prompts.tobytes()).hexdigest()[:12]
 
     def predict_objects(self, pixels: np.ndarray, valid: np.ndarray,
                         window: tuple[slice, ...], shape: tuple[int, ...]) -> Objects:
@@ -197,10 +201,13 @@ class SamModel(TorchInstanceModel):
         anchors = anchor_cells(self.prompts) - origin
         inside = np.flatnonzero(np.all((anchors >= 0) & (anchors < np.asarray(size)), axis=1))
         image = np.rint(self.rgb(pixels, valid) * 255).astype(np.uint8).transpose(1, 2, 0)
-        boxes, scores, cut = [], [], []
+        boxes, scores, cut, kept = [], [], [], []
+        in_image = np.asarray(shape)
         for i in inside:
-            lo = np.maximum(anchors[i] - self.max_object, 0)
-            hi = np.minimum(anchors[i] + self.max_object + 1, size)
+            lo, hi = anchors[i] - self.max_object, anchors[i] + self.max_object + 1
+            if ((lo < 0) & (origin > 0)).any() or ((hi > size) & (origin + size < in_image)).any():
+                continue  # its crop leaves the window: a halo prompt, owned by another chunk
+            lo, hi = np.maximum(lo, 0), np.minimum(hi, size)  # clipped at the image border
             crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             predictor = predictor_class(module)
             with torch.inference_mode(), self.autocast(device):
@@ -216,15 +223,16 @@ class SamModel(TorchInstanceModel):
                                                       point_labels=np.array([1]),
                                                       multimask_output=False)
             mask = masks[0] & valid[crop]
+            kept.append(i)
             boxes.append((crop, mask))
             scores.append(float(iou[0]))
-            in_image = tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(lo, hi, origin))
-            cut.append(bool(reaching(mask.astype(np.int32), 1, edge_layer(in_image, shape))[0]))
+            box = tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(lo, hi, origin))
+            cut.append(bool(reaching(mask.astype(np.int32), 1, edge_layer(box, shape))[0]))
         scores_array = np.asarray(scores, np.float32)
-        labels = paint(size, boxes, scores_array, np.asarray(inside, np.int64))
-        return Objects(labels, np.ones(len(inside), np.int64), scores_array,
-                       np.asarray(cut, bool), anchors=anchors[inside])
+        labels = paint(size, boxes, scores_array, np.asarray(kept, np.int64))
+        return Objects(labels, np.ones(len(kept), np.int64), scores_array,
+                       np.asarray(cut, bool), anchors=anchors[kept].reshape(-1, 2))
 
     def identity(self) -> str:
-        mode = "prompted" if self.prompt_file else "automatic"
+        mode = f"prompted@{self.prompts_digest}" if self.prompt_file else "automatic"
         return f"sam({self.arch}, {mode}, {self.weights_tag()})"

@@ -27,7 +27,7 @@ from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import watershed
 
 from segflow.tasks.models.base import SegmentationModel
-from segflow.tasks.models.filters import TRUNCATE, gaussian_radius
+from segflow.tasks.models.filters import TRUNCATE
 from segflow.tasks.models.instance import InstanceModel, Objects, edge_layer, reaching
 
 if TYPE_CHECKING:
@@ -102,12 +102,10 @@ class DistanceSplit(InstanceModel):
         clumps = label(mask, connectivity=1)
         distance = ndi.distance_transform_edt(mask)
         objects = np.zeros(mask.shape, np.int64)
-        pad = gaussian_radius(self.sigma) if self.sigma else 0
         top = 0
         # one clump at a time: smoothing then sees no other clump, and the watershed, which
         # breaks ties by its heap's order, no other clump's cells (so no chunking effect)
         for k, box in enumerate(ndi.find_objects(clumps), start=1):
-            box = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in box)
             inside = clumps[box] == k
             height = self._smoothed(np.where(inside, distance[box], 0.0), inside)
             seeds = label(h_maxima(height, self.h), connectivity=2) * inside
@@ -122,8 +120,11 @@ class DistanceSplit(InstanceModel):
         noise no longer seeds extra peaks along an elongated object."""
         if not self.sigma:
             return distance
-        weight = ndi.gaussian_filter(inside.astype(np.float64), self.sigma, truncate=TRUNCATE)
-        smooth = ndi.gaussian_filter(distance, self.sigma, truncate=TRUNCATE)
+        # zero beyond the box (mode constant): where the box meets the window's edge this is
+        # what a whole-image pass sees beyond the clump, never a reflection of it
+        weight = ndi.gaussian_filter(inside.astype(np.float64), self.sigma, mode="constant",
+                                     truncate=TRUNCATE)
+        smooth = ndi.gaussian_filter(distance, self.sigma, mode="constant", truncate=TRUNCATE)
         return np.where(inside, smooth / np.maximum(weight, 1e-12), 0.0)
 
     def identity(self) -> str:

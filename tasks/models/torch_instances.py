@@ -10,6 +10,7 @@ sees every tile at the same scale.
 from __future__ import annotations
 
 import contextlib
+import json
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,23 @@ class TorchInstanceModel(InstanceModel):
         """For a batch of RGB tiles (3, side, side) float32 in 0..1: per tile the masks (n,
         side, side) bool, their classes and scores, and whether the model's cap was hit."""
 
+    @property
+    def overlap(self) -> int:
+        """Cells tiles overlap by: the model's reach plus the largest object."""
+        return self.reach + self.max_object
+
+    @property
+    def side(self) -> int:
+        """The square side every tile is padded to: a core of at least ``overlap`` plus the
+        overlap on both sides (``tiling.tile`` when that leaves such a core)."""
+        return max(self.tile - 2 * self.overlap, self.overlap) + 2 * self.overlap
+
     def module(self) -> tuple[nn.Module, torch.device]:
+        """The module on this worker's device, built once per process for these weights and
+        every setting ``build`` bakes in (params, tile side)."""
         device = torch.device(pick_device(self.gpu))
-        key = (self.weights, f"{self.kind}:{self.digest}:{device}")
+        settings = json.dumps(self.params, sort_keys=True, default=str)
+        key = (self.weights, f"{self.kind}:{self.digest}:{device}:{self.side}:{settings}")
         return cached_module(key, str(device), self.build), device
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -100,11 +115,9 @@ class TorchInstanceModel(InstanceModel):
                         window: tuple[slice, ...], shape: tuple[int, ...]) -> Objects:
         module, device = self.module()
         size = pixels.shape[1:]
-        overlap = self.reach + self.max_object
-        core = max(self.tile - 2 * overlap, overlap)
-        side = core + 2 * overlap
+        side = self.side
         image = self.rgb(pixels, valid)
-        boxes = tile_windows(size, side, overlap)
+        boxes = tile_windows(size, side, self.overlap)
         done: list[tuple[tuple[slice, ...], tuple[slice, ...], Objects]] = []
         capped = 0
         for start in range(0, len(boxes), self.batch):

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+_IMPORT = threading.Lock()
 _LIBRARIES: list[torch.library.Library] = []  # a Library unregisters its ops when collected
 _fallback_installed = False  # whether import_torchvision registered the kernels below
 _NMS_BLOCK = 256  # boxes whose IoUs with each other one NMS step resolves at once
@@ -49,6 +51,11 @@ def import_torchvision() -> ModuleType:
     schemas lets the import finish; no torchvision release guards this itself. Without the
     compiled ops, ``nms`` and ``roi_align`` then run on the PyTorch kernels of this module.
     """
+    with _IMPORT:  # a worker's threads may get here first together
+        return _import_torchvision()
+
+
+def _import_torchvision() -> ModuleType:
     try:
         import torchvision
     except ModuleNotFoundError as exc:

@@ -79,10 +79,6 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
                                 f"{config.input.max_pixels:,} (raise it if the image is real)")
     spec = InputSpec(bands=len(reader.bands), dtype=reader.dtype, ndim=len(reader.spatial_shape))
     model = build_model(config, spec, source=source)
-    if config.output.probabilities and not model.soft:
-        raise UserError(source, f"model.kind={model.kind} has no per-class score: "
-                                "output.probabilities needs kmeans or a deep model (unet, "
-                                "torchscript, torchvision, smp)")
     if config.stats.zones and reader.georef is None:
         raise UserError(config.stats.zones, f"stats.zones needs a georeferenced raster; "
                                             f"{source} is a {reader.modality}")
@@ -90,11 +86,16 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
     if config.stats.split != "none" or isinstance(model, InstanceModel):
         model, config = _instance_model(model, config, reader, source)
         halo = max(halo, model.receptive_field)  # the halo an exact merge needs
+    if config.output.probabilities and not model.soft:
+        raise UserError(source, f"model.kind={model.kind} has no per-class score: "
+                                "output.probabilities needs kmeans or a deep semantic model "
+                                "(unet, segnet, torchscript, torchvision, smp), without "
+                                "stats.split")
     plan = plan_chunks(reader.spatial_shape, config.tiling.chunk, halo, stride=model.stride)
     if len(plan.chunks) > 1 and plan.halo > plan.chunk:
-        raise UserError(source, f"instances need a halo of {plan.halo} px (reach + "
-                                f"stats.max_object) but chunks are {plan.chunk} px: raise "
-                                "tiling.chunk or lower stats.max_object")
+        raise UserError(source, f"a halo of {plan.halo} px (tiling.halo, or the instance "
+                                f"model's reach + stats.max_object) is more than the chunks' "
+                                f"{plan.chunk} px: raise tiling.chunk")
     skip_glass = reader.capabilities.has_tissue_thumbnail and config.tiling.skip_empty
     background = frozenset(background_chunks(reader, plan)) if skip_glass else frozenset()
     unwritten = frozenset(c.index for c, empty in zip(
@@ -115,12 +116,16 @@ def object_cells(value: float | str, reader: SourceBase, source: str) -> int:
     """``stats.max_object`` in cells: a number is cells; "12 um", "0.5 mm", "30 m" are
     converted with the reader's finest cell size."""
     if not isinstance(value, str):
+        if value <= 0:
+            raise UserError(source, f"stats.max_object={value}: the largest object is > 0 px")
         return math.ceil(value)
     found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(px|um|µm|mm|m)\s*", value)
     if not found:
         raise UserError(source, f"stats.max_object={value!r}: a number of px, or with a unit "
                                 "(um, mm, m), e.g. '12 um'")
     number, unit = float(found[1]), found[2]
+    if number <= 0:
+        raise UserError(source, f"stats.max_object={value!r}: the largest object is > 0")
     if unit == "px":
         return math.ceil(number)
     units, size = reader.cell_size()

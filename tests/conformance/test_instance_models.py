@@ -20,6 +20,7 @@ from pathlib import Path
 
 import geopandas
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 import torch
@@ -141,7 +142,8 @@ class InstanceContract:
 
     def test_objects_are_whole_counted_once_and_recorded(self, case, files, dask_address,
                                                          tmp_path):
-        result = run(case, files, tmp_path, dask_address, "tiling.chunk=64")
+        result = run(case, files, tmp_path, dask_address, "tiling.chunk=64",
+                     "output.vectors=true")
         ids, classes = arrays(result)
         n = int(ids.max())
         assert n > 0, "no object proves nothing"
@@ -160,6 +162,10 @@ class InstanceContract:
         crossing = [k + 1 for k, box in enumerate(boxes)
                     if any(s.start // 64 != (s.stop - 1) // 64 for s in box)]
         assert crossing or not case.crosses, "no object crosses a chunk face"
+        polygons = pq.read_table(tmp_path / "vectors" / f"{result['image_id']}.parquet")
+        found = polygons.group_by("instance_id").aggregate([("pixels", "sum")])
+        by_id = dict(zip(found["instance_id"].to_pylist(), found["pixels_sum"].to_pylist()))
+        assert by_id == dict(enumerate(np.bincount(ids.ravel())[1:].tolist(), start=1))
 
     def test_chunking_does_not_change_exact_objects(self, case, files, dask_address, tmp_path):
         if not case.exact:
