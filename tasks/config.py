@@ -49,8 +49,8 @@ class Normalize(_Strict):
 
 class ModelConfig(_Strict):
     kind: Literal["threshold", "otsu", "multiotsu", "adaptive", "edges", "kmeans", "watershed",
-                  "index", "stain", "unet", "segnet", "torchscript", "torchvision", "smp",
-                  "maskrcnn", "sam"] = "otsu"
+                  "index", "stain", "tissue", "unet", "segnet", "torchscript", "torchvision",
+                  "smp", "maskrcnn", "sam"] = "otsu"
     weights: str | None = None
     classes: list[str | ClassSpec] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)

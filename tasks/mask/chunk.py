@@ -71,7 +71,7 @@ class Lane:
             scores = (np.rint(probs * 255).astype(np.uint8) if self.store.scores == "uint8"
                       else probs.astype(self.store.scores))
         else:
-            labels = self.model.predict(pixels, valid, chunk.crop)
+            labels = self.model.predict_at(pixels, valid, chunk.crop, chunk.read)
         labels = labels.astype(self.store.dtype, copy=False)
         labels[~inside] = self.store.nodata
         return labels, scores

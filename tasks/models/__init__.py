@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "watershed": "segflow.tasks.models.watershed:WatershedModel",
     "index": "segflow.tasks.models.spectral_index:SpectralIndexModel",
     "stain": "segflow.tasks.models.stain:StainModel",
+    "tissue": "segflow.tasks.models.tissue:TissueModel",
     "unet": "segflow.tasks.models.unet:UNetModel",
     "segnet": "segflow.tasks.models.segnet:SegNetModel",
     "torchscript": "segflow.tasks.models.torchscript:TorchScriptModel",

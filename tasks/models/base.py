@@ -68,6 +68,12 @@ class SegmentationModel(ABC):
         ``valid`` (*spatial) marks real cells; methods that need context use the halo around core.
         """
 
+    def predict_at(self, pixels: np.ndarray, valid: np.ndarray, core: tuple[slice, ...],
+                   window: tuple[slice, ...]) -> np.ndarray:
+        """``predict`` for a block read at ``window`` in the image, for methods whose
+        prediction depends on where a cell lies (a bias field); the rest ignore it."""
+        return self.predict(pixels, valid, core)
+
     def predict_scores(self, pixels: np.ndarray, valid: np.ndarray,
                        core: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Class ids for ``core`` and per-class scores in 0..1, (classes, *core), whose argmax

@@ -19,6 +19,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import rasterio
@@ -51,7 +52,9 @@ class Case:
     """One model kind under the contract: its config and data, and what it promises."""
 
     kind: str
-    data: str  # landsat (5-band float32 with nodata) | rgb (3-band uint8) | slide (H&E RGB)
+    #: landsat (5-band float32 with nodata) | rgb (3-band uint8) | slide (H&E RGB) | volume
+    #: (a real T1 head, NIfTI)
+    data: str
     overrides: tuple[str, ...] = ()
     #: tiled output equals the one-chunk output bit for bit (else up to float near-ties)
     exact: bool = True
@@ -65,6 +68,8 @@ class Case:
     bad: tuple[tuple[tuple[str, ...], str], ...] = field(default_factory=tuple)
     #: an optional dependency the kind needs
     needs: str | None = None
+    #: the method marks cells it finds no tissue in as nodata itself (its own brain mask)
+    own_mask: bool = False
 
 
 CASES = [
@@ -91,6 +96,8 @@ CASES = [
               (("model.params.bands={thermal: 6}",), "unknown role"))),
     Case("stain", "slide", ("tiling.skip_empty=false",),
          bad=((("model.params.stain=gold",), "stain='gold'"),)),
+    Case("tissue", "volume", own_mask=True,
+         bad=((("model.classes=[a, b]",), "three classes"),)),
     # the demo U-Net (trained on this scene; BatchNorm, receptive field 51)
     Case("unet", "landsat", ("model.weights={demo_unet}", "model.params.num_classes=8",
                              f"model.normalize={DEMO_NORMALIZE}"),
@@ -153,6 +160,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     with rasterio.open(out["landsat"], "w", **profile) as dst:
         dst.write(data)
     out["rgb"] = Path(shutil.copy(DATA / "rgb_byte.tif", folder / "rgb.tif"))
+    out["volume"] = Path(shutil.copy(DATA / "nibabel_anatomical.nii", folder / "head.nii"))
     tissue = tifffile.imread(DATA / "cmu1_pyramid.tif", level=1)[300:556, 200:520]
     out["slide"] = write_pyramid_tiff(folder / "slide.tif", np.ascontiguousarray(tissue),
                                       mpp=0.998, levels=2)
@@ -282,6 +290,8 @@ def _valid(case: Case, files: dict[str, Path]) -> np.ndarray:
     """Valid cells as the file says, read with rasterio/tifffile, not segflow."""
     if case.data == "slide":
         return np.ones(tifffile.imread(files["slide"]).shape[:2], bool)
+    if case.data == "volume":  # NIfTI has no nodata; the tissue model's air is nodata
+        return np.ones(nib.load(files["volume"]).shape, bool)
     with rasterio.open(files[case.data]) as ds:
         return (ds.read() != ds.nodata).any(axis=0)
 
@@ -324,7 +334,8 @@ class ModelContract:
         n_classes = len(build_model(_config(case, files), _spec(case, files),
                                     str(files[case.data])).classes)
         assert (mask[~valid] == nodata).all()
-        assert (mask[valid] < n_classes).all()
+        inside = mask[valid][mask[valid] != nodata] if case.own_mask else mask[valid]
+        assert inside.size and (inside < n_classes).all()
 
     def test_more_than_254_classes_are_uint16(self, case, files, client, tmp_path):
         if case.beyond_limit:
@@ -353,6 +364,9 @@ class ModelContract:
 def _spec(case: Case, files: dict[str, Path]) -> InputSpec:
     if case.data == "slide":
         return InputSpec(bands=3, dtype="uint8")
+    if case.data == "volume":
+        head = nib.load(files["volume"])
+        return InputSpec(bands=1, dtype=str(head.get_data_dtype()), ndim=3)
     with rasterio.open(files[case.data]) as ds:
         return InputSpec(bands=ds.count, dtype=ds.dtypes[0])
 
