@@ -127,6 +127,9 @@ class StatsConfig(_Strict):
     instances: bool = False  # label objects (connected cells of a thing class) across chunks
     things: list[str] | None = None  # class names that are objects; None: every class but id 0
     ground_truth: str | None = None  # label image on the input's grid: metrics per class
+    # instance label image on the input's grid (0 = no object): `instance_metrics` (F1 at IoU
+    # >= 0.5); needs instances
+    ground_truth_instances: str | None = None
     zones: str | None = None  # polygons (GeoPackage, GeoJSON, GeoParquet): `zone_stats` table
     zone_id: str | None = None  # the zones' column naming each zone; None: its row number
     # distance: touching objects of the thing classes split by a marker-controlled watershed on
@@ -184,7 +187,7 @@ class JobConfig(_Strict):
             "output": {"wait", "lease_seconds", "vectors", "qupath", "export"},
             "input": {"max_pixels"},
             "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth", "zones",
-                      "zone_id", "on_cut"}})
+                      "zone_id", "on_cut", "ground_truth_instances"}})
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -201,7 +204,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 #: config keys that name files: a relative one is relative to the config file's folder
 FILE_KEYS = (("model", "weights"), ("cluster", "spec"), ("stats", "zones"),
-             ("input", "prompts"))
+             ("input", "prompts"), ("stats", "ground_truth_instances"))
 
 
 def _paths_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:

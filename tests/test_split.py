@@ -239,3 +239,28 @@ def test_tiles_without_objects_merge_to_none():
              for read, core in tile_windows((50, 70), 32, 8)]
     merged = merge_tiles((50, 70), tiles)
     assert merged.count == 0 and not merged.labels.any()
+
+
+def test_instance_metrics_equal_an_independent_matching(discs, tmp_path, dask_address):
+    """``stats.ground_truth_instances``: the flow's ``instance_metrics`` row equals a NumPy
+    matching of the written ids against the true labels (dense IoU matrix, Hungarian)."""
+    path, truth = discs
+    truth_path = write_geotiff(tmp_path / "truth.tif", truth[None].astype(np.int32), None,
+                               from_origin(0, SIZE, 1, 1))
+    result = run(path, tmp_path / "out", dask_address, "stats.split=distance",
+                 f"tiling.chunk={CHUNK}", f"stats.ground_truth_instances={truth_path}")
+    ids = zarr.open_array(result["output_uri"], path="instances", mode="r")[:]
+    row = run_query(str(tmp_path / "out"), "SELECT * FROM instance_metrics").to_pylist()[0]
+    n_p, n_t = int(ids.max()), int(truth.max())
+    both = np.bincount(ids.ravel().astype(np.int64) * (n_t + 1) + truth.ravel(),
+                       minlength=(n_p + 1) * (n_t + 1)).reshape(n_p + 1, n_t + 1)
+    inter = both[1:, 1:].astype(float)
+    iou = inter / (both[1:, :].sum(1)[:, None] + both[:, 1:].sum(0)[None, :] - inter)
+    r, c = linear_sum_assignment(-iou)
+    matched = iou[r, c][iou[r, c] >= 0.5]
+    assert (row["tp"], row["fp"], row["fn"]) == (len(matched), n_p - len(matched),
+                                                 n_t - len(matched))
+    assert row["f1"] == pytest.approx(instance_f1(ids, truth))
+    assert row["precision"] == pytest.approx(len(matched) / n_p)
+    assert row["recall"] == pytest.approx(len(matched) / n_t)
+    assert row["mean_matched_iou"] == pytest.approx(matched.mean())

@@ -50,6 +50,13 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("precision", pa.float64()), ("recall", pa.float64()), ("tp", pa.int64()),
         ("fp", pa.int64()), ("fn", pa.int64()),
     ]),
+    # stats.ground_truth_instances: objects matched one to one at IoU >= iou_threshold
+    "instance_metrics": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("iou_threshold", pa.float64()),
+        ("tp", pa.int64()), ("fp", pa.int64()), ("fn", pa.int64()),
+        ("precision", pa.float64()), ("recall", pa.float64()), ("f1", pa.float64()),
+        ("mean_matched_iou", pa.float64()), ("predicted", pa.int64()), ("true", pa.int64()),
+    ]),
     "confusion": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("true_class", pa.int64()),
         ("predicted_class", pa.int64()), ("pixels", pa.int64()),
@@ -98,8 +105,8 @@ def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -
 
 
 #: tables a run writes besides ``runs``, in the order they are written
-RESULT_TABLES = ("class_stats", "instances", "metrics", "confusion", "zone_stats", "outputs",
-                 "change")
+RESULT_TABLES = ("class_stats", "instances", "metrics", "instance_metrics", "confusion",
+                 "zone_stats", "outputs", "change")
 
 
 def record_run(root: str, run: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> None:

@@ -13,6 +13,7 @@ from segflow.tasks.mask.owned import paint_instances
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import class_rows, count_chunk, report_unit
 from segflow.tasks.measure.instances import label_instances, measure_instances
+from segflow.tasks.measure.matching import instance_metrics
 from segflow.tasks.measure.metrics import evaluate, open_ground_truth
 from segflow.tasks.measure.objects import Instances
 from segflow.tasks.measure.zones import read_zones, zone_rows
@@ -30,6 +31,7 @@ class Measurements:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     confusion: list[dict[str, Any]] = field(default_factory=list)
     zone_stats: list[dict[str, Any]] = field(default_factory=list)
+    instance_metrics: list[dict[str, Any]] = field(default_factory=list)
     #: valid ground-truth cells holding no class id of the model, left out of the metrics
     unknown_truth: int = 0
 
@@ -79,4 +81,7 @@ def measure_mask(client: Client, job: Job, store: MaskStore,
         result.unknown_truth = evaluation.unknown
         result.metrics = evaluation.metric_rows()
         result.confusion = evaluation.confusion_rows()
+    if want.ground_truth_instances and objects is not None:
+        truth = open_ground_truth(want.ground_truth_instances, job.reader)
+        result.instance_metrics = instance_metrics(client, store, job.plan, truth, objects)
     return result
