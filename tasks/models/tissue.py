@@ -5,7 +5,7 @@ The fit runs once on a decimated volume (every ``step``-th voxel, bounded size):
    background noise from tissue, dark CSF included (a linear Otsu falls between CSF and GM);
 2. the bias field: a smooth multiplicative field exp(p(x, y, z)), p a polynomial of degree
    ``degree`` in the voxel's normalised position, fitted in the log domain to the residual
-   log(intensity) - log(class mean) of the voxels classified with confidence, EM-style for
+   log(intensity) - log(class mean) of the head voxels, EM-style for
    ``iterations`` rounds (Wells et al. 1996); an iteration is kept only while it raises the
    data's likelihood (the mixture's, with the field's Jacobian), so a noisy volume falls back
    to less correction rather than to a wrong one;
@@ -103,10 +103,9 @@ class TissueModel(SegmentationModel):
             self.means, self.variances = mixture.means_[:, 0], mixture.covariances_.ravel()
             self.weights = mixture.weights_
             inside = corrected > head
-            probs = mixture.predict_proba(corrected[inside, None])
-            label, sure = probs.argmax(axis=1), probs.max(axis=1) > 0.9
-            residual = np.log(values[inside][sure]) - np.log(self.means[label[sure]])  # > 0
-            coef = np.linalg.lstsq(basis[inside][sure], residual, rcond=None)[0]
+            label = mixture.predict(corrected[inside, None])
+            residual = np.log(values[inside]) - np.log(self.means[label])  # values > head >= 0
+            coef = np.linalg.lstsq(basis[inside], residual, rcond=None)[0]
 
     def _mixture(self, corrected: np.ndarray, field: np.ndarray
                  ) -> tuple[float, GaussianMixture, float]:
