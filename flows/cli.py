@@ -160,7 +160,8 @@ def _local(path: str | None) -> str | None:
 
 
 #: config keys that name a file: a relative local path given with --set is relative to the CWD
-SET_FILES = {"model.weights", "cluster.spec", "stats.zones", "stats.ground_truth"}
+SET_FILES = {"model.weights", "cluster.spec", "stats.zones", "stats.ground_truth",
+             "stats.ground_truth_instances", "input.prompts"}
 
 
 def _local_set(item: str) -> str:
