@@ -6,9 +6,10 @@ on the eastern 35 % of the Landsat scene it never saw in training (the western c
 nodata in the truth written here), scored by the flow's own metrics (``stats.ground_truth``:
 the streamed confusion matrix); and ``configs/mri.yaml`` on the MNI ICBM152 2009a template
 (nilearn's wheel: T1 and its GM/WM probability maps; truth = each brain voxel's most probable
-tissue, CSF = 1 - GM - WM), degraded here with a smooth multiplicative bias field and Rician noise at several levels,
-with the bias correction on and off (``model.params.iterations=0``). Dice per tissue and the
-share of brain voxels the brain mask leaves out are computed in NumPy from the written mask.
+tissue, CSF = 1 - GM - WM), degraded here with a smooth multiplicative bias field and Rician
+noise at several levels, with the bias correction on and off (``model.params.iterations=0``).
+Dice per tissue and the share of brain voxels the brain mask leaves out are computed in NumPy
+from the written mask.
 
     .venv/bin/pip install -e '.[test,bench]'
     .venv/bin/python benchmarks/quality.py            # the table, as Markdown
