@@ -95,9 +95,39 @@ def unet_rows(scratch: Path) -> list[dict]:
     return rows
 
 
+def nuclei_rows(scratch: Path) -> list[dict]:
+    """``configs/nuclei.yaml``'s instance F1, precision and recall at IoU 0.5 from the flow's
+    own ``instance_metrics``, on the synthetic 16-bit touching nuclei of tests/test_split.py
+    (no real nuclei image with instance labels is reachable offline)."""
+    from affine import Affine
+
+    from tests.test_split import touching_ellipses
+
+    image, truth = touching_ellipses()
+    profile = {"driver": "GTiff", "width": truth.shape[1], "height": truth.shape[0],
+               "transform": Affine.identity()}
+    path, truth_path = scratch / "nuclei.tif", scratch / "nuclei_truth.tif"
+    with rasterio.open(path, "w", count=1, dtype="uint16", **profile) as dst:
+        dst.write(image)
+    with rasterio.open(truth_path, "w", count=1, dtype="int32", **profile) as dst:
+        dst.write(truth.astype(np.int32), 1)
+    cfg = load_config(REPO / "configs" / "nuclei.yaml",
+                      [f"stats.ground_truth_instances={truth_path}", "tiling.chunk=128"])
+    clock = time.perf_counter()
+    segment_image(str(path), str(scratch / "nuclei"), cfg.model_dump(mode="json"))
+    seconds = time.perf_counter() - clock
+    from segflow.tasks.catalog.query import run_query
+
+    row = run_query(str(scratch / "nuclei"), "SELECT * FROM instance_metrics").to_pylist()[0]
+    data = f"{row['true']} synthetic touching 16-bit nuclei (tests/test_split.py)"
+    return [{"config": "nuclei.yaml", "data": data, "metric": f"instance {name} at IoU 0.5",
+             "score": row[name], "seconds": seconds} for name in ("f1", "precision", "recall")]
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="segflow-quality-") as scratch:
-        rows = unet_rows(Path(scratch)) + mri_rows(Path(scratch))
+        rows = (unet_rows(Path(scratch)) + nuclei_rows(Path(scratch))
+                + mri_rows(Path(scratch)))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality.json").write_text(json.dumps(rows, indent=1))
     print("\n| config | data | metric | score | seconds |\n|---|---|---|---|---|")
