@@ -89,17 +89,16 @@ def reaching(labels: np.ndarray, count: int, edge: np.ndarray) -> np.ndarray:
 
 
 def partition(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Overlapping boolean masks (n, *window) as one label image: in decreasing score each
-    mask keeps the cells no higher-scored mask took (stable: ties go to the earlier mask).
-    Returns the labels (k = mask ``kept[k - 1]``) and the indexes of non-empty masks kept."""
-    labels = np.zeros(masks.shape[1:], np.int32)
-    kept: list[int] = []
-    for i in np.argsort(-np.asarray(scores, np.float64), kind="stable"):
-        free = masks[i] & (labels == 0)
-        if free.any():
-            kept.append(int(i))
-            labels[free] = len(kept)
-    return labels, np.asarray(kept, np.int64)
+    """Overlapping boolean masks (n, *window) as one label image by ``paint``'s rule (ties go
+    to the earlier mask). Returns the labels (k = mask ``kept[k - 1]``) and the indexes of the
+    masks that kept any cell."""
+    whole = tuple(slice(None) for _ in masks.shape[1:])
+    labels = paint(masks.shape[1:], [(whole, m) for m in masks], np.asarray(scores),
+                   np.arange(len(masks)))
+    kept = np.unique(labels[labels > 0]) - 1
+    lut = np.zeros(len(masks) + 1, np.int32)
+    lut[kept + 1] = np.arange(1, len(kept) + 1)
+    return lut[labels], kept.astype(np.int64)
 
 
 def first_cells(labels: np.ndarray, count: int) -> np.ndarray:

@@ -31,7 +31,13 @@ from segflow.tasks.models.instance import (
     reaching,
     tile_windows,
 )
-from segflow.tasks.models.torch_model import amp_dtype, cached_module, file_digest, pick_device
+from segflow.tasks.models.torch_model import (
+    amp_dtype,
+    cached_module,
+    file_digest,
+    pick_device,
+    weights_file,
+)
 
 DEFAULT_TILE = 512  # px per side of one model call when tiling.tile is auto
 DEFAULT_BATCH = 4  # tiles per call when tiling.batch is auto
@@ -63,13 +69,7 @@ class TorchInstanceModel(InstanceModel):
             raise UserError(source, f"model.kind={cfg.model.kind} takes RGB (or one band); "
                                     f"select 3 bands with input.bands (the image has "
                                     f"{spec.bands})")
-        if not cfg.model.weights:
-            raise UserError(source, f"model.kind={cfg.model.kind} needs model.weights "
-                                    "(a state_dict .pt/.pth)")
-        path = Path(cfg.model.weights).expanduser().resolve()
-        if not path.is_file():
-            raise UserError(cfg.model.weights, "model weights file not found")
-        return str(path)
+        return weights_file(cfg, source)
 
     @abstractmethod
     def build(self) -> nn.Module:

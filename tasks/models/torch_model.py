@@ -98,6 +98,17 @@ def file_digest(path: str) -> str:
     return sha.hexdigest()[:12]
 
 
+def weights_file(cfg: JobConfig, source: str) -> str:
+    """``model.weights`` as an absolute path to an existing file, or a one-line error."""
+    weights = cfg.model.weights
+    if not weights:
+        raise UserError(source, f"model.kind={cfg.model.kind} needs model.weights (a .pt file)")
+    path = Path(weights).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(weights, "model weights file not found")
+    return str(path)
+
+
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors saved with ``torch.save(module.state_dict(), path)``; never unpickles objects."""
     try:
@@ -194,11 +205,7 @@ class TorchModel(SegmentationModel):
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> TorchModel:
         weights = cfg.model.weights
-        if not weights:
-            raise UserError(source, f"model.kind={cls.kind} needs model.weights (a .pt file)")
-        path = str(Path(weights).expanduser().resolve())
-        if not Path(path).is_file():
-            raise UserError(weights, "model weights file not found")
+        path = weights_file(cfg, source)
         norm = cfg.model.normalize
         if norm is not None and not len(norm.mean) == len(norm.std) == spec.bands:
             raise UserError(source, f"model.normalize needs {spec.bands} means and stds")
