@@ -259,7 +259,7 @@ class TreeSampler:
 
 
 SECONDS_RE = re.compile(
-    r"chunks:\s+(\d+) total, (\d+) skipped.*?(\d+) computed this run; ([\d.]+) s")
+    r"chunks:\s+(\d+) total, skipped: (\d+) nodata.*?(\d+) computed this run; ([\d.]+) s")
 
 
 def run_segflow(source: Path, out: Path, config: Path | None = None, sets: list[str] = (),

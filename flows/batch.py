@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -69,6 +70,7 @@ def segment_one(source: str, out: str, config: dict[str, Any], scheduler: str,
     network hiccups are retried here, as the stage tasks would: the store resumes."""
     clock = time.perf_counter()
     cfg = JobConfig.model_validate(config)
+    print(f"segmenting {source}", flush=True)
     try:
         retry_transient(lambda: run_image(source, out, cfg, scheduler, checksum=checksum,
                                           as_tasks=False), attempts=2, delay_s=2.0)
@@ -84,6 +86,7 @@ def segment_batch(sources: str | list[str], out: str, config: dict[str, Any] | N
                   scheduler: str | None = None, concurrency: int = 2) -> list[Row] | State:
     """Segment every image of ``sources`` (a prefix, a manifest or a list of URIs) not already
     done into ``out``, ``concurrency`` images at a time; one summary row per image, in order.
+    Stdout shows each image as it starts and ``[done/total]`` as each ends.
 
     The run ends ``Failed`` when any image failed (a scheduled run shows it in the UI), still
     carrying the summary: call it through ``run_batch`` to get the rows either way."""
@@ -100,7 +103,11 @@ def segment_batch(sources: str | list[str], out: str, config: dict[str, Any] | N
                                                    "config": cfg.model_dump(mode="json"),
                                                    "scheduler": address, "checksum": checksum})
                        for uri, checksum in todo]
-            rows.update((r["uri"], r) for r in (f.result() for f in futures))
+            for done, future in enumerate(as_completed(futures), start=1):
+                row = future.result()
+                rows[row["uri"]] = row
+                print(f"[{done}/{len(futures)}] {row['uri']}: {row['status']} in "
+                      f"{row['seconds']:.1f} s", flush=True)
     summary = [rows[u] for u in uris]
     if summary:
         create_table_artifact(summary, key="segflow-batch",

@@ -1,8 +1,10 @@
-"""The ``segflow`` command line: segment, evaluate, batch, watch, change, query, serve, demo.
+"""The segflow command line: segment, evaluate, batch, watch, change, query, show, runs,
+serve, server, demo.
 
 User mistakes and bad files end in one line on stderr, ``segflow: error: <source>: <reason>``,
-and a non-zero status; Prefect's own console logging is kept quiet unless ``-v`` is given
-(the logs still reach the Prefect API/UI).
+and a non-zero status; a missing or unreadable local file and a bad config key end so before
+Prefect or Dask start (``_check_inputs``). Prefect's own console logging is kept quiet unless
+``-v`` is given (the logs still reach the Prefect API/UI).
 """
 
 from __future__ import annotations
@@ -45,29 +47,67 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
                    help="images segmented at a time (default 2), on one shared Dask cluster")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segflow", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
-    sub = p.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+Segment images too big for one model call, chunk by chunk, into Zarr masks and a
+catalog of statistics (Prefect flows on a Dask cluster; no servers needed).
 
-    seg = sub.add_parser("segment", help="segment one image into ROOT")
+example:
+  segflow demo
+  segflow segment scene.tif --config configs/landcover.yaml --out results
+  segflow <command> --help      (each command's options and an example)"""
+
+#: one example per command, shown at the foot of its --help
+EXAMPLES = {
+    "segment": "segflow segment scene.tif --config configs/landcover.yaml --out results "
+               "--set tiling.chunk=1024",
+    "evaluate": "segflow evaluate scene.tif --truth landcover_map.tif "
+                "--config configs/landcover_unet.yaml --out results",
+    "batch": "segflow batch s3://bucket/scenes/ --config configs/landcover.yaml "
+             "--out s3://bucket/results --concurrency 4",
+    "watch": "segflow watch incoming/ --config configs/landcover.yaml --out results "
+             "--interval 30",
+    "change": "segflow change results/masks/a-1a2b3c4d.zarr results/masks/b-5e6f7a8b.zarr "
+              "--out results",
+    "query": "segflow query \"select class_name, sum(area) from class_stats group by all\" "
+             "--out results",
+    "show": "segflow show results/masks/scene-1a2b3c4d.zarr",
+    "runs": "segflow runs --out results --last 10",
+    "serve": "segflow serve --config configs/deployments.yaml",
+    "server": "segflow server start",
+    "demo": "segflow demo --out segflow-demo",
+}
+
+
+def _command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with its example (plain text, as typed)."""
+    return sub.add_parser(name, help=text, description=text, epilog=f"example:\n  {EXAMPLES[name]}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segflow", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    seg = _command(sub, "segment", "segment one image into ROOT")
     seg.add_argument("source", help="local path or fsspec URL of the image")
     _job_options(seg)
 
-    ev = sub.add_parser("evaluate", help="segment (or reuse the mask of) one image and score it "
+    ev = _command(sub, "evaluate", "segment (or reuse the mask of) one image and score it "
                                          "against a ground-truth label image")
     ev.add_argument("source", help="local path or fsspec URL of the image")
     ev.add_argument("--truth", required=True, help="label image on the same grid (class ids)")
     _job_options(ev)
 
-    batch = sub.add_parser("batch", help="segment every image under a prefix or in a manifest "
+    batch = _command(sub, "batch", "segment every image under a prefix or in a manifest "
                                          "(skipping those already done)")
     batch.add_argument("source", help="folder, fsspec prefix (s3://bucket/dir/), or a .csv/.txt "
                                       "manifest of URIs")
     _job_options(batch)
     _batch_options(batch)
 
-    watch = sub.add_parser("watch", help="segment new or changed images as they arrive, by "
+    watch = _command(sub, "watch", "segment new or changed images as they arrive, by "
                                          "listing a prefix or from S3 notifications on SQS")
     watch.add_argument("source", nargs="?", metavar="PREFIX", help="folder or fsspec prefix")
     watch.add_argument("--queue", metavar="SQS_URL",
@@ -82,25 +122,34 @@ def _parser() -> argparse.ArgumentParser:
     _job_options(watch)
     _batch_options(watch)
 
-    change = sub.add_parser("change", help="from-to change between two masks of one grid: the "
-                                           "`change` table and a change mask in ROOT")
+    change = _command(sub, "change", "from-to change between two masks of one grid: the "
+                                           "change table and a change mask in ROOT")
     change.add_argument("a", metavar="MASK_OR_RUN_A", help="mask store (masks/<id>.zarr) or a "
                                                           "run id in ROOT's catalog")
     change.add_argument("b", metavar="MASK_OR_RUN_B", help="the later mask, likewise")
     change.add_argument("--out", required=True, help="output root (its catalog names run ids)")
     change.add_argument("--scheduler", help="tcp://host:port of a running Dask scheduler")
 
-    q = sub.add_parser("query", help="run SQL over the catalog under ROOT")
+    q = _command(sub, "query", "run SQL over the catalog under ROOT")
     q.add_argument("sql")
     q.add_argument("--out", required=True, help="output root holding catalog/")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
-    serve = sub.add_parser("serve", help="register the deployments (schedules, arrival trigger) "
+    show = _command(sub, "show", "what a mask store holds (source, checksum, model, config "
+                                 "hash, classes, complete or chunks left, levels, outputs); "
+                                 "for a root, each of its stores")
+    show.add_argument("path", metavar="STORE_OR_ROOT", help="masks/<id>.zarr, or an output root")
+
+    runs = _command(sub, "runs", "the latest runs recorded under ROOT: status, image, seconds")
+    runs.add_argument("--out", required=True, help="output root holding catalog/")
+    runs.add_argument("--last", type=int, default=20, metavar="N", help="how many (default 20)")
+
+    serve = _command(sub, "serve", "register the deployments (schedules, arrival trigger) "
                                          "with the Prefect server and run their flow runs")
     serve.add_argument("--config", default=str(DEPLOYMENTS),
                        help="deployments file (default configs/deployments.yaml)")
 
-    srv = sub.add_parser("server", help="a warm local Prefect server + Dask cluster that later "
+    srv = _command(sub, "server", "a warm local Prefect server + Dask cluster that later "
                                         "segflow calls use (no start-up cost per call)")
     srv.add_argument("action", choices=["start", "stop", "status", "run"],
                      help="run: the server itself, in the foreground")
@@ -109,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--workers", type=int, help="Dask worker processes (default: as segment)")
     srv.add_argument("--threads", type=int, help="threads per worker (default: as segment)")
 
-    demo = sub.add_parser("demo", help="segment the bundled sample scene, no servers needed")
+    demo = _command(sub, "demo", "segment the bundled sample scene, no servers needed")
     demo.add_argument("--out", default="segflow-demo", help="output root (default ./segflow-demo)")
     return p
 
@@ -260,8 +309,9 @@ def _report(result: dict[str, Any]) -> None:
     print(f"mask:    {result['output_uri']}")
     print(f"catalog: {Path(result['output_uri']).parents[1] / 'catalog'}"
           if "://" not in result["output_uri"] else "")
-    print(f"chunks:  {result['chunks_total']} total, {result['chunks_skipped']} skipped (nodata), "
-          f"{result['chunks_computed']} computed this run; {result['seconds']:.1f} s")
+    print(f"chunks:  {result['chunks_total']} total, skipped: {result['chunks_nodata']} nodata, "
+          f"{result['chunks_background']} no tissue; {result['chunks_computed']} computed this "
+          f"run; {result['seconds']:.1f} s")
     columns = ["class_id", "class_name", "pixels", "area", "area_unit", "fraction"]
     if result["instances"]:
         columns += ["objects", "density"]
@@ -347,6 +397,95 @@ def _query(sql: str, out: str, fmt: str) -> None:
         _print_table(rows)
 
 
+def _show(path: str) -> None:
+    from segflow.tasks.catalog.inspect import describe_store, stores_under
+    from segflow.tasks.errors import UserError
+
+    stores = [path] if path.rstrip("/").endswith(".zarr") else stores_under(path)
+    if not stores:
+        raise UserError(path, "no mask stores here (ROOT/masks/*.zarr)")
+    if len(stores) > 1:
+        _print_table([_store_row(describe_store(s)) for s in stores], title=path)
+        return
+    info = describe_store(stores[0])
+    for key in ("store", "source", "checksum", "model", "config_hash"):
+        print(f"{key + ':':13}{info[key]}")
+    state = ("complete" if info["complete"] else
+             f"incomplete: {info['chunks_left']} of {info['chunks_total']} chunks left")
+    print(f"{'state:':13}{state}")
+    print(f"{'levels:':13}{len(info['levels'])} (level 0: {info['shape']})")
+    for line in info["outputs"]:
+        print(f"{'output:':13}{line}")
+    _print_table([{"id": c["id"], "name": c["name"],
+                   "colour": f"[on {c['colour']}]    [/] {c['colour']}" if c["colour"] else ""}
+                  for c in info["classes"]], title="classes")
+
+
+def _store_row(info: dict[str, Any]) -> dict[str, Any]:
+    state = "complete" if info["complete"] else f"{info['chunks_left']} chunks left"
+    return {"store": info["store"].rsplit("/", 1)[-1], "state": state, "model": info["model"],
+            "classes": len(info["classes"]), "levels": len(info["levels"])}
+
+
+def _runs(out: str, last: int) -> None:
+    from segflow.tasks.catalog.inspect import recent_runs
+
+    rows = recent_runs(out, last)
+    _print_table([{"started": f"{r['started_at']:%Y-%m-%d %H:%M:%S}", "status": r["status"],
+                   "image": r["image_id"], "seconds": f"{r['seconds'] or 0:.1f}",
+                   "model": r["model"], "error": r["error"] or ""} for r in rows],
+                 title=f"{len(rows)} latest run(s) in {out}")
+
+
+def _check_local(path: str | None, what: str) -> None:
+    """A local path must exist and be readable (URLs are checked when opened)."""
+    from segflow.tasks.errors import UserError
+
+    if path is None or "://" in path:
+        return
+    if not os.path.exists(path):
+        raise UserError(path, f"no such {what}")
+    if not os.access(path, os.R_OK):
+        raise UserError(path, f"{what} is not readable (permission denied)")
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Fail in a second, before Prefect or Dask start: the whole config (file, keys, values),
+    then every local file the command names (the source, the truth, files in the config). A
+    file missing for one image also leaves its ``failed`` runs row, as a failed run would."""
+    if args.command not in ("segment", "evaluate", "batch", "watch"):
+        return
+    from segflow.tasks.config import FILE_KEYS, load_config
+    from segflow.tasks.errors import UserError
+
+    cfg = load_config(args.config, args.set)
+    try:
+        _check_local(args.source, "file or folder")
+        _check_local(getattr(args, "truth", None), "ground-truth file")
+        for section, key in (*FILE_KEYS, ("stats", "ground_truth")):
+            value = getattr(getattr(cfg, section), key)
+            _check_local(value if isinstance(value, str) else None, f"file ({section}.{key})")
+    except UserError as exc:
+        if args.command in ("segment", "evaluate"):
+            reason = str(exc)
+            exc.record = lambda: _record_failure(args.source, args.out, cfg, reason)
+        raise
+
+
+def _record_failure(source: str, out: str, cfg: Any, reason: str) -> None:
+    """The failed runs row of an image whose file was missing (after its line is printed:
+    writing Parquet costs a second of imports)."""
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from segflow.tasks.catalog.tables import new_run, write_rows
+    from segflow.tasks.sources.identity import normal_uri
+
+    run = new_run(f"cli-{uuid4()}", normal_uri(source), cfg)
+    run.update(status="failed", error=reason, finished_at=datetime.now(UTC), seconds=0.0)
+    write_rows(normal_uri(out), "runs", run["run_id"], [run])
+
+
 def _server(args: argparse.Namespace) -> None:
     from segflow.flows import server
 
@@ -385,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     from segflow.tasks.errors import SegflowError, first_line
 
     try:
+        _check_inputs(args)
         if args.command in FLOW_COMMANDS:  # first: the temporary API starts while we import
             runner = Runner(needs_api=not getattr(args, "emit_events", False))
         if args.command == "segment":
@@ -413,6 +553,10 @@ def main(argv: list[str] | None = None) -> int:
             return _batch(args, runner)
         elif args.command == "query":
             _query(args.sql, args.out, args.format)
+        elif args.command == "show":
+            _show(args.path)
+        elif args.command == "runs":
+            _runs(args.out, args.last)
         elif args.command == "server":
             _server(args)
         elif args.command == "serve":
@@ -420,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
 
             serve_deployments(args.config)
     except SegflowError as exc:
-        print(f"segflow: error: {exc}", file=sys.stderr)
+        print(f"segflow: error: {exc}", file=sys.stderr, flush=True)
+        if hasattr(exc, "record"):  # a missing file found before the run: its runs row
+            exc.record()
         return 1
     except KeyboardInterrupt:
         print("segflow: error: interrupted", file=sys.stderr)

@@ -8,7 +8,6 @@ Each stage is one call into ``segflow.tasks``; this module only wires them.
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from dataclasses import dataclass
@@ -21,22 +20,32 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
 from segflow.tasks.catalog.done import done
-from segflow.tasks.catalog.tables import record_run, write_rows
+from segflow.tasks.catalog.tables import new_run, record_run, write_rows
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import SegflowError, TransientError, UserError, first_line, output_error
 from segflow.tasks.export.outputs import write_outputs
 from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.pyramid import build_levels, ome_metadata
-from segflow.tasks.mask.quicklook import picture, summary_markdown, write_quicklook
-from segflow.tasks.mask.run import count_skipped, run_chunks
-from segflow.tasks.mask.store import MaskStore, mark_complete, open_job_store
+from segflow.tasks.mask.quicklook import (
+    artifact_image,
+    picture,
+    summary_markdown,
+    write_quicklook,
+)
+from segflow.tasks.mask.run import Tally, run_chunks, tally
+from segflow.tasks.mask.store import (
+    INSTANCES,
+    MaskStore,
+    has_instances,
+    mark_complete,
+    open_job_store,
+)
 from segflow.tasks.measure.objects import Instances
 from segflow.tasks.measure.summary import Measurements, find_objects, measure_mask
 from segflow.tasks.plan.job import Job, fitted, plan_job
 from segflow.tasks.runtime.cluster import client_for, dask_cluster
 from segflow.tasks.runtime.crash import crash_point
-from segflow.tasks.sources.identity import image_id, normal_uri, source_checksum
-from segflow.tasks.sources.registry import modality_of
+from segflow.tasks.sources.identity import normal_uri, source_checksum
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -55,8 +64,7 @@ class Outcome:
 
     job: Job
     store: MaskStore
-    chunks_skipped: int
-    chunks_computed: int
+    chunks: Tally
     reused: bool = False
 
 
@@ -82,11 +90,10 @@ def segment(job: Job, scheduler: str) -> Outcome:
         get_run_logger().info("%s: complete output found, nothing to compute", store.uri)
     else:
         run_chunks(client, job, store, todo)
-    skipped, all_recorded = count_skipped(store)
-    if not all_recorded:
+    chunks = tally(store, [] if complete else todo)
+    if not chunks.recorded:
         raise TransientError(job.source, "some chunks were not written; re-run to resume")
-    return Outcome(job=job, store=store, chunks_skipped=skipped,
-                   chunks_computed=0 if complete else len(todo), reused=complete)
+    return Outcome(job=job, store=store, chunks=chunks, reused=complete)
 
 
 @task(name="label", cache_policy=NO_CACHE)
@@ -113,14 +120,20 @@ def finish(outcome: Outcome, scheduler: str) -> None:
         return
     job = outcome.job
     client = client_for(scheduler)
-    levels = build_levels(job.store_uri, client) if job.config.output.pyramid else 1
+    pyramid = job.config.output.pyramid
+    levels = build_levels(job.store_uri, client) if pyramid else 1
+    units, size = job.reader.cell_size()
+    labels = {}
+    if has_instances(job.store_uri):  # the object ids: a label image of their own
+        count = build_levels(job.store_uri, client, INSTANCES) if pyramid else 1
+        labels["instances"] = ome_metadata(job.reader.dims, units, size, count, None,
+                                           "instances")
     crash_point("pyramid")
     write_quicklook(job.reader, job.store_uri, job.picture_uri)
     crash_point("quicklook")
-    units, size = job.reader.cell_size()
     ome = ome_metadata(job.reader.dims, units, size, levels, job.model.classes, job.image_id)
-    mark_complete(job.store_uri, {"chunks_skipped": outcome.chunks_skipped, "levels": levels},
-                  ome)
+    skipped = outcome.chunks.nodata + outcome.chunks.background
+    mark_complete(job.store_uri, {"chunks_skipped": skipped, "levels": levels}, ome, labels)
 
 
 @task(name="measure", **RETRIED)
@@ -167,9 +180,9 @@ def publish(job: Job, found: Measurements) -> str:
     create_markdown_artifact(summary_markdown(job.image_id, found.class_stats, found.metrics,
                                               job.picture_uri),
                              key=key, description=f"segflow: {job.source}")
-    # inline (a data URI): the UI shows it without access to the bucket or the disk
-    create_image_artifact(f"data:image/png;base64,{base64.b64encode(png).decode()}",
-                          key=f"{key}-quicklook", description=f"quick look: {job.picture_uri}")
+    # inline (a small JPEG data URI): the UI shows it without access to the bucket or the disk
+    create_image_artifact(artifact_image(png), key=f"{key}-quicklook",
+                          description=f"quick look: {job.picture_uri}")
     return job.picture_uri
 
 
@@ -187,14 +200,8 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
         return t if as_tasks else t.fn
 
     source, out = normal_uri(source), normal_uri(out)
-    started = datetime.now(UTC)
     clock = time.perf_counter()
-    run: dict[str, Any] = {"run_id": str(flow_run.id or task_run.id or
-                                         f"local-{time.time_ns()}"),
-                           "image_id": image_id(source), "source_uri": source,
-                           # from the name until the reader has opened the file
-                           "modality": modality_of(source, cfg.input), "model": cfg.model.kind,
-                           "config_hash": cfg.output_hash(), "started_at": started}
+    run = new_run(str(flow_run.id or task_run.id or f"local-{time.time_ns()}"), source, cfg)
     if not as_tasks:  # one batch task runs many images: each gets its own run id
         run["run_id"] = f"{run['run_id']}-{time.time_ns()}"
     try:
@@ -218,14 +225,16 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
             outputs = stage(export)(outcome, found, address)
             crash_point("export")
             run.update(status="succeeded", model=outcome.job.model.identity(),
-                       chunks_skipped=outcome.chunks_skipped, finished_at=datetime.now(UTC),
+                       chunks_skipped=outcome.chunks.nodata + outcome.chunks.background,
+                       finished_at=datetime.now(UTC),
                        seconds=time.perf_counter() - clock)
             stage(record)(out, run, found, outputs)
             crash_point("publish")
             stage(publish)(outcome.job, found)
         return {**run, "class_stats": found.class_stats, "metrics": found.metrics,
-                "instances": len(found.instances), "chunks_computed": outcome.chunks_computed,
-                "reused": outcome.reused}
+                "instances": len(found.instances), "chunks_computed": outcome.chunks.computed,
+                "chunks_nodata": outcome.chunks.nodata,
+                "chunks_background": outcome.chunks.background, "reused": outcome.reused}
     except Exception as exc:
         error = exc if isinstance(exc, SegflowError) else output_error(out, exc)
         run.update(status="failed", error=first_line(error), finished_at=datetime.now(UTC),

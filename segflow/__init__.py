@@ -7,6 +7,7 @@ The public API, for notebooks and scripts (the CLI ``segflow`` calls the same fu
     run = segflow.segment_image("scene.tif", "results", cfg.model_dump(mode="json"))
     rows = segflow.segment_batch("s3://bucket/scenes/", "s3://bucket/results")
     df = segflow.query_frame("results", "select * from class_stats")
+    mask = segflow.open_mask("results")   # xarray, lazy, in the image's CRS / µm / mm
 
 The pipeline lives in two sub-packages: ``segflow.flows`` (Prefect flows and the CLI, which
 compose) and ``segflow.tasks`` (the stages that do the work). Names are imported on first use,
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
     from segflow.flows.segment import segment_image
     from segflow.tasks.catalog.query import query_frame
     from segflow.tasks.config import load_config
+    from segflow.tasks.export.dataarray import open_mask
 
-__all__ = ["segment_image", "segment_batch", "query_frame", "load_config"]
+__all__ = ["segment_image", "segment_batch", "query_frame", "load_config", "open_mask"]
 try:
     __version__ = version("segflow")
 except PackageNotFoundError:  # imported from a checkout that was never installed
@@ -36,6 +38,7 @@ _WHERE = {
     "segment_batch": "segflow.flows.batch",
     "query_frame": "segflow.tasks.catalog.query",
     "load_config": "segflow.tasks.config",
+    "open_mask": "segflow.tasks.export.dataarray",
 }
 
 

@@ -22,7 +22,12 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from segflow.flows.segment import segment_image
 from segflow.tasks.config import load_config
-from segflow.tasks.mask.quicklook import mask_level, picture_shape, summary_markdown
+from segflow.tasks.mask.quicklook import (
+    artifact_image,
+    mask_level,
+    picture_shape,
+    summary_markdown,
+)
 
 
 def _artifacts(run_id: str) -> dict[str, object]:
@@ -57,7 +62,14 @@ def test_run_publishes_class_table_and_quicklook(textured_tif, tmp_path, dask_ad
     png = (tmp_path / "out" / "masks" / f"{image_id}.png").read_bytes()
     picture = artifacts[f"{key}-quicklook"]
     assert picture.type == "image"
-    assert picture.data == "data:image/png;base64," + base64.b64encode(png).decode()
+    # the artifact is light (the Prefect database keeps every run's): a JPEG of the picture,
+    # at most 100 KB as a data URI, that still looks like it
+    head, _, body = picture.data.partition(",")
+    assert head == "data:image/jpeg;base64" and len(picture.data) <= 100_000
+    small = Image.open(io.BytesIO(base64.b64decode(body))).convert("RGB")
+    assert 192 <= max(small.size) <= 384
+    full = Image.open(io.BytesIO(png)).convert("RGB").resize(small.size, Image.Resampling.LANCZOS)
+    assert np.abs(np.asarray(small, float) - np.asarray(full, float)).mean() < 10  # JPEG only
 
     # 1500 x 1300 scene: longest side 512; read from level 1 (750 x 650), not level 0.
     group = zarr.open_group(result["output_uri"], mode="r")
@@ -108,3 +120,25 @@ def test_markdown_lists_metrics_of_classes_in_the_ground_truth():
     assert "| 0 water | 0.8000 | 0.8889 | 0.9000 |  |" in text
     assert "absent" not in text  # no cell of it in the ground truth: no score to show
     assert "`s3://b/masks/scene.png`" in text
+
+
+def test_an_artifact_picture_never_passes_100_kb():
+    """Noise does not compress: the picture shrinks until its data URI fits."""
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    uri = artifact_image(buffer.getvalue())
+    assert len(buffer.getvalue()) > 700_000 and len(uri) <= 100_000
+    shrunk = Image.open(io.BytesIO(base64.b64decode(uri.partition(",")[2])))
+    assert shrunk.format == "JPEG" and 32 <= max(shrunk.size) < 384
+
+
+def test_markdown_of_an_instance_run_shows_objects_and_density():
+    stats = [{"class_id": 0, "class_name": "background", "pixels": 900, "area": 0.009,
+              "area_unit": "mm2", "fraction": 0.9, "objects": None, "density": None},
+             {"class_id": 1, "class_name": "nucleus", "pixels": 100, "area": 0.001,
+              "area_unit": "mm2", "fraction": 0.1, "objects": 12, "density": 1200.0}]
+    text = summary_markdown("slide", stats, [], "masks/slide.png")
+    assert "| class | pixels | area | fraction | objects | density |" in text
+    assert "| 1 nucleus | 100 | 0.0010 mm2 | 0.1000 | 12 | 1,200.0000 |" in text
+    assert "| 0 background | 900 | 0.0090 mm2 | 0.9000 |  |  |" in text

@@ -60,6 +60,11 @@ def test_batch_cli_survives_a_bad_image_and_exits_non_zero(scenes, tmp_path, pre
     assert "3 succeeded, 1 failed" in proc.stdout
     for name in ("scene_0.tif", "scene_1.tif", "scene_2.tif", "scene_bad.tif"):
         assert name in proc.stdout
+        assert f"segmenting {scenes / name}" in proc.stdout  # the image in hand
+    # images done / total as each ends, the bad one among them
+    ends = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0] for line in ends] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert f"{bad}: failed in " in "\n".join(ends)
 
     runs = run_query(str(root), "select source_uri, status, error from runs "
                                 "order by source_uri").to_pylist()

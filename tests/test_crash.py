@@ -31,7 +31,7 @@ POINTS = ["open", "fit", "chunks", "pyramid", "quicklook", "measure", "export", 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, dask_address) -> tuple[Path, dict, np.ndarray]:
     folder = tmp_path_factory.mktemp("crash")
-    data = (np.stack([smooth_noise((640, 640), s, scale=24) for s in (1, 2, 3)]) * 255
+    data = (np.stack([smooth_noise((384, 384), s, scale=24) for s in (1, 2, 3)]) * 255
             ).astype(np.uint8)
     scene = write_geotiff(folder / "scene.tif", data, "EPSG:32633",
                           from_origin(500000, 4000000, 10, 10))

@@ -228,7 +228,7 @@ def test_slide_objects_and_density_per_mm2_of_tissue(tmp_path, dask_address):
     result = segment_image(str(slide), str(tmp_path / "out"), cfg.model_dump(mode="json"),
                            dask_address)
     mask = zarr.open_array(result["output_uri"], path="0", mode="r")[:]
-    ids = zarr.open_array(result["output_uri"], path="instances", mode="r")[:]
+    ids = zarr.open_array(result["output_uri"], path="labels/instances/0", mode="r")[:]
     positive = np.where(mask == 2, 2, 0)
     np.testing.assert_array_equal(ids, label(positive, connectivity=1))
     n_objects = int(ids.max())

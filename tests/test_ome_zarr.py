@@ -45,3 +45,36 @@ def test_volume_mask_is_a_valid_multiscale_label_image(head_nii, tmp_path, dask_
     multiscale = ImageLabel.from_zarr(group).attributes.ome.multiscales[0]
     assert [a.unit for a in multiscale.axes] == ["millimeter"] * 3
     assert multiscale.datasets[0].coordinateTransformations[0].scale == [1.0, 1.0, 1.0]
+
+
+def test_napari_s_reader_finds_the_class_and_instance_layers_with_names(textured_tif, tmp_path,
+                                                                        dask_address):
+    """What napari-ome-zarr is handed: ome-zarr's own Reader walks the store."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    cfg = load_config(overrides=["model.kind=otsu", "tiling.chunk=512", "stats.instances=true"])
+    result = segment_image(str(textured_tif), str(tmp_path / "out"),
+                           cfg.model_dump(mode="json"), dask_address)
+    group = zarr.open_group(result["output_uri"], mode="r")
+    ImageLabel.from_zarr(group["labels/instances"])  # valid NGFF 0.5 on its own
+
+    nodes = list(Reader(parse_url(result["output_uri"]))())
+    layers = {n.metadata["name"]: n for n in nodes if "color" in n.metadata}
+    store_name = result["image_id"]  # the store, less .zarr
+    assert set(layers) == {store_name, "instances"}
+    classes = layers[store_name]
+    assert classes.metadata["properties"] == {0: {"class": "background"},
+                                              1: {"class": "foreground"}}
+    colours = {c["id"]: c["colour"] for c in group.attrs["segflow"]["classes"]}
+    for value, rgba in classes.metadata["color"].items():
+        assert "#" + "".join(f"{round(c * 255):02x}" for c in rgba[:3]) == colours[value]
+    # both pyramids, level for level, in metres; the instance ids equal the array written
+    for node in layers.values():
+        assert [d.shape for d in node.data] == [(1500, 1300), (750, 650), (375, 325),
+                                                (188, 163)]
+        scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+        assert scales == [[10.0, 10.0], [20.0, 20.0], [40.0, 40.0], [80.0, 80.0]]
+    ids = np.asarray(layers["instances"].data[0])
+    assert ids.max() == result["instances"]
+    np.testing.assert_array_equal(np.asarray(layers["instances"].data[1]), ids[::2, ::2])

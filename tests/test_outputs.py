@@ -300,7 +300,7 @@ def test_slide_polygons_qupath_geojson_and_ome_tiff(tmp_path, dask_address):
         "output.vectors=true", "output.qupath=true", "output.export=true"])
     run = segment_image(str(slide), str(root), cfg.model_dump(mode="json"), dask_address)
     group = zarr.open_group(run["output_uri"], mode="r")
-    ids = group["instances"][:].astype(np.int32)
+    ids = group["labels/instances/0"][:].astype(np.int32)
     assert ids.shape == (512, 512)  # level 1 was read: 1 µm per pixel
 
     polygons = gpd.read_parquet(root / "vectors" / f"{run['image_id']}.parquet")

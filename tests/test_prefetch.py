@@ -14,7 +14,7 @@ from segflow.tasks.config import load_config
 from segflow.tasks.mask.chunk import segment_lane
 from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.run import lanes
-from segflow.tasks.mask.store import open_job_store
+from segflow.tasks.mask.store import DONE_WRITTEN, open_job_store
 from segflow.tasks.plan.job import plan_job
 
 
@@ -53,11 +53,11 @@ class CountingStore:
     def __init__(self, inner: Any, held: Held) -> None:
         self.inner, self.held = inner, held
 
-    def write_chunk(self, chunk: Any, labels: np.ndarray, skipped: bool = False,
+    def write_chunk(self, chunk: Any, labels: np.ndarray, done: int = DONE_WRITTEN,
                     scores: np.ndarray | None = None) -> None:
         time.sleep(0.05)  # a slow store: the next read lands before this write ends
-        self.inner.write_chunk(chunk, labels, skipped=skipped, scores=scores)
-        if labels.size or skipped:
+        self.inner.write_chunk(chunk, labels, done, scores=scores)
+        if labels.size or done != DONE_WRITTEN:
             self.held.add(-1)
 
     def __getattr__(self, name: str) -> Any:

@@ -78,7 +78,7 @@ def test_one_object_per_prompt_around_its_cell(scene, tmp_path, dask_address):
                                  "tiling.chunk=64"])
     result = segment_image(str(scene["rgb"]), str(tmp_path / "out"),
                            cfg.model_dump(mode="json"), dask_address)
-    ids = zarr.open_array(result["output_uri"], path="instances", mode="r")[:]
+    ids = zarr.open_array(result["output_uri"], path="labels/instances/0", mode="r")[:]
     found = [int(k) for k in np.unique(ids) if k]
     assert len(found) == result["instances"] <= len(cells)
     assert len(found) >= len(cells) - 1, "an untrained SAM may answer a prompt with nothing"

@@ -77,6 +77,12 @@ def test_background_chunks_are_skipped_and_the_mask_is_unchanged(sparse_slide, t
     skipped, full = results
     assert skipped["chunks_total"] == 12 * 10
     assert skipped["chunks_skipped"] >= 60 and full["chunks_skipped"] == 0
+    # each chunk counted once: glass chunks are skipped as "no tissue", not as nodata, and
+    # not computed
+    assert skipped["chunks_background"] == skipped["chunks_skipped"]
+    assert skipped["chunks_nodata"] == full["chunks_background"] == 0
+    assert skipped["chunks_computed"] == skipped["chunks_total"] - skipped["chunks_background"]
+    assert full["chunks_computed"] == full["chunks_total"]
     agreement = (masks[0] == masks[1]).mean()
     assert agreement >= 0.9999
     assert (masks[0] == 1).sum() > 1e5  # there is tissue, and it was segmented

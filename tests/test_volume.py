@@ -70,7 +70,7 @@ def test_tiled_3d_torchscript_equals_whole_volume_pass(head_nii, dilated_model_3
 
 def test_tissue_volumes_in_ml_equal_voxel_counts_times_the_affine(head_nii, tmp_path,
                                                                    dask_address):
-    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=32"])
+    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=64"])
     result = segment_image(str(head_nii), str(tmp_path / "out"), cfg.model_dump(mode="json"),
                            dask_address)
     mask = zarr.open_array(result["output_uri"], path="0", mode="r")[:]
@@ -91,7 +91,7 @@ def test_tissue_volumes_in_ml_equal_voxel_counts_times_the_affine(head_nii, tmp_
 
 def test_volume_mask_does_not_depend_on_chunk_size(head_nii, tmp_path, dask_address):
     masks = []
-    for chunk in (16, 128):
+    for chunk in (32, 128):
         cfg = load_config(CONFIGS / "mri.yaml", [f"tiling.chunk={chunk}"])
         result = segment_image(str(head_nii), str(tmp_path / f"out{chunk}"),
                                cfg.model_dump(mode="json"), dask_address)
@@ -111,7 +111,7 @@ def test_ome_zarr_volume_gives_the_same_tissue_classes_as_its_nifti(head_nii, tm
         "datasets": [{"path": "s0", "coordinateTransformations": [
             {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]}
 
-    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=32"]).model_dump(mode="json")
+    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=64"]).model_dump(mode="json")
     from_zarr = segment_image(str(store), str(tmp_path / "z"), cfg, dask_address)
     from_nii = segment_image(str(head_nii), str(tmp_path / "n"), cfg, dask_address)
     assert from_zarr["modality"] == "volume"

@@ -99,8 +99,8 @@ def test_a_fresh_venv_runs_the_demo_from_another_directory(wheel, tmp_path):
     probe = ("import importlib.util as u, segflow; "
              "print(u.find_spec('flows'), u.find_spec('tasks'), sorted(segflow.__all__))")
     out = _run([str(bin_dir / "python"), "-c", probe], work, env, 120)
-    assert out.strip() == ("None None ['load_config', 'query_frame', 'segment_batch', "
-                           "'segment_image']")
+    assert out.strip() == ("None None ['load_config', 'open_mask', 'query_frame', "
+                           "'segment_batch', 'segment_image']")
 
     demo = _run([str(bin_dir / "segflow"), "demo", "--out", "demo-out"], work, env, 900)
     assert "mask:" in demo and "cluster_1" in demo and "developed" in demo and "iou" in demo

@@ -10,13 +10,19 @@ one external table per folder, unpartitioned, with the schema in ``SCHEMAS``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segflow.tasks.runtime.crash import crash_point
 from segflow.tasks.runtime.storage import staged
+from segflow.tasks.sources.identity import image_id
+from segflow.tasks.sources.registry import modality_of
+
+if TYPE_CHECKING:
+    from segflow.tasks.config import JobConfig
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -85,6 +91,14 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 def table_dir(root: str, table: str) -> str:
     return f"{root.rstrip('/')}/catalog/{table}"
+
+
+def new_run(run_id: str, source: str, cfg: JobConfig) -> dict[str, Any]:
+    """A ``runs`` row as a run starts (the modality from the name until a reader opens the
+    file); the run fills in the rest."""
+    return {"run_id": run_id, "image_id": image_id(source), "source_uri": source,
+            "modality": modality_of(source, cfg.input), "model": cfg.model.kind,
+            "config_hash": cfg.output_hash(), "started_at": datetime.now(UTC)}
 
 
 def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -> str:

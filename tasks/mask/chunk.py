@@ -15,7 +15,7 @@ import numpy as np
 
 from segflow.tasks.errors import io_error, on_worker, retry_transient
 from segflow.tasks.mask.owned import segment_objects
-from segflow.tasks.mask.store import MaskStore
+from segflow.tasks.mask.store import DONE_BACKGROUND, DONE_SKIPPED, MaskStore
 from segflow.tasks.models.base import SegmentationModel  # no torch: models import lazily
 from segflow.tasks.models.instance import InstanceModel
 from segflow.tasks.plan.grid import Chunk
@@ -44,15 +44,15 @@ class Lane:
                 scores = np.zeros((self.store.probabilities().shape[0], *shape),
                                   self.store.scores)
                 scores[0] = 255 if self.store.scores == "uint8" else 1
-            self.store.write_chunk(chunk, np.zeros(shape, self.store.dtype), skipped=True,
+            self.store.write_chunk(chunk, np.zeros(shape, self.store.dtype), DONE_BACKGROUND,
                                    scores=scores)
             return None
         if known == NODATA:
-            self.store.write_chunk(chunk, np.empty(0, self.store.dtype), skipped=True)
+            self.store.write_chunk(chunk, np.empty(0, self.store.dtype), DONE_SKIPPED)
             return None
         pixels, valid = retry_transient(lambda: self.source.read(chunk.read))
         if self.skip_empty and not valid[chunk.crop].any():  # all nodata: left as nodata
-            self.store.write_chunk(chunk, np.empty(0, self.store.dtype), skipped=True)
+            self.store.write_chunk(chunk, np.empty(0, self.store.dtype), DONE_SKIPPED)
             return None
         return pixels, valid
 

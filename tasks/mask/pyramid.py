@@ -29,9 +29,11 @@ def level_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     return shapes
 
 
-def build_levels(uri: str, client: Client) -> int:
-    """Write levels 1.. under the store at ``uri`` from level 0; returns how many levels exist."""
+def build_levels(uri: str, client: Client, path: str = "") -> int:
+    """Write levels 1.. of the multiscale image at ``path`` in the store at ``uri`` (the class
+    mask at the root; ``labels/instances``) from its level 0; returns how many levels exist."""
     group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
+    group = group[path] if path else group
     base = group["0"]
     inner = base.chunks  # the read unit of level 0; reused for the smaller levels
     shapes = level_shapes(base.shape)
@@ -49,8 +51,11 @@ def build_levels(uri: str, client: Client) -> int:
 
 
 def ome_metadata(dims: tuple[str, ...], units: str | None, cell_size: list[float],
-                 levels: int, classes: list[ClassSpec], name: str) -> dict[str, Any]:
-    """The ``ome`` attribute of a multiscale label image (NGFF 0.5)."""
+                 levels: int, classes: list[ClassSpec] | None, name: str) -> dict[str, Any]:
+    """The ``ome`` attribute of a multiscale label image (NGFF 0.5): the class mask with each
+    class's colour and name (``properties``, which napari shows), or, ``classes`` None, an
+    instance image (ids have no fixed colours). The store holds no image, so no
+    ``source``."""
     axes = [{"name": d, "type": "space", **({"unit": units} if units else {})} for d in dims]
     datasets = [{"path": str(level),
                  "coordinateTransformations": [
@@ -58,9 +63,12 @@ def ome_metadata(dims: tuple[str, ...], units: str | None, cell_size: list[float
                      # level n keeps every 2^n-th cell from index 0, so cell 0 stays at 0
                      {"type": "translation", "translation": [0.0] * len(cell_size)}]}
                 for level in range(levels)]
-    colours = [{"label-value": c.id, "rgba": rgba(c.colour)} for c in classes]
+    label: dict[str, Any] = {}
+    if classes is not None:
+        label = {"colors": [{"label-value": c.id, "rgba": rgba(c.colour)} for c in classes],
+                 "properties": [{"label-value": c.id, "class": c.name} for c in classes]}
     return {"version": "0.5",
             "multiscales": [{"name": name, "axes": axes, "datasets": datasets,
                              "type": "nearest (every 2nd cell)"}],
-            "image-label": {"colors": colours, "source": {"image": "../"}}}
+            "image-label": label}
 

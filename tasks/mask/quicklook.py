@@ -8,6 +8,7 @@ OME-Zarr level that is still at least as large as the picture.
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from segflow.tasks.plan.job import Job
 
 SIDE = 512  # longest side of the picture, in pixels
+#: the most a run's picture adds to the Prefect database (as a data URI): a nightly batch of
+#: 10,000 images adds at most 1 GB there; the full-size PNG stays beside the mask
+ARTIFACT_BYTES = 100_000
+ARTIFACT_SIDE = 384  # longest side of the artifact's picture, before it must shrink to fit
 ALPHA = 0.5  # weight of the class colour over the image
 
 
@@ -131,13 +136,38 @@ def picture(job: Job) -> bytes:
         return write_quicklook(job.reader, job.store_uri, job.picture_uri)
 
 
+def artifact_image(png: bytes, limit: int = ARTIFACT_BYTES) -> str:
+    """The quick look as a JPEG data URI of at most ``limit`` characters, for the Prefect UI:
+    ``ARTIFACT_SIDE`` px on its longest side, smaller until it fits."""
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    side = ARTIFACT_SIDE
+    while True:
+        image.thumbnail((side, side), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85, subsampling=0)  # class colours kept
+        uri = f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+        if len(uri) <= limit or side <= 32:
+            return uri
+        side = side * 3 // 4
+
+
 def summary_markdown(title: str, class_stats: list[dict[str, Any]],
                      metrics: list[dict[str, Any]], png_uri: str) -> str:
-    """The class table (and metrics against a ground truth, when given) as markdown."""
-    lines = [f"# {title}", "", "| class | pixels | area | fraction |", "|---|--:|--:|--:|"]
+    """The class table (with objects and density for an instance run, and metrics against a
+    ground truth, when given) as markdown."""
+    objects = any(row.get("objects") is not None for row in class_stats)
+    extra = " objects | density |" if objects else ""
+    lines = [f"# {title}", "", f"| class | pixels | area | fraction |{extra}",
+             "|---|--:|--:|--:|" + ("--:|--:|" if objects else "")]
     for row in class_stats:
-        lines.append(f"| {row['class_id']} {row['class_name']} | {row['pixels']:,} "
-                     f"| {row['area']:,.4f} {row['area_unit']} | {row['fraction']:.4f} |")
+        line = (f"| {row['class_id']} {row['class_name']} | {row['pixels']:,} "
+                f"| {row['area']:,.4f} {row['area_unit']} | {row['fraction']:.4f} |")
+        if objects:
+            density = row.get("density")
+            count = row.get("objects")
+            line += (f" {'' if count is None else f'{count:,}'} | "
+                     f"{'' if density is None else f'{density:,.4f}'} |")
+        lines.append(line)
     scored = [m for m in metrics if m["tp"] + m["fn"]]
     if scored:
         lines += ["", "| class | IoU | Dice | precision | recall |", "|---|--:|--:|--:|--:|"]

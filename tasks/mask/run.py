@@ -4,16 +4,29 @@ and stop everything at the first failure, so a bad file costs one chunk, not the
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
 from contextlib import closing
+from dataclasses import dataclass
 
 from distributed import Client, Future
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from segflow.tasks.errors import SegflowError, io_error
 from segflow.tasks.mask.chunk import segment_lane
 from segflow.tasks.mask.lease import check_held
-from segflow.tasks.mask.store import DONE_SKIPPED, MaskStore
+from segflow.tasks.mask.store import DONE_BACKGROUND, DONE_SKIPPED, DONE_WRITTEN, MaskStore
 from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import broadcast, inference_resources, windowed
@@ -24,9 +37,60 @@ from segflow.tasks.runtime.crash import crash_point
 WINDOW = 3
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), transient=True)
+#: without a terminal (cron, CI, a log file), one plain line each time this share is passed
+LOG_EVERY = 0.1
+
+
+class RateColumn(ProgressColumn):
+    """Cells per second in millions (Mpx/s, or Mvoxel/s for volumes)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed / 1e6:.2f} M{task.fields['unit']}/s")
+
+
+class ChunkProgress:
+    """A bar in cells (so its rate and ETA are Mpx/s and time left) labelled with chunks done;
+    on a terminal only: elsewhere a line per ``LOG_EVERY`` of the image, and at the end, on
+    stdout."""
+
+    def __init__(self, name: str, sizes: list[int], done: int, unit: str) -> None:
+        self.console = Console()
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                            TextColumn("{task.fields[chunks]}"), RateColumn(),
+                            TimeRemainingColumn(), TimeElapsedColumn(), console=self.console,
+                            transient=True, disable=not self.console.is_terminal)
+        self.name, self.unit, self.total_chunks = name, unit, len(sizes)
+        self.cells, self.total, self.chunks = sum(sizes[:done]), sum(sizes), done
+        self.sizes, self.logged, self.clock = sizes, self.cells / max(1, self.total), 0.0
+
+    def __enter__(self) -> ChunkProgress:
+        self.bar.__enter__()
+        self.clock = time.perf_counter()
+        self.task = self.bar.add_task(self.name, total=self.total, completed=self.cells,
+                                      unit=self.unit, chunks=self._chunks())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def _chunks(self) -> str:
+        return f"{self.chunks}/{self.total_chunks} chunks"
+
+    def advance(self, cells: int, chunks: int) -> None:
+        self.cells, self.chunks = self.cells + cells, self.chunks + chunks
+        self.bar.update(self.task, advance=cells, chunks=self._chunks())
+        share = self.cells / max(1, self.total)
+        if (not self.console.is_terminal and self.total_chunks > 1
+                and (share >= self.logged + LOG_EVERY or self.cells == self.total)):
+            self.logged = share
+            rate = self.cells / max(time.perf_counter() - self.clock, 1e-9) / 1e6
+            print(f"{self.name}: {share:.0%} ({self._chunks()}), {rate:.2f} M{self.unit}/s",
+                  flush=True)
+
+
+def _cells(chunk: Chunk) -> int:
+    return math.prod(s.stop - s.start for s in chunk.core)
 
 
 def _index(chunk: Chunk) -> str:
@@ -65,13 +129,15 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
                              skip_empty=job.config.tiling.skip_empty, resources=resources,
                              key=f"chunk-{job.image_id}-{token}-{_index(group[0])}")
 
-    with _progress() as bar, closing(windowed(client, submit, groups,
-                                              WINDOW * max(1, threads))) as done:
-        progress = bar.add_task(job.image_id, total=total, completed=total - len(todo))
+    # chunks already written first: the bar starts where a resumed run stands
+    first = [c for c in job.plan.chunks if c.index not in {t.index for t in todo}] + todo
+    unit = "voxel" if len(job.reader.spatial_shape) == 3 else "px"
+    with ChunkProgress(job.image_id, [_cells(c) for c in first], total - len(todo), unit) as bar, \
+            closing(windowed(client, submit, groups, WINDOW * max(1, threads))) as done:
         try:
             for group, _ in done:
                 check_held(store.uri, look=False)  # a run that lost its lease stops writing
-                bar.advance(progress, len(group))
+                bar.advance(sum(_cells(c) for c in group), len(group))
                 crash_point("chunks")
         except SegflowError:
             raise
@@ -79,7 +145,21 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
             raise io_error(job.source, "chunk failed", exc) from exc
 
 
-def count_skipped(store: MaskStore) -> tuple[int, bool]:
-    """Chunks recorded as skipped, and whether every chunk is recorded at all."""
+@dataclass(frozen=True)
+class Tally:
+    """What became of an image's chunks: each is counted once."""
+
+    nodata: int  # skipped: all nodata, nothing written
+    background: int  # skipped: no tissue on the slide thumbnail, written as glass unread
+    computed: int  # segmented by the model in this run
+    recorded: bool  # every chunk of the plan is recorded done
+
+
+def tally(store: MaskStore, todo: list[Chunk]) -> Tally:
+    """Count the chunks from the store's progress flags; ``todo``: those this run took on."""
     flags = store.progress()[:]
-    return int((flags == DONE_SKIPPED).sum()), bool((flags != 0).all())
+    mine = [flags[c.index] for c in todo]
+    return Tally(nodata=int((flags == DONE_SKIPPED).sum()),
+                 background=int((flags == DONE_BACKGROUND).sum()),
+                 computed=sum(int(f == DONE_WRITTEN) for f in mine),
+                 recorded=bool((flags != 0).all()))

@@ -32,8 +32,12 @@ from segflow.tasks.runtime.storage import zarr_options
 from segflow.tasks.sources.georef import Coordinates
 from segflow.tasks.sources.identity import resume_key
 
+#: the instance label image (NGFF ``labels`` group): its levels are ``INSTANCES/0``, ``/1``, ...
+INSTANCES = "labels/instances"
 SHARD_INNER = {2: 512, 3: 64}  # inner chunk side per spatial rank: the unit a reader fetches
-DONE_WRITTEN, DONE_SKIPPED = 1, 2
+#: a chunk's progress flag: segmented; skipped as nodata (nothing written); skipped as glass
+#: (no tissue on the slide thumbnail: class 0 written without reading it)
+DONE_WRITTEN, DONE_SKIPPED, DONE_BACKGROUND = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class MaskStore:
         return zarr.open_array(store=self.uri, path="0", mode=mode, **zarr_options(self.uri))
 
     def instances(self, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(store=self.uri, path="instances", mode=mode,
+        return zarr.open_array(store=self.uri, path=f"{INSTANCES}/0", mode=mode,
                                **zarr_options(self.uri))
 
     def progress(self, mode: str = "r") -> zarr.Array:
@@ -61,15 +65,15 @@ class MaskStore:
         return zarr.open_array(store=self.uri, path="probabilities", mode=mode,
                                **zarr_options(self.uri))
 
-    def write_chunk(self, chunk: Chunk, labels: np.ndarray, skipped: bool = False,
+    def write_chunk(self, chunk: Chunk, labels: np.ndarray, done: int = DONE_WRITTEN,
                     scores: np.ndarray | None = None) -> None:
         """Write one chunk's class ids (if any: an all-nodata chunk writes none) and scores,
-        then record it done."""
+        then record it done (``done``: how, one of the ``DONE_*`` flags)."""
         if labels.size:
             self.labels("r+")[chunk.core] = labels
         if scores is not None:
             self.probabilities("r+")[(slice(None), *chunk.core)] = scores
-        self.progress("r+")[chunk.index] = DONE_SKIPPED if skipped else DONE_WRITTEN
+        self.progress("r+")[chunk.index] = done
 
 
 def _inner_chunk(chunk: int, ndim: int) -> int | None:
@@ -163,21 +167,33 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
 
 
 def create_instances(store: MaskStore) -> None:
-    """(Re)create the ``instances`` array with the shape, chunks and shards of ``0``, so each
-    work chunk writes only its own shards of it too."""
+    """(Re)create level 0 of the instance label image (``labels/instances/0``) with the shape,
+    chunks and shards of ``0``, so each work chunk writes only its own shards of it too."""
     group = zarr.open_group(store=store.uri, mode="r+", **zarr_options(store.uri))
     labels = group["0"]
-    group.create_array("instances", shape=labels.shape, dtype="uint32", fill_value=0,
+    image = group.require_group("labels").require_group("instances")
+    image.create_array("0", shape=labels.shape, dtype="uint32", fill_value=0,
                        chunks=labels.chunks, shards=labels.shards, overwrite=True,
                        dimension_names=labels.metadata.dimension_names,
                        attributes=labels.attrs.asdict())
 
 
-def mark_complete(uri: str, summary: dict[str, Any], ome: dict[str, Any]) -> None:
-    """Write the OME-Zarr metadata and flag the store complete, last of all (only while this
-    run still holds the store's lease)."""
+def has_instances(uri: str) -> bool:
+    group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
+    return "labels" in group and "instances" in group["labels"]
+
+
+def mark_complete(uri: str, summary: dict[str, Any], ome: dict[str, Any],
+                  labels: dict[str, dict[str, Any]] | None = None) -> None:
+    """Write the OME-Zarr metadata (``labels``: name -> the ``ome`` of each image in the
+    ``labels`` group) and flag the store complete, last of all (only while this run still
+    holds the store's lease)."""
     check_held(uri)
     group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
+    for name, meta in (labels or {}).items():
+        group["labels"][name].attrs["ome"] = meta
+    if labels:
+        group["labels"].attrs["ome"] = {"version": ome["version"], "labels": sorted(labels)}
     group.attrs["ome"] = ome
     meta = dict(group.attrs["segflow"])
     meta.update(summary, complete=True)

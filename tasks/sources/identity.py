@@ -11,9 +11,7 @@ import fsspec
 
 from segflow.tasks.errors import io_error
 from segflow.tasks.runtime.storage import filesystem
-
-#: suffixes an image id leaves out; ids of .svs/.nii files keep theirs (ids name existing masks)
-ID_DROPS = (".tiff", ".tif", ".zarr")
+from segflow.tasks.sources.registry import IMAGE_SUFFIXES
 
 
 def normal_uri(uri: str) -> str:
@@ -26,11 +24,16 @@ def normal_uri(uri: str) -> str:
 
 
 def image_id(uri: str) -> str:
-    """A path-safe id, stable for a source URI: readable stem plus a short hash of the URI."""
+    """A path-safe id, stable for a source URI: the file stem (less any image suffix a reader
+    claims, ``.nii.gz`` and ``.ome.tif`` whole, and ``.ome`` of ``.ome.zarr``) plus a short
+    hash of the URI."""
     stem = uri.rstrip("/").rsplit("/", 1)[-1]
-    for ext in ID_DROPS:
+    for ext in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
+            break
+    if stem.lower().endswith(".ome"):
+        stem = stem[: -len(".ome")]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
     return f"{stem[:60]}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}"
 

@@ -128,7 +128,7 @@ def run(case: InstanceCase, files, root: Path, address: str, *extra: str) -> dic
 
 def arrays(result: dict) -> tuple[np.ndarray, np.ndarray]:
     uri = result["output_uri"]
-    return (zarr.open_array(uri, path="instances", mode="r")[:],
+    return (zarr.open_array(uri, path="labels/instances/0", mode="r")[:],
             zarr.open_array(uri, path="0", mode="r")[:])
 
 

@@ -1,0 +1,107 @@
+"""One call from a mask store to an xarray DataArray (``segflow.open_mask``), for notebooks:
+lazy (Dask, chunked as stored), in the image's own coordinates, class names and nodata with it.
+
+- rasters: CRS and transform through rioxarray (``mask.rio.crs``, ``mask.rio.transform()``,
+  ``mask.rio.nodata``), pixel-centre ``x``/``y`` coordinates;
+- slides: ``y``/``x`` in µm from the slide's pixel size (pixel indices when it has none);
+- volumes: ``z``/``y``/``x`` voxel-centre distances in mm along the array's axes, with the
+  full voxel-to-RAS affine of the level in ``attrs["affine"]`` (an oblique or flipped
+  orientation has no 1-D coordinates).
+
+Class ids follow the CF flag convention (``flag_values``, ``flag_meanings``) plus
+``class_names`` and ``class_colours`` by id; nodata is ``_FillValue``. Level ``n`` keeps every
+2^n-th cell, so its cells are 2^n times larger with the same origin (as GDAL overviews).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from segflow.tasks.errors import UserError, first_line
+from segflow.tasks.runtime.storage import filesystem, zarr_options
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+
+def store_uri(store_or_root: str, image_id: str | None = None) -> str:
+    """The mask store meant: the store itself, ``ROOT/masks/<image_id>.zarr``, or a root's only
+    store."""
+    path = store_or_root.rstrip("/")
+    if path.endswith(".zarr"):
+        return path
+    masks = f"{path}/masks"
+    if image_id is not None:
+        return f"{masks}/{image_id.removesuffix('.zarr')}.zarr"
+    fs, folder = filesystem(masks)
+    found = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)
+                   if p.endswith(".zarr")) if fs.exists(folder) else []
+    if len(found) != 1:
+        names = ", ".join(f.removesuffix(".zarr") for f in found) or "none"
+        raise UserError(path, f"{len(found)} mask stores under masks/ (give image_id: {names})")
+    return f"{masks}/{found[0]}"
+
+
+def _coords(dims: tuple[str, ...], shape: tuple[int, ...], cell: list[float]
+            ) -> dict[str, np.ndarray]:
+    return {d: (np.arange(n) + 0.5) * size for d, n, size in zip(dims, shape, cell, strict=True)}
+
+
+def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -> xr.DataArray:
+    """The class-id mask at pyramid ``level`` as a lazy DataArray in world coordinates."""
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+    from affine import Affine
+
+    uri = store_uri(store_or_root, image_id)
+    try:
+        group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
+        meta = dict(group.attrs["segflow"])
+    except (OSError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
+        raise UserError(uri, f"not a segflow mask store: {first_line(exc)}") from exc
+    levels = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+    if str(level) not in levels:
+        raise UserError(uri, f"no pyramid level {level} (levels 0..{len(levels) - 1})")
+    array = group[str(level)]
+    dims = tuple(array.metadata.dimension_names)
+    spatial = dict(group.attrs.get("spatial", {}))
+    factor = 2 ** level
+    classes = meta["classes"]
+    nodata = int(array.fill_value)
+    attrs: dict[str, Any] = {
+        "long_name": "class id", "image_id": uri.rsplit("/", 1)[-1].removesuffix(".zarr"),
+        "source_uri": meta.get("source_uri"), "model": meta.get("model"), "level": level,
+        "complete": bool(meta.get("complete", False)),
+        "flag_values": [c["id"] for c in classes],
+        "flag_meanings": " ".join(c["name"].replace(" ", "_") for c in classes),
+        "class_names": {str(c["id"]): c["name"] for c in classes},
+        "class_colours": {str(c["id"]): c.get("colour") for c in classes},
+    }
+    data = da.from_zarr(array)
+    if "crs_wkt" in spatial or "transform" in spatial:
+        transform = Affine(*spatial["transform"][:6]) * Affine.scale(factor)
+        cols, rows = np.arange(array.shape[1]) + 0.5, np.arange(array.shape[0]) + 0.5
+        x = transform.c + transform.a * cols
+        y = transform.f + transform.e * rows
+        mask = xr.DataArray(data, dims=("y", "x"), coords={"y": y, "x": x}, attrs=attrs)
+        if spatial.get("crs_wkt"):
+            mask = mask.rio.write_crs(spatial["crs_wkt"])
+        mask = mask.rio.write_transform(transform)
+    elif "affine" in spatial:
+        affine = np.asarray(spatial["affine"]) @ np.diag([factor] * 3 + [1])
+        size = [float(s) * factor for s in spatial["voxel_size_mm"]]
+        mask = xr.DataArray(data, dims=dims, coords=_coords(dims, array.shape, size),
+                            attrs={**attrs, "units": "mm", "affine": affine.tolist(),
+                                   "orientation": spatial.get("orientation")})
+    else:  # a slide: µm from its pixel size, else pixel indices
+        mpp = spatial.get("mpp")
+        size = [float(mpp) * factor if mpp else float(factor)] * len(dims)
+        mask = xr.DataArray(data, dims=dims, coords=_coords(dims, array.shape, size),
+                            attrs={**attrs, "units": "µm" if mpp else "pixel"})
+    mask = mask.rio.write_nodata(nodata, encoded=False) if "x" in mask.dims else mask
+    mask.attrs["_FillValue"] = nodata
+    return mask.rename(attrs["image_id"])
