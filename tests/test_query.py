@@ -28,6 +28,7 @@ def test_query_over_two_runs_returns_the_right_sums(rgb_tif, textured_tif, tmp_p
            "sum(c.pixels) as valid, count(distinct r.run_id) as runs "
            "from runs r join class_stats c using (run_id) "
            "where r.status = 'succeeded' group by r.image_id order by r.image_id")
+    capsys.readouterr()  # the runs' own progress lines: only the query's output below
     assert main(["query", sql, "--out", root, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["image_id"]: {"foreground": r["fg"], "valid": r["valid"]} for r in rows} == expected
