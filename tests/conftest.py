@@ -29,11 +29,16 @@ def _free_port() -> int:
 
 #: test files that take minutes on their own: started first, so that under pytest-xdist they
 #: overlap with the rest of the suite instead of ending it
-LONGEST_FIRST = ("tests/test_wheel.py", "tests/test_resume.py")
+LONGEST_FIRST = ("tests/test_wheel.py", "tests/test_load.py", "tests/test_crash.py",
+                 "tests/test_resume.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FIRST)
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,4 @@
-"""Load held: ``segflow watch --once`` over 100 new small images, 4 at a time, on the Prefect
+"""Load held: ``segflow watch --once`` over 200 new small images, 4 at a time, on the Prefect
 server the tests start: every image processed exactly once, none lost, no failure."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 from segflow.tasks.catalog.query import run_query
 from tests.conftest import write_geotiff
 
-IMAGES = 100
+IMAGES = 200
 
 
 def _watch(folder, root, prefect_server, dask_address) -> subprocess.CompletedProcess:
@@ -26,7 +26,7 @@ def _watch(folder, root, prefect_server, dask_address) -> subprocess.CompletedPr
         timeout=900)
 
 
-def test_watch_once_over_100_new_images(tmp_path, prefect_server, dask_address):
+def test_watch_once_over_200_new_images(tmp_path, prefect_server, dask_address):
     folder = tmp_path / "incoming"
     folder.mkdir()
     rng = np.random.default_rng(0)

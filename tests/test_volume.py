@@ -91,7 +91,7 @@ def test_tissue_volumes_in_ml_equal_voxel_counts_times_the_affine(head_nii, tmp_
 
 def test_volume_mask_does_not_depend_on_chunk_size(head_nii, tmp_path, dask_address):
     masks = []
-    for chunk in (32, 128):
+    for chunk in (48, 128):
         cfg = load_config(CONFIGS / "mri.yaml", [f"tiling.chunk={chunk}"])
         result = segment_image(str(head_nii), str(tmp_path / f"out{chunk}"),
                                cfg.model_dump(mode="json"), dask_address)
