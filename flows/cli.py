@@ -398,8 +398,9 @@ def _query(sql: str, out: str, fmt: str) -> None:
 
 
 def _show(path: str) -> None:
-    from segflow.tasks.catalog.inspect import describe_store, stores_under
+    from segflow.tasks.catalog.inspect import describe_store
     from segflow.tasks.errors import UserError
+    from segflow.tasks.mask.store import stores_under
 
     stores = [path] if path.rstrip("/").endswith(".zarr") else stores_under(path)
     if not stores:
@@ -410,9 +411,7 @@ def _show(path: str) -> None:
     info = describe_store(stores[0])
     for key in ("store", "source", "checksum", "model", "config_hash"):
         print(f"{key + ':':13}{info[key]}")
-    state = ("complete" if info["complete"] else
-             f"incomplete: {info['chunks_left']} of {info['chunks_total']} chunks left")
-    print(f"{'state:':13}{state}")
+    print(f"{'state:':13}{info['state']}")
     print(f"{'levels:':13}{len(info['levels'])} (level 0: {info['shape']})")
     for line in info["outputs"]:
         print(f"{'output:':13}{line}")
@@ -422,8 +421,8 @@ def _show(path: str) -> None:
 
 
 def _store_row(info: dict[str, Any]) -> dict[str, Any]:
-    state = "complete" if info["complete"] else f"{info['chunks_left']} chunks left"
-    return {"store": info["store"].rsplit("/", 1)[-1], "state": state, "model": info["model"],
+    return {"store": info["store"].rsplit("/", 1)[-1], "state": info["state"],
+            "model": info["model"],
             "classes": len(info["classes"]), "levels": len(info["levels"])}
 
 

@@ -132,8 +132,8 @@ def finish(outcome: Outcome, scheduler: str) -> None:
     write_quicklook(job.reader, job.store_uri, job.picture_uri)
     crash_point("quicklook")
     ome = ome_metadata(job.reader.dims, units, size, levels, job.model.classes, job.image_id)
-    skipped = outcome.chunks.nodata + outcome.chunks.background
-    mark_complete(job.store_uri, {"chunks_skipped": skipped, "levels": levels}, ome, labels)
+    mark_complete(job.store_uri, {"chunks_skipped": outcome.chunks.skipped, "levels": levels},
+                  ome, labels)
 
 
 @task(name="measure", **RETRIED)
@@ -225,8 +225,7 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
             outputs = stage(export)(outcome, found, address)
             crash_point("export")
             run.update(status="succeeded", model=outcome.job.model.identity(),
-                       chunks_skipped=outcome.chunks.nodata + outcome.chunks.background,
-                       finished_at=datetime.now(UTC),
+                       chunks_skipped=outcome.chunks.skipped, finished_at=datetime.now(UTC),
                        seconds=time.perf_counter() - clock)
             stage(record)(out, run, found, outputs)
             crash_point("publish")

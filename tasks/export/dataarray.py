@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
-import zarr
 
-from segflow.tasks.errors import UserError, first_line
-from segflow.tasks.runtime.storage import filesystem, zarr_options
+from segflow.tasks.errors import UserError
+from segflow.tasks.mask.store import open_store_group, stores_under
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -34,16 +33,13 @@ def store_uri(store_or_root: str, image_id: str | None = None) -> str:
     path = store_or_root.rstrip("/")
     if path.endswith(".zarr"):
         return path
-    masks = f"{path}/masks"
     if image_id is not None:
-        return f"{masks}/{image_id.removesuffix('.zarr')}.zarr"
-    fs, folder = filesystem(masks)
-    found = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)
-                   if p.endswith(".zarr")) if fs.exists(folder) else []
+        return f"{path}/masks/{image_id.removesuffix('.zarr')}.zarr"
+    found = stores_under(path)
     if len(found) != 1:
-        names = ", ".join(f.removesuffix(".zarr") for f in found) or "none"
+        names = ", ".join(f.rsplit("/", 1)[-1].removesuffix(".zarr") for f in found) or "none"
         raise UserError(path, f"{len(found)} mask stores under masks/ (give image_id: {names})")
-    return f"{masks}/{found[0]}"
+    return found[0]
 
 
 def _coords(dims: tuple[str, ...], shape: tuple[int, ...], cell: list[float]
@@ -58,11 +54,7 @@ def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -
     from affine import Affine
 
     uri = store_uri(store_or_root, image_id)
-    try:
-        group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
-        meta = dict(group.attrs["segflow"])
-    except (OSError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
-        raise UserError(uri, f"not a segflow mask store: {first_line(exc)}") from exc
+    group, meta = open_store_group(uri)
     levels = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
     if str(level) not in levels:
         raise UserError(uri, f"no pyramid level {level} (levels 0..{len(levels) - 1})")

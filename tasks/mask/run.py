@@ -54,15 +54,17 @@ class ChunkProgress:
     on a terminal only: elsewhere a line per ``LOG_EVERY`` of the image, and at the end, on
     stdout."""
 
-    def __init__(self, name: str, sizes: list[int], done: int, unit: str) -> None:
+    def __init__(self, name: str, cells: tuple[int, int], chunks: tuple[int, int],
+                 unit: str) -> None:
+        """``cells`` and ``chunks``: (done already, total)."""
         self.console = Console()
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                             TextColumn("{task.fields[chunks]}"), RateColumn(),
                             TimeRemainingColumn(), TimeElapsedColumn(), console=self.console,
                             transient=True, disable=not self.console.is_terminal)
-        self.name, self.unit, self.total_chunks = name, unit, len(sizes)
-        self.cells, self.total, self.chunks = sum(sizes[:done]), sum(sizes), done
-        self.sizes, self.logged, self.clock = sizes, self.cells / max(1, self.total), 0.0
+        self.name, self.unit = name, unit
+        (self.cells, self.total), (self.chunks, self.total_chunks) = cells, chunks
+        self.logged, self.clock = self.cells / max(1, self.total), 0.0
 
     def __enter__(self) -> ChunkProgress:
         self.bar.__enter__()
@@ -129,11 +131,13 @@ def run_chunks(client: Client, job: Job, store: MaskStore, todo: list[Chunk]) ->
                              skip_empty=job.config.tiling.skip_empty, resources=resources,
                              key=f"chunk-{job.image_id}-{token}-{_index(group[0])}")
 
-    # chunks already written first: the bar starts where a resumed run stands
-    first = [c for c in job.plan.chunks if c.index not in {t.index for t in todo}] + todo
+    # the bar starts where a resumed run stands
+    cells = math.prod(job.reader.spatial_shape)
     unit = "voxel" if len(job.reader.spatial_shape) == 3 else "px"
-    with ChunkProgress(job.image_id, [_cells(c) for c in first], total - len(todo), unit) as bar, \
-            closing(windowed(client, submit, groups, WINDOW * max(1, threads))) as done:
+    progress = ChunkProgress(job.image_id, (cells - sum(map(_cells, todo)), cells),
+                             (total - len(todo), total), unit)
+    with progress as bar, closing(windowed(client, submit, groups,
+                                           WINDOW * max(1, threads))) as done:
         try:
             for group, _ in done:
                 check_held(store.uri, look=False)  # a run that lost its lease stops writing
@@ -153,6 +157,10 @@ class Tally:
     background: int  # skipped: no tissue on the slide thumbnail, written as glass unread
     computed: int  # segmented by the model in this run
     recorded: bool  # every chunk of the plan is recorded done
+
+    @property
+    def skipped(self) -> int:
+        return self.nodata + self.background
 
 
 def tally(store: MaskStore, todo: list[Chunk]) -> Tally:

@@ -3,10 +3,12 @@
 Layout (``ROOT/masks/<image_id>.zarr``):
   0            class ids (y, x); one Zarr shard (or chunk) per work chunk, so no two workers
                ever write the same object (concurrent writers of one shard lose data)
-  instances    object ids (uint32, 0 = no object), laid out like ``0``; only when instances are on
+  labels/instances/0, 1, ...  object ids (uint32, 0 = no object), laid out like ``0``, and
+               their pyramid: an NGFF label image of its own; only when instances are on
   probabilities  per-class scores (class, y, x), uint8 0-255 or float16 0-1, chunked and
                sharded like ``0`` along the spatial axes; only with ``output.probabilities``
-  progress     one uint8 per work chunk: 0 to do, 1 written, 2 skipped (all nodata); set after
+  progress     one uint8 per work chunk: 0 to do, 1 written, 2 skipped (all nodata), 3 skipped
+               (no tissue on the slide thumbnail: written as glass); set after
                the chunk's mask is written, it is the resume record; its chunks are 1x1 so
                every worker writes only its own object
   x, y         pixel-centre coordinates, spatial_ref: CF grid mapping (crs_wkt, GeoTransform),
@@ -24,11 +26,12 @@ from typing import Any
 import numpy as np
 import zarr
 
+from segflow.tasks.errors import UserError, first_line
 from segflow.tasks.mask.lease import check_held
 from segflow.tasks.models.base import label_dtype
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.plan.job import Job
-from segflow.tasks.runtime.storage import zarr_options
+from segflow.tasks.runtime.storage import filesystem, zarr_options
 from segflow.tasks.sources.georef import Coordinates
 from segflow.tasks.sources.identity import resume_key
 
@@ -176,6 +179,26 @@ def create_instances(store: MaskStore) -> None:
                        chunks=labels.chunks, shards=labels.shards, overwrite=True,
                        dimension_names=labels.metadata.dimension_names,
                        attributes=labels.attrs.asdict())
+
+
+def open_store_group(uri: str) -> tuple[zarr.Group, dict[str, Any]]:
+    """A mask store opened to read, and its ``segflow`` attributes; a one-line error when
+    ``uri`` is not one."""
+    try:
+        group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
+        return group, dict(group.attrs["segflow"])
+    except (OSError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
+        raise UserError(uri, f"not a segflow mask store: {first_line(exc)}") from exc
+
+
+def stores_under(root: str) -> list[str]:
+    """The mask stores of an output root (``ROOT/masks/*.zarr``), sorted."""
+    prefix = root.rstrip("/")
+    fs, path = filesystem(f"{prefix}/masks")
+    if not fs.exists(path):
+        return []
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    return [f"{prefix}/masks/{n}" for n in names if n.endswith(".zarr")]
 
 
 def has_instances(uri: str) -> bool:
