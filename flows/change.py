@@ -21,7 +21,7 @@ from segflow.tasks.catalog.tables import record_run, write_rows
 from segflow.tasks.config import ClusterConfig
 from segflow.tasks.errors import SegflowError, UserError, first_line, output_error
 from segflow.tasks.mask.lease import hold
-from segflow.tasks.mask.pyramid import build_levels, ome_metadata
+from segflow.tasks.mask.pyramid import build_levels, cell_origin, ome_metadata
 from segflow.tasks.mask.store import mark_complete, open_or_create
 from segflow.tasks.measure.change import (
     change_classes,
@@ -84,7 +84,8 @@ def change_masks(a: str, b: str, out: str, scheduler: str | None = None) -> dict
             levels = build_levels(uri, client)
             units, size = mask_a.cell_size()
             mark_complete(uri, {"chunks_skipped": 0, "levels": levels},
-                          ome_metadata(mask_a.dims, units, size, levels, classes, change_id))
+                          ome_metadata(mask_a.dims, units, size, levels, classes, change_id,
+                                       cell_origin(mask_a.spatial, len(size))))
         run.update(status="succeeded", chunks_skipped=0, finished_at=datetime.now(UTC),
                    seconds=time.perf_counter() - clock)
         record_run(out, run, {"change": rows})

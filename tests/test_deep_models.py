@@ -154,7 +154,8 @@ def test_unet_3d_through_the_flow_equals_a_whole_volume_pass(unet3d_weights, tmp
                                                               dask_address):
     """The real T1 volume (33x41x25) in 18 chunks of 16 with a halo of 10 >= 9."""
     volume = DATA / "nibabel_anatomical.nii"
-    voxels = np.asarray(nib.load(volume).dataobj).astype(np.float32)
+    # the flow reads the LAS file with x reversed (RAS+), as nibabel's closest canonical
+    voxels = np.asarray(nib.as_closest_canonical(nib.load(volume)).dataobj).astype(np.float32)
     mean, std = float(voxels.mean()), float(voxels.std())
     cfg = load_config(overrides=[
         "model.kind=unet", f"model.weights={unet3d_weights}", "model.classes=[a, b, c]",

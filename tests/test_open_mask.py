@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
+from nibabel.affines import apply_affine
 
 import segflow
 from segflow.flows.segment import segment_image
@@ -64,10 +65,17 @@ def test_a_volume_mask_carries_its_voxel_to_ras_affine(head_nii, tmp_path, dask_
     cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=64"])
     result = segment_image(str(head_nii), str(tmp_path / "out"), cfg.model_dump(mode="json"),
                            dask_address)
+    source = nib.load(head_nii)  # LAS: the mask's x axis runs the other way
     mask = segflow.open_mask(result["output_uri"])
-    np.testing.assert_allclose(mask.attrs["affine"], nib.load(head_nii).affine)
-    assert mask.dims == ("i", "j", "k") and mask.attrs["units"] == "mm"  # voxel axes
+    np.testing.assert_allclose(mask.attrs["affine"], nib.as_closest_canonical(source).affine)
+    assert mask.dims == ("x", "y", "z") and mask.attrs["units"] == "mm"
     assert "grey_matter" in mask.attrs["flag_meanings"]
+    # coordinates are RAS+ mm of voxel centres: the file's corners land where nibabel says
+    far = np.array(source.shape) - 1
+    for voxel in (np.zeros(3), far, np.array([far[0], 0, far[2]])):
+        x, y, z = apply_affine(source.affine, voxel)
+        cell = mask.sel(x=x, y=y, z=z, method="nearest", tolerance=1e-6)  # else KeyError
+        assert cell.shape == ()
 
 
 def test_a_root_with_several_masks_names_them(tmp_path):

@@ -20,17 +20,45 @@ DATA = Path(__file__).parent / "data"
 
 
 def test_reader_slices_match_nibabel_for_a_big_endian_las_volume():
+    # An LAS file is presented as nibabel's closest canonical (RAS+) volume: x reversed.
     path = DATA / "nibabel_anatomical.nii"
     vol = open_nifti(str(path))
-    expected = np.asarray(nib.load(path).dataobj)
+    canonical = nib.as_closest_canonical(nib.load(path))
+    expected = np.asarray(canonical.dataobj)
     assert vol.spatial_shape == expected.shape == (33, 41, 25)
     pixels, valid = vol.read((slice(3, 20), slice(0, 41), slice(10, 25)))
     assert pixels.dtype == np.int16 and pixels.dtype.byteorder in "=|<"
     np.testing.assert_array_equal(pixels[0], expected[3:20, :, 10:25])
     assert valid.all()
+    sample, _ = vol._read_decimated(4)
+    np.testing.assert_array_equal(sample[0], expected[::4, ::4, ::4])
     attrs = vol.spatial_attrs()
-    assert attrs["orientation"] == "LAS" and attrs["voxel_size_mm"] == [2.0, 2.0, 2.0]
+    assert attrs["orientation"] == "RAS" and attrs["source_orientation"] == "LAS"
+    assert attrs["flipped"] == [True, False, False] and vol.dims == ("x", "y", "z")
+    np.testing.assert_allclose(attrs["affine"], canonical.affine)
+    np.testing.assert_allclose(attrs["source_affine"], nib.load(path).affine)
+    assert attrs["voxel_size_mm"] == [2.0, 2.0, 2.0]
     assert vol.voxel_mm3() == pytest.approx(8.0)
+
+
+def test_a_permuted_volume_keeps_its_axis_order_and_ascends_in_ras(tmp_path):
+    # The same scan stored PIR (axis 0 runs posterior, 1 inferior, 2 right): each axis is
+    # named after its world axis and read reversed where it runs against it, so the presented
+    # volume is nibabel's canonical one with its axes in the file's order.
+    img = nib.load(DATA / "nibabel_anatomical.nii")
+    to_pir = nib.orientations.ornt_transform(nib.io_orientation(img.affine),
+                                             nib.orientations.axcodes2ornt("PIR"))
+    path = tmp_path / "pir.nii"
+    nib.save(img.as_reoriented(to_pir), path)
+    vol = open_nifti(str(path))
+    assert vol.dims == ("y", "z", "x") and vol.flipped == (True, True, False)
+    presented = vol.read(tuple(slice(0, n) for n in vol.spatial_shape))[0][0]
+    canonical = nib.as_closest_canonical(nib.load(path))
+    np.testing.assert_array_equal(np.transpose(presented, (2, 0, 1)),
+                                  np.asarray(canonical.dataobj))
+    affine = np.asarray(vol.spatial_attrs()["affine"])
+    assert "".join(nib.aff2axcodes(affine)) == "ASR"  # every axis ascending
+    np.testing.assert_allclose(affine[:3, 3], canonical.affine[:3, 3])  # the same corner
 
 
 def test_not_a_volume_is_a_clear_error(tmp_path):
@@ -52,7 +80,9 @@ def test_tiled_3d_torchscript_equals_whole_volume_pass(head_nii, dilated_model_3
     assert result["modality"] == "volume" and result["chunks_total"] == 3 * 3 * 3
     tiled = zarr.open_array(result["output_uri"], path="0", mode="r")[:]
 
-    voxels = np.asarray(nib.load(head_nii).dataobj).astype(np.float32) / 32767.0
+    # the flow sees the LAS file with every axis ascending in RAS+, as nibabel's canonical
+    canonical = nib.as_closest_canonical(nib.load(head_nii))
+    voxels = np.asarray(canonical.dataobj).astype(np.float32) / 32767.0
     module = torch.jit.load(str(dilated_model_3d)).eval()
     with torch.inference_mode():
         logits = module(torch.from_numpy(voxels[None, None]))[0].numpy()
@@ -101,20 +131,26 @@ def test_volume_mask_does_not_depend_on_chunk_size(head_nii, tmp_path, dask_addr
 
 def test_ome_zarr_volume_gives_the_same_tissue_classes_as_its_nifti(head_nii, tmp_path,
                                                                     dask_address):
-    """The same voxels as an OME-Zarr image (1 mm scale) segment to the same mask."""
-    voxels = np.asarray(nib.load(head_nii).dataobj)
+    """The same voxels as an OME-Zarr image (1 mm scale, RAS+ as OME-Zarr needs: positive
+    scales) segment to the same mask."""
+    canonical = nib.as_closest_canonical(nib.load(head_nii))
+    voxels = np.asarray(canonical.dataobj)
     store = tmp_path / "head.ome.zarr"
     group = zarr.open_group(str(store), mode="w", zarr_format=3)
-    group.create_array("s0", data=voxels, chunks=(32, 32, 32), dimension_names=["z", "y", "x"])
+    group.create_array("s0", data=voxels, chunks=(32, 32, 32), dimension_names=["x", "y", "z"])
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{
-        "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in "zyx"],
+        "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in "xyz"],
         "datasets": [{"path": "s0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]}
+            {"type": "scale", "scale": [1.0, 1.0, 1.0]},
+            {"type": "translation", "translation": canonical.affine[:3, 3].tolist()}]}]}]}
 
     cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=64"]).model_dump(mode="json")
     from_zarr = segment_image(str(store), str(tmp_path / "z"), cfg, dask_address)
     from_nii = segment_image(str(head_nii), str(tmp_path / "n"), cfg, dask_address)
     assert from_zarr["modality"] == "volume"
+    spatial = [zarr.open_group(r["output_uri"], mode="r").attrs["spatial"]
+               for r in (from_zarr, from_nii)]
+    np.testing.assert_allclose(spatial[0]["affine"], spatial[1]["affine"])
     np.testing.assert_array_equal(
         zarr.open_array(from_zarr["output_uri"], path="0", mode="r")[:],
         zarr.open_array(from_nii["output_uri"], path="0", mode="r")[:])

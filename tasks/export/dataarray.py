@@ -4,9 +4,9 @@ lazy (Dask, chunked as stored), in the image's own coordinates, class names and 
 - rasters: CRS and transform through rioxarray (``mask.rio.crs``, ``mask.rio.transform()``,
   ``mask.rio.nodata``), pixel-centre ``x``/``y`` coordinates;
 - slides: ``y``/``x`` in µm from the slide's pixel size (pixel indices when it has none);
-- volumes: ``z``/``y``/``x`` voxel-centre distances in mm along the array's axes, with the
-  full voxel-to-RAS affine of the level in ``attrs["affine"]`` (an oblique or flipped
-  orientation has no 1-D coordinates).
+- volumes: ``x``/``y``/``z`` RAS+ mm of the voxel centres (the reader made every axis ascend
+  in its world axis), with the level's full voxel-to-RAS affine in ``attrs["affine"]`` (an
+  oblique volume's 1-D coordinates follow each axis's closest world axis; use the affine).
 
 Class ids follow the CF flag convention (``flag_values``, ``flag_meanings``) plus
 ``class_names`` and ``class_colours`` by id; nodata is ``_FillValue``. Level ``n`` keeps every
@@ -21,6 +21,7 @@ import dask.array as da
 import numpy as np
 
 from segflow.tasks.errors import UserError
+from segflow.tasks.mask.pyramid import cell_origin
 from segflow.tasks.mask.store import open_store_group, stores_under
 
 if TYPE_CHECKING:
@@ -85,8 +86,10 @@ def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -
         mask = mask.rio.write_transform(transform)
     elif "affine" in spatial:
         affine = np.asarray(spatial["affine"]) @ np.diag([factor] * 3 + [1])
-        size = [float(s) * factor for s in spatial["voxel_size_mm"]]
-        mask = xr.DataArray(data, dims=dims, coords=_coords(dims, array.shape, size),
+        world = np.argmax(np.abs(affine[:3, :3]), axis=0)  # the world axis each axis follows
+        coords = {d: origin + np.arange(n) * affine[w, a] for a, (d, n, w, origin) in
+                  enumerate(zip(dims, array.shape, world, cell_origin(spatial, 3), strict=True))}
+        mask = xr.DataArray(data, dims=dims, coords=coords,
                             attrs={**attrs, "units": "mm", "affine": affine.tolist(),
                                    "orientation": spatial.get("orientation")})
     else:  # a slide: µm from its pixel size, else pixel indices
@@ -94,6 +97,6 @@ def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -
         size = [float(mpp) * factor if mpp else float(factor)] * len(dims)
         mask = xr.DataArray(data, dims=dims, coords=_coords(dims, array.shape, size),
                             attrs={**attrs, "units": "µm" if mpp else "pixel"})
-    mask = mask.rio.write_nodata(nodata, encoded=False) if "x" in mask.dims else mask
+    mask = mask.rio.write_nodata(nodata, encoded=False) if "transform" in spatial else mask
     mask.attrs["_FillValue"] = nodata
     return mask.rename(attrs["image_id"])

@@ -134,10 +134,13 @@ def _ome_tiff(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec]
 
 def _nifti(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
            spatial: dict[str, Any]) -> None:
-    """A gzipped NIfTI-1 label map with the source's voxel affine (sform and qform), written
-    slab by slab along the last axis in NIfTI's column-major order."""
+    """A gzipped NIfTI-1 label map on the source's own voxel grid and affine (sform and qform):
+    the axes the reader turned round to ascend in RAS+ are turned back, so the file overlays
+    its source voxel for voxel. Written slab by slab along the last axis in NIfTI's
+    column-major order."""
     labels = store.labels()
-    affine = np.asarray(spatial["affine"], dtype=np.float64)
+    affine = np.asarray(spatial.get("source_affine", spatial["affine"]), dtype=np.float64)
+    flipped = list(spatial.get("flipped", [False] * 3))
     header = nib.Nifti1Header()
     header.set_data_shape(labels.shape)
     header.set_data_dtype(np.dtype(store.dtype))
@@ -154,6 +157,9 @@ def _nifti(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
         out.write(header.binaryblock)
         out.write(b"\0" * (352 - len(header.binaryblock)))  # no extensions
         for k in range(0, depth, step):
-            slab = labels[:, :, k:k + step]
+            stop = min(k + step, depth)
+            slab = (np.flip(labels[:, :, depth - stop:depth - k], 2) if flipped[2] else
+                    labels[:, :, k:stop])
+            slab = np.flip(slab, [a for a in (0, 1) if flipped[a]])
             for z in range(slab.shape[2]):
                 out.write(np.ascontiguousarray(slab[:, :, z].T).tobytes())

@@ -20,6 +20,7 @@ shard as one object (a PUT on S3), so "one writer per shard" holds on object sto
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +131,10 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
     try:
         group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
         meta = group.attrs.get("segflow", {})
-        if meta.get("resume_key") == resume:
+        # the same bytes, model and config, laid out on the same grid (a store from a version
+        # that oriented the volume otherwise is rebuilt, never mixed)
+        if (meta.get("resume_key") == resume
+                and group.attrs.get("spatial") == json.loads(json.dumps(attrs.get("spatial")))):
             done = store.progress()[:]
             finished = {tuple(int(i) for i in idx) for idx in np.argwhere(done > 0)}
             return store, finished, bool(meta.get("complete"))

@@ -5,7 +5,11 @@ must decompress the stream up to the window (indexed_gzip makes that seekable wh
 memory stays bounded by the window, but time grows with its offset: prefer .nii for big
 volumes. On S3 (or any fsspec URL) a window is read with range requests, never the whole
 object; a remote .nii.gz streams from its start for each window, fine for MRI-sized volumes.
-Axes stay in the file's voxel order (i, j, k); the affine maps them to RAS+ millimetres.
+A volume is presented with every voxel axis ascending in RAS+ millimetres: an axis that runs
+against its world axis (the L of an LAS file) is read reversed. The axes keep the file's order
+and are named after the world axis each follows (x, y, z for RAS, LAS, LPS...), so the mask's
+OME-Zarr transform (scale and translation only: NGFF 0.5 has no flips) places it in world
+coordinates, and the NIfTI export reverses the axes again onto the file's own grid.
 """
 
 from __future__ import annotations
@@ -44,8 +48,28 @@ class Volume(SourceBase):
     affine: tuple[tuple[float, ...], ...] = ()
 
     reader: ClassVar[str] = "nifti"
-    dims: ClassVar[tuple[str, ...]] = ("i", "j", "k")
     physical_axes: ClassVar[tuple[str, ...]] = ("x", "y", "z")
+
+    @property
+    def _orientation(self) -> np.ndarray:
+        """nibabel's (world axis, direction) per voxel axis: the closest, for oblique files."""
+        return nib.io_orientation(np.asarray(self.affine))
+
+    @property
+    def dims(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple("xyz"[int(axis)] for axis in self._orientation[:, 0])
+
+    @property
+    def flipped(self) -> tuple[bool, ...]:
+        """Which voxel axes the file stores against their world axis, read reversed."""
+        return tuple(bool(direction < 0) for direction in self._orientation[:, 1])
+
+    @property
+    def world_affine(self) -> np.ndarray:
+        """Voxel-to-RAS affine of the volume as presented (flipped axes reversed)."""
+        flips = np.column_stack([np.arange(3), np.where(self.flipped, -1, 1)])
+        return np.asarray(self.affine) @ nib.orientations.inv_ornt_aff(flips,
+                                                                       self.spatial_shape)
 
     def _slab(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
@@ -61,12 +85,26 @@ class Volume(SourceBase):
             raise io_error(self.uri, "cannot read voxels", exc) from exc
         return data.astype(data.dtype.newbyteorder("="), copy=False)
 
+    def _oriented(self, index: tuple[slice, ...]) -> np.ndarray:
+        """Cells ``index`` (slices in the presented order) of the file's bands."""
+        flipped = self.flipped
+        window = []
+        for s, n, flip in zip(index, self.spatial_shape, flipped, strict=True):
+            cells = range(n)[s]
+            # presented cell c is the file's n - 1 - c: the same cells from the far end
+            window.append(slice(n - 1 - cells[-1], n - cells[0], cells.step)
+                          if flip and len(cells) else s)
+        data = self._slab(tuple(window))
+        if not any(flipped):
+            return data
+        return np.ascontiguousarray(np.flip(data, [a + 1 for a, f in enumerate(flipped) if f]))
+
     def _read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
-        pixels = self._slab(tuple(box))
+        pixels = self._oriented(tuple(box))
         return pixels, np.ones(pixels.shape[1:], bool)
 
     def _read_decimated(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        pixels = self._slab((slice(None, None, step),) * 3)
+        pixels = self._oriented((slice(None, None, step),) * 3)
         return pixels, np.ones(pixels.shape[1:], bool)
 
     def voxel_mm3(self) -> float:
@@ -81,14 +119,18 @@ class Volume(SourceBase):
 
     def physical(self, index: np.ndarray) -> np.ndarray:
         """RAS+ x, y, z in mm: the NIfTI affine maps voxel centres, which sit at index + 0.5."""
-        affine = np.asarray(self.affine)
+        affine = self.world_affine
         return (index - 0.5) @ affine[:3, :3].T + affine[:3, 3]
 
     def spatial_attrs(self) -> dict[str, Any]:
-        affine = np.asarray(self.affine)
+        """The affine of the mask's own axes, and the file's, which the NIfTI export writes."""
+        affine = self.world_affine
         return {"affine": affine.tolist(), "axes": list(self.dims),
                 "orientation": "".join(nib.aff2axcodes(affine)),
-                "voxel_size_mm": self.cell_size()[1]}
+                "voxel_size_mm": self.cell_size()[1],
+                "source_affine": np.asarray(self.affine).tolist(),
+                "source_orientation": "".join(nib.aff2axcodes(np.asarray(self.affine))),
+                "flipped": list(self.flipped)}
 
 
 def open_nifti(uri: str, cfg: InputConfig | None = None) -> Volume:
@@ -121,8 +163,14 @@ class ZarrVolume(Volume):
     """A 3-D Zarr array, or level 0 of an OME-Zarr image, read chunk-wise by zarr itself."""
 
     path: str = ""
+    #: the input's own axis names (its OME axes or Zarr dimension names), kept for the mask
+    axis_names: tuple[str, ...] = ()
 
     reader: ClassVar[str] = "zarr"
+
+    @property
+    def dims(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.axis_names or super().dims
 
     def _slab(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
@@ -133,8 +181,9 @@ class ZarrVolume(Volume):
         return data[None]
 
 
-def _ome_level0(group: zarr.Group) -> tuple[str, list[float], list[float]]:
-    """Path, scale and translation of level 0 from OME-Zarr multiscales (0.4 or 0.5)."""
+def _ome_level0(group: zarr.Group) -> tuple[str, list[float], list[float], tuple[str, ...]]:
+    """Path, scale, translation and axis names of level 0 from OME-Zarr multiscales (0.4 or
+    0.5)."""
     attrs = group.attrs.asdict()
     multiscales = attrs.get("ome", attrs).get("multiscales")
     if not multiscales:
@@ -146,7 +195,9 @@ def _ome_level0(group: zarr.Group) -> tuple[str, list[float], list[float]]:
             scale = [float(v) for v in transform["scale"]][-3:]
         if transform["type"] == "translation":
             shift = [float(v) for v in transform["translation"]][-3:]
-    return dataset["path"], scale, shift
+    names = tuple(str(a["name"]) if isinstance(a, dict) else str(a)
+                  for a in multiscales[0].get("axes", []))[-3:]
+    return dataset["path"], scale, shift, names
 
 
 def open_zarr_volume(uri: str, cfg: InputConfig | None = None) -> ZarrVolume:
@@ -154,10 +205,12 @@ def open_zarr_volume(uri: str, cfg: InputConfig | None = None) -> ZarrVolume:
     try:
         node = zarr.open(store=uri, mode="r", **zarr_options(uri))
         if isinstance(node, zarr.Group):
-            path, scale, shift = _ome_level0(node)
+            path, scale, shift, names = _ome_level0(node)
             array = node[path]
         else:
-            path, scale, shift, array = "", [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], node
+            path, scale, shift, names, array = "", [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], (), node
+        if array.metadata.zarr_format == 3 and all(array.metadata.dimension_names or [None]):
+            names = tuple(array.metadata.dimension_names)
         shape = tuple(int(n) for n in array.shape)
         dtype = np.dtype(array.dtype).name
     except Exception as exc:
@@ -169,4 +222,5 @@ def open_zarr_volume(uri: str, cfg: InputConfig | None = None) -> ZarrVolume:
     affine[:3, 3] = shift
     bands = select_bands(uri, (cfg or InputConfig()).bands, 1, "volume")
     return ZarrVolume(uri=uri, spatial_shape=shape, bands=bands, dtype=dtype, path=path,
-                      affine=tuple(tuple(float(v) for v in row) for row in affine))
+                      affine=tuple(tuple(float(v) for v in row) for row in affine),
+                      axis_names=names if len(set(names)) == 3 else ())

@@ -107,7 +107,9 @@ class _Nifti(ReaderContract):
         return path
 
     def expected(self, path: Path) -> dict[str, Any]:
-        img = nib.load(path)
+        # the reader presents every axis ascending in RAS+ (the LAS file's x reversed), as
+        # nibabel's closest canonical image does
+        img = nib.as_closest_canonical(nib.load(path))
         voxels = np.asarray(img.dataobj)
         voxels = voxels.astype(voxels.dtype.newbyteorder("="))[None]
         cells = [(0, 0, 0), (32, 40, 24), (10, 3, 17)]
