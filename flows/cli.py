@@ -464,6 +464,13 @@ def _check_inputs(args: argparse.Namespace) -> None:
         for section, key in (*FILE_KEYS, ("stats", "ground_truth")):
             value = getattr(getattr(cfg, section), key)
             _check_local(value if isinstance(value, str) else None, f"file ({section}.{key})")
+        if args.command in ("segment", "evaluate") and Path(args.source).exists():
+            from segflow.tasks.sources.registry import is_image, open_source
+
+            if Path(args.source).is_dir() and not is_image(args.source):
+                raise UserError(args.source, "a folder, not an image (segflow batch takes "
+                                             "folders)")
+            open_source(args.source, cfg.input)  # its header: a file that is no image ends here
     except UserError as exc:
         if args.command in ("segment", "evaluate"):
             reason = str(exc)

@@ -67,6 +67,27 @@ def test_a_bad_path_or_key_fails_in_a_second_before_anything_starts(args, messag
     assert seconds < 5, seconds
 
 
+@pytest.mark.parametrize("name, reason", [
+    ("scenes", "a folder, not an image (segflow batch takes folders)"),
+    ("notes.tif", "not a readable raster (not a TIFF: wrong magic bytes)"),
+])
+def test_a_path_that_is_no_image_fails_before_anything_starts(name, reason, tmp_path):
+    """Its header is opened before Prefect or Dask start: the reason in one line, and the
+    image's failed runs row."""
+    path = tmp_path / name
+    if name.endswith(".tif"):
+        path.write_text("meeting notes, renamed")
+    else:
+        path.mkdir()
+    done, _ = _cli("segment", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"segflow: error: {path}: {reason}")
+    assert not (tmp_path / "out" / "masks").exists()
+    [row] = run_query(str(tmp_path / "out"), "select status, error from runs").to_pylist()
+    assert row == {"status": "failed", "error": line.removeprefix("segflow: error: ")}
+
+
 def test_help_is_plain_text_with_an_example_per_command(capsys):
     commands = _parser()._subparsers._group_actions[0].choices
     assert set(commands) == set(EXAMPLES)

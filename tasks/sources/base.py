@@ -9,14 +9,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import dask.array as da
 import numpy as np
 
 from segflow.tasks.errors import UserError, on_worker
 from segflow.tasks.sources.georef import Georef
 from segflow.tasks.sources.registry import BY_NAME, Reader
+
+if TYPE_CHECKING:  # dask.array costs a second to import: the CLI's checks open headers
+    import dask.array as da
 
 Box = tuple[slice, ...]  # spatial window, in cell coordinates of the source
 
@@ -151,6 +153,8 @@ class SourceBase(ABC):
 
     def to_dask(self, chunk: int = 1024) -> da.Array:
         """The whole source as a lazy float64 dask array (bands, *spatial), NaN where invalid."""
+        import dask.array as da
+
         chunks = (len(self.bands), *(chunk,) * len(self.spatial_shape))
         return da.from_array(self, chunks=chunks, asarray=False, lock=False, fancy=False,
                              meta=np.empty((0,) * self.ndim, np.float64),
