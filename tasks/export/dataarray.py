@@ -21,8 +21,8 @@ import dask.array as da
 import numpy as np
 
 from segflow.tasks.errors import UserError
-from segflow.tasks.mask.pyramid import cell_origin
 from segflow.tasks.mask.store import open_store_group, stores_under
+from segflow.tasks.sources.volume import world_axes
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -86,9 +86,8 @@ def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -
         mask = mask.rio.write_transform(transform)
     elif "affine" in spatial:
         affine = np.asarray(spatial["affine"]) @ np.diag([factor] * 3 + [1])
-        world = np.argmax(np.abs(affine[:3, :3]), axis=0)  # the world axis each axis follows
-        coords = {d: origin + np.arange(n) * affine[w, a] for a, (d, n, w, origin) in
-                  enumerate(zip(dims, array.shape, world, cell_origin(spatial, 3), strict=True))}
+        coords = {d: affine[w, 3] + np.arange(n) * affine[w, a] for a, (d, n, w) in
+                  enumerate(zip(dims, array.shape, world_axes(affine), strict=True))}
         mask = xr.DataArray(data, dims=dims, coords=coords,
                             attrs={**attrs, "units": "mm", "affine": affine.tolist(),
                                    "orientation": spatial.get("orientation")})

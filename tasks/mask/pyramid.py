@@ -18,6 +18,7 @@ from distributed import Client
 from segflow.tasks.colours import rgba
 from segflow.tasks.config import ClassSpec
 from segflow.tasks.runtime.storage import zarr_options
+from segflow.tasks.sources.volume import world_axes
 
 MIN_SIDE = 256  # stop when the largest side of a level is at most this
 
@@ -58,7 +59,7 @@ def cell_origin(spatial: dict[str, Any], ndim: int) -> list[float]:
     if "affine" not in spatial:
         return [0.0] * ndim
     affine = np.asarray(spatial["affine"], dtype=np.float64)
-    return [float(affine[np.argmax(np.abs(affine[:3, a])), 3]) for a in range(ndim)]
+    return [float(affine[w, 3]) for w in world_axes(affine)]
 
 
 def ome_metadata(dims: tuple[str, ...], units: str | None, cell_size: list[float],

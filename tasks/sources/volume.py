@@ -29,6 +29,12 @@ from segflow.tasks.runtime.storage import is_local, open_input, zarr_options
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
 
 
+def world_axes(affine: np.ndarray) -> np.ndarray:
+    """The world axis (0 x, 1 y, 2 z) each voxel axis of a voxel-to-RAS affine follows
+    (nibabel's choice; the closest one for an oblique volume)."""
+    return nib.io_orientation(affine)[:, 0].astype(int)
+
+
 @contextmanager
 def _nifti(uri: str) -> Iterator[nib.Nifti1Image]:
     """A NIfTI image whose voxels stay on disk: memory-mapped locally; on S3 or any fsspec URL
@@ -51,18 +57,13 @@ class Volume(SourceBase):
     physical_axes: ClassVar[tuple[str, ...]] = ("x", "y", "z")
 
     @property
-    def _orientation(self) -> np.ndarray:
-        """nibabel's (world axis, direction) per voxel axis: the closest, for oblique files."""
-        return nib.io_orientation(np.asarray(self.affine))
-
-    @property
     def dims(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple("xyz"[int(axis)] for axis in self._orientation[:, 0])
+        return tuple("xyz"[axis] for axis in world_axes(np.asarray(self.affine)))
 
     @property
     def flipped(self) -> tuple[bool, ...]:
         """Which voxel axes the file stores against their world axis, read reversed."""
-        return tuple(bool(direction < 0) for direction in self._orientation[:, 1])
+        return tuple(bool(d < 0) for d in nib.io_orientation(np.asarray(self.affine))[:, 1])
 
     @property
     def world_affine(self) -> np.ndarray:
