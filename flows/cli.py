@@ -345,7 +345,7 @@ def _batch_report(rows: list[dict[str, Any]]) -> None:
 def _batch(args: argparse.Namespace, runner: Runner) -> int:
     """``batch`` and ``watch``: exit 1 when any image failed (the last pass's, when looping)."""
     from segflow.tasks.errors import UserError
-    from segflow.tasks.sources.registry import IMAGE_SUFFIXES
+    from segflow.tasks.sources.registry import image_suffixes
 
     if args.command == "batch":
         rows = runner.job("batch", {"source": _local(args.source), "out": _local(args.out),
@@ -353,7 +353,7 @@ def _batch(args: argparse.Namespace, runner: Runner) -> int:
                                     "scheduler": args.scheduler,
                                     "concurrency": args.concurrency})
         if not rows:
-            raise UserError(args.source, f"no images found ({' '.join(IMAGE_SUFFIXES)})")
+            raise UserError(args.source, f"no images found ({' '.join(image_suffixes())})")
         _batch_report(rows)
         return int(any(r["status"] == "failed" for r in rows))
     from segflow.flows.batch import watch_prefix, watch_queue

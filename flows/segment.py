@@ -159,7 +159,7 @@ def export(outcome: Outcome, found: Measurements, scheduler: str) -> list[dict[s
         get_run_logger().warning("%s: volumes are not polygonised (output.vectors and "
                                  "output.qupath are for 2-D images)", job.source)
     return write_outputs(client_for(scheduler), job, outcome.store,
-                         found.instances if job.config.stats.instances else None)
+                         found.instances if job.instances else None)
 
 
 @task(name="record", **RETRIED)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from segflow.tasks.colours import PALETTE, rgb
 from segflow.tasks.errors import UserError, first_line
@@ -48,14 +49,25 @@ class Normalize(_Strict):
 
 
 class ModelConfig(_Strict):
-    kind: Literal["threshold", "otsu", "multiotsu", "adaptive", "edges", "kmeans", "watershed",
-                  "index", "stain", "tissue", "unet", "segnet", "torchscript", "torchvision",
-                  "smp", "maskrcnn", "sam"] = "otsu"
+    #: an installed model kind (``segflow.models`` entry points: segflow's own and plug-ins')
+    kind: str = "otsu"
     weights: str | None = None
     classes: list[str | ClassSpec] = Field(default_factory=list)
+    #: the kind's parameters, checked against its ``Params`` class (tasks/models/params.py);
+    #: kept as given, so the config's hash does not change when a kind gains a default
     params: dict[str, Any] = Field(default_factory=dict)
     normalize: Normalize | None = None
     amp: bool = False  # deep models on CUDA: float16 autocast (ignored on CPU)
+
+    @model_validator(mode="after")
+    def _params_of_the_kind(self) -> ModelConfig:
+        from segflow.tasks.models.registry import model_params
+
+        try:
+            model_params(self.kind, self.params)
+        except UserError as exc:
+            raise PydanticCustomError("segflow", "{reason}", {"reason": exc.reason}) from None
+        return self
 
 
 class InputConfig(_Strict):
@@ -232,7 +244,8 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
 
 def problems(exc: ValidationError) -> str:
     """pydantic's errors as one line: ``key.path: message; ...``."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return "; ".join(e["msg"] if e["type"] == "segflow"
+                     else f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:

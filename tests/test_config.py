@@ -91,3 +91,66 @@ def test_any_css_colour_reaches_the_label_metadata_and_the_picture():
     black = np.zeros((1, 3, 3), np.uint8)
     drawn = overlay(black, np.array([[0, 1, 2]]), [c.model_dump() for c in classes], alpha=1.0)
     assert drawn[0].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+
+
+def test_a_misspelt_parameter_names_the_key_and_the_kind():
+    with pytest.raises(SegflowError) as info:
+        load_config(overrides=["model.kind=otsu", "model.params.sigmma=2"])
+    message = str(info.value)
+    assert "model.params.sigmma" in message and "model.kind=otsu" in message
+    assert "(its parameters: band, sigma)" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind, override, needle", [
+    ("kmeans", "model.params.k=1", "model.params.k=1: Input should be greater than or equal to 2"),
+    ("kmeans", "model.params.k=many", "model.params.k='many': Input should be a valid integer"),
+    ("adaptive", "model.params.block_size=50", "block_size=50: use an odd number >= 3"),
+    ("threshold", "model.params.band=1", "model.params.value: required by model.kind=threshold"),
+    ("index", "model.params.bands.blue=1", "model.params.bands.blue: unknown key"),
+    ("unet", "model.params.dims=4", "model.params.dims=4"),
+])
+def test_wrong_types_and_ranges_are_one_line_errors(kind, override, needle):
+    with pytest.raises(SegflowError) as info:
+        load_config(overrides=[f"model.kind={kind}", override])
+    assert needle in str(info.value) and f"model.kind={kind}" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_params_are_checked_without_importing_the_model_or_its_libraries():
+    """A config is checked before any pixel is read and in well under a second: the kind's
+    Params class lives apart from the model's module (torch, Dask, scikit-image)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from segflow.tasks.config import load_config\n"
+            "load_config(overrides=['model.kind=unet', 'model.params.depth=2'])\n"
+            "heavy = [m for m in ('torch', 'dask.array', 'distributed', 'skimage') "
+            "if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_the_catalog_and_the_store_record_one_config_hash(path, dask_address):
+    """Planning never rewrites the config (``configs/nuclei.yaml`` turns instances on by its
+    split): the runs row and the store's attributes hash the same config."""
+    from distributed import Client
+
+    from segflow.tasks.catalog.tables import new_run
+    from segflow.tasks.mask.store import store_attrs
+    from segflow.tasks.plan.job import fitted, plan_job
+
+    data = Path(__file__).parent / "data"
+    samples = CONFIGS.parent / "samples"
+    source = {"mri.yaml": data / "nibabel_anatomical.nii",
+              "pathology.yaml": data / "cmu1_pyramid.tif"}.get(
+        path.name, samples / "nc_lsat7_2000_b12345.tif")
+    cfg = load_config(path)
+    job = plan_job(str(source), "/nowhere", cfg)
+    assert job.config is cfg
+    row = new_run("run", str(source), cfg)
+    with Client(dask_address) as client:
+        job = fitted(job, client)
+    assert store_attrs(job)["segflow"]["config_hash"] == row["config_hash"]
+    if cfg.stats.split != "none":
+        assert job.instances and not cfg.stats.instances

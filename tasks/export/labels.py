@@ -29,6 +29,7 @@ from segflow.tasks.export import export_uri
 from segflow.tasks.mask.store import SHARD_INNER, MaskStore
 from segflow.tasks.plan.grid import Plan
 from segflow.tasks.runtime.storage import staged, zarr_options
+from segflow.tasks.runtime.zarr_nodes import array_at, cells
 from segflow.tasks.sources.georef import Georef
 
 COG_BLOCK = 256  # GeoTIFF blocks, and overviews down to one block
@@ -93,9 +94,9 @@ def _category_names(classes: list[ClassSpec]) -> str:
 def _levels(store: MaskStore) -> list[zarr.Array]:
     """The store's pyramid (OME-Zarr levels 0, 1, ...), as far as it was built."""
     group = zarr.open_group(store=store.uri, mode="r", **zarr_options(store.uri))
-    found = [group["0"]]
+    found = [array_at(group, "0")]
     while str(len(found)) in group:
-        found.append(group[str(len(found))])
+        found.append(array_at(group, str(len(found))))
     return found
 
 
@@ -106,7 +107,7 @@ def _tiles(level: zarr.Array, nodata: int) -> Iterator[np.ndarray]:
     for r in range(0, height, OME_TILE):
         for c in range(0, width, OME_TILE):
             tile = np.full((OME_TILE, OME_TILE), nodata, level.dtype)
-            part = level[r:r + OME_TILE, c:c + OME_TILE]
+            part = cells(level, np.s_[r:r + OME_TILE, c:c + OME_TILE])
             tile[:part.shape[0], :part.shape[1]] = part
             yield tile
 
@@ -122,9 +123,8 @@ def _ome_tiff(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec]
         metadata.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm",
                         PhysicalSizeYUnit="µm")
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
-        options = {"tile": (OME_TILE, OME_TILE), "compression": "zlib",
-                   "photometric": "minisblack",
-                   "dtype": levels[0].dtype}
+        options: dict[str, Any] = {"tile": (OME_TILE, OME_TILE), "compression": "zlib",
+                                   "photometric": "minisblack", "dtype": levels[0].dtype}
         tif.write(_tiles(levels[0], store.nodata), shape=levels[0].shape,
                   subifds=len(levels) - 1, metadata=metadata, **options)
         for level in levels[1:]:
@@ -158,8 +158,8 @@ def _nifti(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
         out.write(b"\0" * (352 - len(header.binaryblock)))  # no extensions
         for k in range(0, depth, step):
             stop = min(k + step, depth)
-            slab = (np.flip(labels[:, :, depth - stop:depth - k], 2) if flipped[2] else
-                    labels[:, :, k:stop])
-            slab = np.flip(slab, [a for a in (0, 1) if flipped[a]])
+            slab = (np.flip(cells(labels, np.s_[:, :, depth - stop:depth - k]), 2) if flipped[2]
+                    else cells(labels, np.s_[:, :, k:stop]))
+            slab = np.flip(slab, tuple(a for a in (0, 1) if flipped[a]))
             for z in range(slab.shape[2]):
                 out.write(np.ascontiguousarray(slab[:, :, z].T).tobytes())

@@ -18,6 +18,7 @@ from PIL import Image
 
 from segflow.tasks.colours import rgb
 from segflow.tasks.runtime.storage import filesystem, zarr_options
+from segflow.tasks.runtime.zarr_nodes import array_at, attributes
 from segflow.tasks.sources.base import SourceBase
 
 if TYPE_CHECKING:
@@ -47,9 +48,9 @@ def picture_shape(shape: tuple[int, ...], side: int = SIDE) -> tuple[int, int]:
 def mask_level(group: zarr.Group, target: tuple[int, int]) -> zarr.Array:
     """The coarsest pyramid level (``0``, ``1``, ...) whose plane is at least ``target``."""
     levels = sorted(int(name) for name in group.array_keys() if name.isdigit())
-    chosen = group["0"]
+    chosen = array_at(group, "0")
     for level in levels:
-        candidate = group[str(level)]
+        candidate = array_at(group, str(level))
         if all(n >= t for n, t in zip(candidate.shape[-2:], target, strict=True)):
             chosen = candidate
     return chosen
@@ -112,7 +113,7 @@ def render(reader: SourceBase, store_uri: str, side: int = SIDE) -> bytes:
     image = Image.fromarray(stretch(pixels, valid)).resize((width, height),
                                                            Image.Resampling.BILINEAR)
     mask = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
-    blended = overlay(np.asarray(image), mask, group.attrs["segflow"]["classes"])
+    blended = overlay(np.asarray(image), mask, attributes(group)["segflow"]["classes"])
     buffer = io.BytesIO()
     Image.fromarray(blended).save(buffer, format="PNG")
     return buffer.getvalue()

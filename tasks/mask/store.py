@@ -33,6 +33,7 @@ from segflow.tasks.models.base import label_dtype
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.storage import filesystem, zarr_options
+from segflow.tasks.runtime.zarr_nodes import array_at, attributes, cells, dimension_names, group_at
 from segflow.tasks.sources.georef import Coordinates
 from segflow.tasks.sources.identity import resume_key
 
@@ -130,12 +131,12 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
     store = MaskStore(uri=uri, dtype=dtype.name, nodata=nodata, scores=scores)
     try:
         group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
-        meta = group.attrs.get("segflow", {})
+        meta = attributes(group).get("segflow", {})
         # the same bytes, model and config, laid out on the same grid (a store from a version
         # that oriented the volume otherwise is rebuilt, never mixed)
         if (meta.get("resume_key") == resume
                 and group.attrs.get("spatial") == json.loads(json.dumps(attrs.get("spatial")))):
-            done = store.progress()[:]
+            done = cells(store.progress(), slice(None))
             finished = {tuple(int(i) for i in idx) for idx in np.argwhere(done > 0)}
             return store, finished, bool(meta.get("complete"))
     except (FileNotFoundError, KeyError, zarr.errors.NodeTypeValidationError,
@@ -154,9 +155,9 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
                        if grid_mapping else {},
                        **layout)
     if scores:
+        scored: dict[str, Any] = {k: (n_labels, *v) for k, v in layout.items()}
         group.create_array("probabilities", shape=(n_labels, *plan.shape), dtype=scores,
-                           fill_value=0, dimension_names=["class", *dims],
-                           **{k: (n_labels, *v) for k, v in layout.items()})
+                           fill_value=0, dimension_names=["class", *dims], **scored)
     group.create_array("progress", shape=plan.grid, dtype="uint8", fill_value=0,
                        chunks=(1,) * rank, dimension_names=[f"chunk_{d}" for d in dims])
     for name, (values, coord_attrs) in coords.items():
@@ -177,11 +178,11 @@ def create_instances(store: MaskStore) -> None:
     """(Re)create level 0 of the instance label image (``labels/instances/0``) with the shape,
     chunks and shards of ``0``, so each work chunk writes only its own shards of it too."""
     group = zarr.open_group(store=store.uri, mode="r+", **zarr_options(store.uri))
-    labels = group["0"]
+    labels = array_at(group, "0")
     image = group.require_group("labels").require_group("instances")
     image.create_array("0", shape=labels.shape, dtype="uint32", fill_value=0,
                        chunks=labels.chunks, shards=labels.shards, overwrite=True,
-                       dimension_names=labels.metadata.dimension_names,
+                       dimension_names=dimension_names(labels),
                        attributes=labels.attrs.asdict())
 
 
@@ -190,7 +191,7 @@ def open_store_group(uri: str) -> tuple[zarr.Group, dict[str, Any]]:
     ``uri`` is not one."""
     try:
         group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
-        return group, dict(group.attrs["segflow"])
+        return group, dict(attributes(group)["segflow"])
     except (OSError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
         raise UserError(uri, f"not a segflow mask store: {first_line(exc)}") from exc
 
@@ -207,7 +208,7 @@ def stores_under(root: str) -> list[str]:
 
 def has_instances(uri: str) -> bool:
     group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
-    return "labels" in group and "instances" in group["labels"]
+    return "labels" in group and "instances" in group_at(group, "labels")
 
 
 def mark_complete(uri: str, summary: dict[str, Any], ome: dict[str, Any],
@@ -218,10 +219,11 @@ def mark_complete(uri: str, summary: dict[str, Any], ome: dict[str, Any],
     check_held(uri)
     group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
     for name, meta in (labels or {}).items():
-        group["labels"][name].attrs["ome"] = meta
+        group_at(group, "labels")[name].attrs["ome"] = meta
     if labels:
-        group["labels"].attrs["ome"] = {"version": ome["version"], "labels": sorted(labels)}
+        group_at(group, "labels").attrs["ome"] = {"version": ome["version"],
+                                                  "labels": sorted(labels)}
     group.attrs["ome"] = ome
-    meta = dict(group.attrs["segflow"])
+    meta = dict(attributes(group)["segflow"])
     meta.update(summary, complete=True)
     group.attrs["segflow"] = meta

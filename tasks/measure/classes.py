@@ -27,7 +27,7 @@ def report_unit(reader: SourceBase, row_areas: object, stats: StatsConfig) -> st
     if row_areas is None:
         return None
     chosen = {"m2": stats.area_unit, "mm3": stats.volume_unit, "um2": stats.slide_unit}
-    return chosen[reader.capabilities.base_unit]
+    return chosen[reader.base_unit]
 
 
 @dataclass(frozen=True)

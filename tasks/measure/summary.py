@@ -39,7 +39,7 @@ class Measurements:
 def find_objects(client: Client, job: Job, store: MaskStore, reused: bool) -> Instances | None:
     """Give every object one id across chunk borders (``stats.instances``) and measure it; a
     reused store is already labelled, so it is only measured."""
-    if not job.config.stats.instances:
+    if not job.instances:
         return None
     row_areas = job.reader.cell_measure()
     if reused:

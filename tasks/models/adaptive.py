@@ -20,10 +20,9 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_local
 
 from segflow.tasks.config import JobConfig, class_table
-from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec, SegmentationModel
 from segflow.tasks.models.filters import filled_band, gaussian_radius, valid_mean
-from segflow.tasks.models.params import band_param
+from segflow.tasks.models.params import AdaptiveParams, check_band
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -50,11 +49,13 @@ class AdaptiveModel(SegmentationModel):
     """background / foreground by ``band > local mean - offset``."""
 
     kind = "adaptive"
+    Params = AdaptiveParams
 
-    def __init__(self, classes: Any, params: dict[str, Any], band: int, block_size: int,
-                 method: str, offset: float) -> None:
+    def __init__(self, classes: Any, params: AdaptiveParams, band: int) -> None:
         super().__init__(classes, params)
-        self.band, self.block_size, self.method, self.offset = band, block_size, method, offset
+        self.band, self.block_size = band, params.block_size
+        self.method, self.offset = params.method, params.offset
+        block_size, method = self.block_size, self.method
         self.sigma = (block_size - 1) / 6.0  # threshold_local's own choice for gaussian
         self.receptive_field = (gaussian_radius(self.sigma) if method == "gaussian"
                                 else block_size // 2)
@@ -62,17 +63,9 @@ class AdaptiveModel(SegmentationModel):
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> AdaptiveModel:
-        params = dict(cfg.model.params)
-        band = band_param(params, spec, source)
-        block_size = int(params.get("block_size", 49))
-        if block_size < 3 or block_size % 2 == 0:
-            raise UserError(source,
-                               f"model.params.block_size={block_size}: use an odd number >= 3")
-        method = str(params.get("method", "gaussian"))
-        if method not in METHODS:
-            raise UserError(source, f"model.params.method={method!r}: use one of {METHODS}")
-        classes = class_table(cfg.model, ["background", "foreground"])
-        return cls(classes, params, band, block_size, method, float(params.get("offset", 0.0)))
+        params = AdaptiveParams.model_validate(cfg.model.params)
+        band = check_band(params.band, spec.bands, source)
+        return cls(class_table(cfg.model, ["background", "foreground"]), params, band)
 
     def fit(self, source: SourceBase, client: Client) -> None:
         self.fill = valid_mean(source, self.band, client)

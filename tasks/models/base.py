@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from segflow.tasks.config import ClassSpec, JobConfig
+from segflow.tasks.models.params import ModelParams
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -39,6 +40,10 @@ class SegmentationModel(ABC):
     """A segmentation method. Subclasses state what is special about them; mechanics live here."""
 
     kind: ClassVar[str]
+    #: the kind's ``model.params`` (tasks/models/params.py); checked when the config is read
+    Params: ClassVar[type[ModelParams]] = ModelParams
+    #: True for instance models (tasks/models/instance.py): objects, not only classes
+    instance: ClassVar[bool] = False
     #: pixels of context on each side a prediction depends on (0 for per-pixel methods)
     receptive_field: int = 0
     #: the model's output stride; chunk origins and halos are aligned to it
@@ -48,7 +53,7 @@ class SegmentationModel(ABC):
     #: True for methods with a per-class score (``predict_scores``, ``output.probabilities``)
     soft: ClassVar[bool] = False
 
-    def __init__(self, classes: list[ClassSpec], params: dict[str, Any]) -> None:
+    def __init__(self, classes: list[ClassSpec], params: ModelParams) -> None:
         self.classes = classes
         self.params = params
 

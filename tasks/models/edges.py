@@ -36,7 +36,7 @@ from segflow.tasks.models.filters import (
     valid_mean,
 )
 from segflow.tasks.models.histogram import otsu_threshold
-from segflow.tasks.models.params import at_least, band_param
+from segflow.tasks.models.params import EdgesParams, check_band
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -48,24 +48,21 @@ class EdgesModel(SegmentationModel):
     """background / region: edge cells and the small holes they enclose."""
 
     kind = "edges"
+    Params = EdgesParams
 
-    def __init__(self, classes: Any, params: dict[str, Any], band: int, sigma: float,
-                 value: float | None, max_hole: int) -> None:
+    def __init__(self, classes: Any, params: EdgesParams, band: int) -> None:
         super().__init__(classes, params)
-        self.band, self.sigma, self.value, self.max_hole = band, sigma, value, max_hole
+        self.band, self.sigma, self.value = band, params.sigma, params.value
+        self.max_hole = max_hole = params.max_hole
+        sigma = self.sigma
         self.receptive_field = gradient_radius(sigma) + max_hole
         self.fill: float | None = None
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> EdgesModel:
-        params = dict(cfg.model.params)
-        band = band_param(params, spec, source)
-        sigma = at_least(params, "sigma", 1.0, 0, source)
-        max_hole = int(at_least(params, "max_hole", 27, 0, source))
-        value = params.get("value")
-        classes = class_table(cfg.model, ["background", "region"])
-        return cls(classes, params, band, sigma, None if value is None else float(value),
-                   max_hole)
+        params = EdgesParams.model_validate(cfg.model.params)
+        band = check_band(params.band, spec.bands, source)
+        return cls(class_table(cfg.model, ["background", "region"]), params, band)
 
     def fit(self, source: SourceBase, client: Client) -> None:
         self.fill = valid_mean(source, self.band, client)

@@ -14,6 +14,7 @@ from sklearn.cluster import KMeans
 from segflow.tasks.config import JobConfig, class_table
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.models.params import KMeansParams
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -25,27 +26,22 @@ class KMeansModel(SegmentationModel):
     """``k`` clusters over all selected bands; class ids ordered by centroid brightness."""
 
     kind = "kmeans"
+    Params = KMeansParams
     soft = True
 
-    def __init__(self, classes: Any, params: dict[str, Any], k: int, seed: int,
-                 max_samples: int) -> None:
+    def __init__(self, classes: Any, params: KMeansParams) -> None:
         super().__init__(classes, params)
-        self.k = k
-        self.seed = seed
-        self.max_samples = max_samples
+        self.k, self.seed, self.max_samples = params.k, params.seed, params.max_samples
         self.centroids: np.ndarray | None = None
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> KMeansModel:
-        params = dict(cfg.model.params)
-        k = int(params.get("k", 4))
-        if not 2 <= k <= 254:
-            raise UserError(source, f"model.params.k={k}: k-means needs 2..254 clusters")
+        params = KMeansParams.model_validate(cfg.model.params)
+        k = params.k
         classes = class_table(cfg.model, [f"cluster_{i + 1}" for i in range(k)])
         if len(classes) != k:
             raise UserError(source, f"model.classes names {len(classes)} classes but k={k}")
-        return cls(classes, params, k, int(params.get("seed", 0)),
-                   int(params.get("max_samples", 200_000)))
+        return cls(classes, params)
 
     def fit(self, source: SourceBase, client: Client) -> None:
         sample = source.read_overview(self.max_samples).astype(np.float64)

@@ -25,11 +25,11 @@ from torch import nn
 from segflow.tasks.config import JobConfig, class_table
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec
+from segflow.tasks.models.params import MaskRCNNParams
 from segflow.tasks.models.torch_instances import TorchInstanceModel
 from segflow.tasks.models.torch_model import fill, load_state_dict
 from segflow.tasks.models.vision_ops import import_torchvision
 
-ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 _HEAD = "roi_heads.box_predictor.cls_score.weight"  # (num_classes, features)
 
 
@@ -37,26 +37,24 @@ class MaskRCNNModel(TorchInstanceModel):
     """Mask R-CNN: boxes, classes, scores and a mask per detection."""
 
     kind = "maskrcnn"
+    Params = MaskRCNNParams
 
-    def __init__(self, classes: Any, params: dict[str, Any], weights: str, spec: InputSpec,
+    def __init__(self, classes: Any, params: MaskRCNNParams, weights: str, spec: InputSpec,
                  cfg: JobConfig) -> None:
         super().__init__(classes, params, weights, spec, cfg)
-        self.arch = str(params.get("arch", ARCHS[0]))
-        self.score_threshold = float(params.get("score_threshold", 0.5))
-        self.mask_threshold = float(params.get("mask_threshold", 0.5))
-        self.max_detections = int(params.get("max_detections", 1000))
+        self.arch = params.arch
+        self.score_threshold, self.mask_threshold = params.score_threshold, params.mask_threshold
+        self.max_detections = params.max_detections
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> MaskRCNNModel:
         path = cls.weights_path(cfg, spec, source)
-        params = dict(cfg.model.params)
-        if params.get("arch", ARCHS[0]) not in ARCHS:
-            raise UserError(source, f"model.params.arch={params['arch']!r}: one of {ARCHS}")
+        params = MaskRCNNParams.model_validate(cfg.model.params)
         state = load_state_dict(path)
         if _HEAD not in state:
             raise UserError(path, f"not a Mask R-CNN state_dict (no {_HEAD})")
         n_classes = int(state[_HEAD].shape[0])
-        declared = len(cfg.model.classes) or params.get("num_classes")
+        declared = len(cfg.model.classes) or params.num_classes
         if declared and int(declared) != n_classes:
             raise UserError(path, f"weights hold {n_classes} classes (background included), "
                                   f"the config names {declared}")

@@ -36,6 +36,7 @@ from segflow.tasks.config import JobConfig, class_table
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec
 from segflow.tasks.models.instance import Objects, edge_layer, paint, reaching
+from segflow.tasks.models.params import SamParams
 from segflow.tasks.models.torch_instances import TorchInstanceModel
 from segflow.tasks.models.torch_model import fill, load_state_dict
 from segflow.tasks.models.vision_ops import import_torchvision
@@ -46,9 +47,6 @@ from segflow.tasks.sources.vectors import read_vectors
 #: Meta's encoders: embed_dim, depth, num_heads, global_attn_indexes (segment_anything.build_sam)
 ARCHS = {"vit_b": (768, 12, 12, [2, 5, 8, 11]), "vit_l": (1024, 24, 16, [5, 11, 17, 23]),
          "vit_h": (1280, 32, 16, [7, 15, 23, 31])}
-AUTOMATIC = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-             "box_nms_thresh")
-
 
 def segment_anything() -> ModuleType:
     """The ``segment_anything`` package; it imports torchvision, which needs vision_ops.py's
@@ -133,13 +131,13 @@ class SamModel(TorchInstanceModel):
     """SAM, automatic or prompted."""
 
     kind = "sam"
+    Params = SamParams
 
-    def __init__(self, classes: Any, params: dict[str, Any], weights: str, spec: InputSpec,
+    def __init__(self, classes: Any, params: SamParams, weights: str, spec: InputSpec,
                  cfg: JobConfig) -> None:
         super().__init__(classes, params, weights, spec, cfg)
-        self.arch = str(params.get("arch", "vit_b"))
-        self.encoder = dict(params.get("encoder", {}))
-        self.automatic = {k: params[k] for k in AUTOMATIC if k in params}
+        self.arch, self.encoder = params.arch, dict(params.encoder)
+        self.automatic = params.automatic()
         self.prompt_file = cfg.input.prompts
         self.prompts: np.ndarray | None = None  # mapped at fit time
         self.prompts_digest = ""
@@ -147,10 +145,7 @@ class SamModel(TorchInstanceModel):
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> SamModel:
         path = cls.weights_path(cfg, spec, source)
-        params = dict(cfg.model.params)
-        if params.get("arch", "vit_b") not in ARCHS:
-            raise UserError(source, f"model.params.arch={params['arch']!r}: one of "
-                                    f"{list(ARCHS)}")
+        params = SamParams.model_validate(cfg.model.params)
         classes = class_table(cfg.model, ["background", "object"])
         if len(classes) != 2:
             raise UserError(source, "model.kind=sam finds one class of objects: name two "

@@ -16,6 +16,7 @@ from torch import nn
 
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.nets import SegNet, segnet_receptive_field
+from segflow.tasks.models.params import ModelParams, SegNetParams
 from segflow.tasks.models.torch_model import TorchModel, fill, load_state_dict
 
 
@@ -32,22 +33,24 @@ class SegNetModel(TorchModel):
     """A SegNet whose architecture is ``model.params`` and whose weights are a state_dict."""
 
     kind = "segnet"
+    Params = SegNetParams
 
     @classmethod
-    def geometry(cls, params: dict[str, Any]) -> tuple[int, int]:
-        _, depth, convs = _arch(params)
-        return segnet_receptive_field(depth, convs), 2**depth
+    def geometry(cls, params: ModelParams) -> tuple[int, int]:
+        assert isinstance(params, SegNetParams)
+        return segnet_receptive_field(params.depth, params.convs), 2**params.depth
 
     @classmethod
-    def build(cls, weights: str, params: dict[str, Any], bands: int, ndim: int,
+    def build(cls, weights: str, params: ModelParams, bands: int, ndim: int,
               classes: int | None) -> nn.Module:
-        dims = int(params.get("dims", ndim))
+        assert isinstance(params, SegNetParams)
+        dims = params.dims or ndim
         if dims != 2 or ndim != 2:
             raise UserError(weights, f"segnet is 2-D (params.dims={dims}, the input has "
                                      f"{ndim} axes); use model.kind=unet for volumes")
         if not classes:
             raise UserError(weights, "segnet needs model.classes or model.params.num_classes")
-        base, depth, convs = _arch(params)
+        base, depth, convs = params.base, params.depth, params.convs
         net = SegNet(bands, classes, base=base, depth=depth, convs=convs)
         what = (f"a segnet (bands={bands}, classes={classes}, base={base}, depth={depth}, "
                 f"convs={convs})")

@@ -11,13 +11,12 @@ test extra) and imported only here.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from segflow.tasks.errors import UserError, first_line
+from segflow.tasks.models.params import ModelParams, SMPParams
 from segflow.tasks.models.torch_model import TorchModel, fill, load_state_dict
 from segflow.tasks.models.torchvision_models import import_torchvision
 
@@ -41,14 +40,17 @@ class SMPModel(TorchModel):
     """An smp network; any band count (the first convolution takes ``in_channels``)."""
 
     kind = "smp"
+    Params = SMPParams
 
     @classmethod
-    def geometry(cls, params: dict[str, Any]) -> tuple[int, int]:
-        return int(params.get("receptive_field", 0)), STRIDE
+    def geometry(cls, params: ModelParams) -> tuple[int, int]:
+        assert isinstance(params, SMPParams)
+        return params.receptive_field, STRIDE
 
     @classmethod
-    def build(cls, weights: str, params: dict[str, Any], bands: int, ndim: int,
+    def build(cls, weights: str, params: ModelParams, bands: int, ndim: int,
               classes: int | None) -> nn.Module:
+        assert isinstance(params, SMPParams)
         if ndim != 2 or not classes:
             raise UserError(weights, "smp networks are 2-D and need model.classes or "
                                         "model.params.num_classes")
@@ -58,7 +60,7 @@ class SMPModel(TorchModel):
         except ImportError as exc:
             raise UserError(weights, "model.kind=smp needs segmentation-models-pytorch "
                                         "(pip install 'segflow[smp]')") from exc
-        arch, encoder = params.get("arch", "Unet"), params.get("encoder", "resnet34")
+        arch, encoder = params.arch, params.encoder
         try:
             net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None,
                                    in_channels=bands, classes=classes)

@@ -23,6 +23,7 @@ import numpy as np
 from segflow.tasks.config import JobConfig, class_table
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.models.params import IndexParams
 
 DEFAULT_BANDS = {"green": 2, "red": 3, "nir": 4, "swir1": 5}
 WATER_INDEX = {"ndwi": "nir", "mndwi": "swir1"}  # the band the water index sets against green
@@ -38,34 +39,25 @@ class SpectralIndexModel(SegmentationModel):
     """other / water / vegetation / bare from NDVI and NDWI (or MNDWI)."""
 
     kind = "index"
+    Params = IndexParams
 
-    def __init__(self, classes: Any, params: dict[str, Any], bands: dict[str, int],
-                 water_index: str, limits: dict[str, float]) -> None:
+    def __init__(self, classes: Any, params: IndexParams, bands: dict[str, int]) -> None:
         super().__init__(classes, params)
-        self.bands, self.water_index, self.limits = bands, water_index, limits
+        self.bands, self.water_index = bands, params.water_index
+        self.limits = {"ndwi": params.ndwi, "ndvi": params.ndvi, "bare": params.bare}
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> SpectralIndexModel:
-        params = dict(cfg.model.params)
-        given = dict(params.get("bands") or {})
-        unknown = sorted(set(given) - set(DEFAULT_BANDS))
-        if unknown:
-            raise UserError(source, f"model.params.bands: unknown role(s) {unknown}; "
-                                       f"roles are {sorted(DEFAULT_BANDS)}")
-        water_index = str(params.get("water_index", "ndwi")).lower()
-        if water_index not in WATER_INDEX:
-            raise UserError(source, f"model.params.water_index={water_index!r}: "
-                                       f"use one of {sorted(WATER_INDEX)}")
-        bands = {role: int(given.get(role, DEFAULT_BANDS[role]))
-                 for role in ("green", "red", "nir", WATER_INDEX[water_index])}
+        params = IndexParams.model_validate(cfg.model.params)
+        roles = params.bands.model_dump()
+        bands = {role: roles[role]
+                 for role in ("green", "red", "nir", WATER_INDEX[params.water_index])}
         for role, index in bands.items():
             if not 1 <= index <= spec.bands:
                 raise UserError(source, f"model.params.bands.{role}={index} but the input "
                                            f"has {spec.bands} bands")
-        limits = {name: float(params.get(name, default))
-                  for name, default in (("ndwi", 0.0), ("ndvi", 0.3), ("bare", 0.1))}
         classes = class_table(cfg.model, ["other", "water", "vegetation", "bare"])
-        return cls(classes, params, bands, water_index, limits)
+        return cls(classes, params, bands)
 
     def predict(self, pixels: np.ndarray, valid: np.ndarray,
                 core: tuple[slice, ...]) -> np.ndarray:

@@ -16,6 +16,7 @@ from skimage.filters import threshold_otsu
 from segflow.tasks.config import JobConfig, class_table
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec, SegmentationModel
+from segflow.tasks.models.params import StainParams
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -42,23 +43,21 @@ class StainModel(SegmentationModel):
     """glass / tissue / <stain>_positive, from saturation and colour deconvolution."""
 
     kind = "stain"
+    Params = StainParams
 
-    def __init__(self, classes: Any, params: dict[str, Any], stain: str,
-                 tissue: float | None, positive: float | None) -> None:
+    def __init__(self, classes: Any, params: StainParams) -> None:
         super().__init__(classes, params)
-        self.stain, self.tissue, self.positive = stain, tissue, positive
-        self.max_samples = int(params.get("max_samples", 1_000_000))
+        self.stain, self.tissue, self.positive = params.stain, params.tissue, params.positive
+        self.max_samples = params.max_samples
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> StainModel:
-        params = dict(cfg.model.params)
-        stain = str(params.get("stain", "hematoxylin")).lower()
-        if stain not in STAINS:
-            raise UserError(source, f"model.params.stain={stain!r}: use one of {list(STAINS)}")
+        params = StainParams.model_validate(cfg.model.params)
+        stain = params.stain
         if spec.bands < 3 or np.dtype(spec.dtype) != np.uint8:
             raise UserError(source, "model.kind=stain needs 8-bit RGB input")
         classes = class_table(cfg.model, ["glass", "tissue", f"{stain}_positive"])
-        return cls(classes, params, stain, params.get("tissue"), params.get("positive"))
+        return cls(classes, params)
 
     def fit(self, source: SourceBase, client: Client) -> None:
         # A decimated sample (coarse pyramid levels): bounded cost, and glass chunks are still

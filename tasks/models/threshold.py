@@ -29,7 +29,7 @@ from segflow.tasks.models.filters import (
     valid_mean,
 )
 from segflow.tasks.models.histogram import multiotsu_thresholds, otsu_threshold
-from segflow.tasks.models.params import at_least, band_param
+from segflow.tasks.models.params import MultiOtsuParams, OtsuParams, ThresholdParams, check_band
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -41,26 +41,22 @@ class ThresholdModel(SegmentationModel):
     """Foreground where ``band > value`` (skimage's convention for thresholds)."""
 
     kind = "threshold"
+    Params = ThresholdParams
 
-    def __init__(self, classes: Any, params: dict[str, Any], band: int,
-                 value: float | None, sigma: float = 0.0) -> None:
+    def __init__(self, classes: Any, params: OtsuParams, band: int) -> None:
         super().__init__(classes, params)
         self.band = band
-        self.value = value
-        self.sigma = sigma
+        self.value = params.value if isinstance(params, ThresholdParams) else None
+        self.sigma = sigma = params.sigma
         self.fill: float | None = None  # nodata cells' value under the smoothing
         self.receptive_field = gaussian_radius(sigma) if sigma else 0
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> ThresholdModel:
-        params = dict(cfg.model.params)
-        band = band_param(params, spec, source)
-        value = params.get("value")
-        if cls.kind == "threshold" and value is None:
-            raise UserError(source, "model.kind=threshold needs model.params.value")
-        classes = class_table(cfg.model, ["background", "foreground"])
-        sigma = at_least(params, "sigma", 0.0, 0, source)
-        return cls(classes, params, band, None if value is None else float(value), sigma)
+        params = cls.Params.model_validate(cfg.model.params)
+        assert isinstance(params, OtsuParams)
+        band = check_band(params.band, spec.bands, source)
+        return cls(class_table(cfg.model, ["background", "foreground"]), params, band)
 
     def fit(self, source: SourceBase, client: Client) -> None:
         if self.sigma:
@@ -94,6 +90,7 @@ class OtsuModel(ThresholdModel):
     """Otsu's threshold on one band, fitted on the exact histogram of all valid pixels."""
 
     kind = "otsu"
+    Params = OtsuParams
 
     def fit(self, source: SourceBase, client: Client) -> None:
         super().fit(source, client)
@@ -112,8 +109,9 @@ class MultiOtsuModel(SegmentationModel):
     """``k`` classes of one band split by multi-Otsu thresholds; class ids ordered by value."""
 
     kind = "multiotsu"
+    Params = MultiOtsuParams
 
-    def __init__(self, classes: Any, params: dict[str, Any], band: int, k: int) -> None:
+    def __init__(self, classes: Any, params: MultiOtsuParams, band: int, k: int) -> None:
         super().__init__(classes, params)
         self.band = band
         self.k = k
@@ -121,11 +119,9 @@ class MultiOtsuModel(SegmentationModel):
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> MultiOtsuModel:
-        params = dict(cfg.model.params)
-        band = band_param(params, spec, source)
-        k = int(params.get("classes_k", 3))
-        if not 2 <= k <= 254:
-            raise UserError(source, f"model.params.classes_k={k}: multi-Otsu needs 2..254")
+        params = MultiOtsuParams.model_validate(cfg.model.params)
+        band = check_band(params.band, spec.bands, source)
+        k = params.classes_k
         classes = class_table(cfg.model, [f"level_{i + 1}" for i in range(k)])
         if len(classes) != k:
             raise UserError(source,

@@ -36,6 +36,7 @@ from segflow.tasks.config import JobConfig, class_table
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec, SegmentationModel, label_dtype
 from segflow.tasks.models.filters import TRUNCATE, gaussian_radius
+from segflow.tasks.models.params import TissueParams
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -59,14 +60,12 @@ class TissueModel(SegmentationModel):
     """Bias-corrected 3-class Gaussian mixture of T1 intensities (CSF, GM, WM)."""
 
     kind = "tissue"
+    Params = TissueParams
 
-    def __init__(self, classes: Any, params: dict[str, Any]) -> None:
+    def __init__(self, classes: Any, params: TissueParams) -> None:
         super().__init__(classes, params)
-        self.degree = int(params.get("degree", 3))
-        self.iterations = int(params.get("iterations", 4))
-        self.smooth = float(params.get("smooth", 1.0))
-        self.fit_voxels = int(params.get("fit_voxels", 2_000_000))
-        self.seed = int(params.get("seed", 0))
+        self.degree, self.iterations = params.degree, params.iterations
+        self.smooth, self.fit_voxels, self.seed = params.smooth, params.fit_voxels, params.seed
         self.receptive_field = gaussian_radius(self.smooth) if self.smooth else 0
         self.shape: tuple[int, ...] = ()
         self.coef = np.zeros(0)
@@ -80,7 +79,7 @@ class TissueModel(SegmentationModel):
         classes = class_table(cfg.model, ["csf", "grey_matter", "white_matter"])
         if len(classes) != 3:
             raise UserError(source, "model.kind=tissue has three classes (CSF, GM, WM)")
-        return cls(classes, dict(cfg.model.params))
+        return cls(classes, TissueParams.model_validate(cfg.model.params))
 
     def fit(self, source: SourceBase, client: Client) -> None:
         self.shape = tuple(source.spatial_shape)

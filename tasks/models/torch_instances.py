@@ -10,7 +10,6 @@ sees every tile at the same scale.
 from __future__ import annotations
 
 import contextlib
-import json
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from segflow.tasks.models.instance import (
     reaching,
     tile_windows,
 )
+from segflow.tasks.models.params import MaskRCNNParams, SamParams
 from segflow.tasks.models.torch_model import (
     amp_dtype,
     cached_module,
@@ -48,8 +48,8 @@ class TorchInstanceModel(InstanceModel):
 
     accelerated = True
 
-    def __init__(self, classes: Any, params: dict[str, Any], weights: str, spec: InputSpec,
-                 cfg: JobConfig) -> None:
+    def __init__(self, classes: Any, params: MaskRCNNParams | SamParams, weights: str,
+                 spec: InputSpec, cfg: JobConfig) -> None:
         super().__init__(classes, params)
         self.weights, self.digest = weights, file_digest(weights)
         integer = np.dtype(spec.dtype).kind in "iu"
@@ -57,7 +57,7 @@ class TorchInstanceModel(InstanceModel):
         self.tile = DEFAULT_TILE if cfg.tiling.tile == "auto" else int(cfg.tiling.tile)
         self.batch = DEFAULT_BATCH if cfg.tiling.batch == "auto" else int(cfg.tiling.batch)
         self.gpu, self.amp = cfg.cluster.gpu, cfg.model.amp
-        self.reach = int(params.get("context", 32))
+        self.reach = params.context
         self.receptive_field = self.reach + self.max_object
 
     @staticmethod
@@ -97,7 +97,7 @@ class TorchInstanceModel(InstanceModel):
         """The module on this worker's device, built once per process for these weights and
         every setting ``build`` bakes in (params, tile side)."""
         device = torch.device(pick_device(self.gpu))
-        settings = json.dumps(self.params, sort_keys=True, default=str)
+        settings = self.params.model_dump_json()
         key = (self.weights, f"{self.kind}:{self.digest}:{device}:{self.side}:{settings}")
         return cached_module(key, str(device), self.build), device
 

@@ -17,7 +17,7 @@ import warnings
 from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 from segflow.tasks.config import ClassSpec, JobConfig, Normalize, class_table
 from segflow.tasks.errors import UserError, first_line
 from segflow.tasks.models.base import InputSpec, SegmentationModel, label_dtype
+from segflow.tasks.models.params import ModelParams
 from segflow.tasks.models.sizing import (
     auto_sizes,
     bytes_per_cell,
@@ -171,7 +172,7 @@ class TorchModel(SegmentationModel):
     #: True when the architecture pools over the whole input (e.g. ASPP image pooling)
     global_context: ClassVar[bool] = False
 
-    def __init__(self, classes: list[ClassSpec], params: dict[str, Any], weights: str,
+    def __init__(self, classes: list[ClassSpec], params: ModelParams, weights: str,
                  bands: int, ndim: int, normalize: Normalize | None, scale: float | None,
                  cfg: JobConfig) -> None:
         super().__init__(classes, params)
@@ -190,7 +191,7 @@ class TorchModel(SegmentationModel):
 
     @classmethod
     @abstractmethod
-    def build(cls, weights: str, params: dict[str, Any], bands: int, ndim: int,
+    def build(cls, weights: str, params: ModelParams, bands: int, ndim: int,
               classes: int | None) -> nn.Module:
         """The module on CPU in eval mode with its weights; SegflowError if they do not fit.
 
@@ -198,9 +199,9 @@ class TorchModel(SegmentationModel):
         """
 
     @classmethod
-    def geometry(cls, params: dict[str, Any]) -> tuple[int, int]:
+    def geometry(cls, params: ModelParams) -> tuple[int, int]:
         """Receptive field and stride: as ``params`` declares them unless the class knows."""
-        return int(params.get("receptive_field", 0)), int(params.get("stride", 1))
+        return int(getattr(params, "receptive_field", 0)), int(getattr(params, "stride", 1))
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> TorchModel:
@@ -209,8 +210,8 @@ class TorchModel(SegmentationModel):
         norm = cfg.model.normalize
         if norm is not None and not len(norm.mean) == len(norm.std) == spec.bands:
             raise UserError(source, f"model.normalize needs {spec.bands} means and stds")
-        params = dict(cfg.model.params)
-        declared = len(cfg.model.classes) or params.get("num_classes")
+        params = cls.Params.model_validate(cfg.model.params)
+        declared = len(cfg.model.classes) or getattr(params, "num_classes", None)
         module = cls.build(path, params, spec.bands, spec.ndim,
                            int(declared) if declared else None)
         n_classes = cls._probe(module, path, spec, params)
@@ -233,7 +234,7 @@ class TorchModel(SegmentationModel):
 
     @classmethod
     def _probe(cls, module: nn.Module, path: str, spec: InputSpec,
-               params: dict[str, Any]) -> int:
+               params: ModelParams) -> int:
         """Output channels for a small zero input: the class count, and a shape check."""
         side = max(32, cls.geometry(params)[1])
         probe = torch.zeros(1, spec.bands, *(side,) * spec.ndim)

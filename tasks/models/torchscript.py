@@ -6,12 +6,11 @@ stride: ``params.receptive_field`` and ``params.stride`` state them (default 0 a
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from segflow.tasks.errors import UserError, first_line
+from segflow.tasks.models.params import ModelParams, TorchScriptParams
 from segflow.tasks.models.torch_model import TorchModel
 
 
@@ -19,9 +18,10 @@ class TorchScriptModel(TorchModel):
     """Runs a TorchScript file tile by tile (``torch.jit.load``: code and tensors, no pickle)."""
 
     kind = "torchscript"
+    Params = TorchScriptParams
 
     @classmethod
-    def build(cls, weights: str, params: dict[str, Any], bands: int, ndim: int,
+    def build(cls, weights: str, params: ModelParams, bands: int, ndim: int,
               classes: int | None) -> nn.Module:
         try:
             return torch.jit.load(weights, map_location="cpu").eval()

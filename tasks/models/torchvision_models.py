@@ -14,17 +14,14 @@ tiled mask equals the whole-image one only when one tile covers the image; other
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from segflow.tasks.errors import UserError
+from segflow.tasks.models.params import ModelParams, TorchvisionParams
 from segflow.tasks.models.torch_model import TorchModel, fill, load_state_dict
 from segflow.tasks.models.vision_ops import import_torchvision
 
-ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
-         "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large")
 
 class _Logits(nn.Module):
     """torchvision returns ``{"out": logits, ...}``; segflow wants the logits tensor."""
@@ -41,14 +38,14 @@ class TorchvisionModel(TorchModel):
     """A torchvision segmentation network; RGB-style 3-band input unless the weights differ."""
 
     kind = "torchvision"
+    Params = TorchvisionParams
     global_context = True
 
     @classmethod
-    def build(cls, weights: str, params: dict[str, Any], bands: int, ndim: int,
+    def build(cls, weights: str, params: ModelParams, bands: int, ndim: int,
               classes: int | None) -> nn.Module:
-        arch = params.get("arch")
-        if arch not in ARCHS:
-            raise UserError(weights, f"params.arch must be one of {', '.join(ARCHS)}")
+        assert isinstance(params, TorchvisionParams)
+        arch = params.arch
         if ndim != 2 or not classes:
             raise UserError(weights, "torchvision networks are 2-D and need model.classes "
                                         "or model.params.num_classes")

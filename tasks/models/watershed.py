@@ -35,7 +35,6 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from segflow.tasks.config import JobConfig, class_table
-from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec, SegmentationModel
 from segflow.tasks.models.filters import (
     FIT_CHUNK,
@@ -45,7 +44,7 @@ from segflow.tasks.models.filters import (
     valid_mean,
 )
 from segflow.tasks.models.histogram import multiotsu_thresholds
-from segflow.tasks.models.params import at_least, band_param
+from segflow.tasks.models.params import WatershedParams, check_band
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -83,28 +82,22 @@ class WatershedModel(SegmentationModel):
     """background / foreground from markers and a bounded watershed flood between them."""
 
     kind = "watershed"
+    Params = WatershedParams
 
-    def __init__(self, classes: Any, params: dict[str, Any], band: int,
-                 bounds: tuple[float, float] | None, max_extent: int, sigma: float) -> None:
+    def __init__(self, classes: Any, params: WatershedParams, band: int) -> None:
         super().__init__(classes, params)
-        self.band, self.bounds, self.max_extent, self.sigma = band, bounds, max_extent, sigma
+        self.band, self.max_extent, self.sigma = band, params.max_extent, params.sigma
+        self.bounds = (None if params.low is None or params.high is None
+                       else (params.low, params.high))
+        max_extent, sigma = self.max_extent, self.sigma
         self.receptive_field = max_extent + gradient_radius(sigma)
         self.fill: float | None = None
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> WatershedModel:
-        params = dict(cfg.model.params)
-        band = band_param(params, spec, source)
-        low, high = params.get("low"), params.get("high")
-        if (low is None) != (high is None):
-            raise UserError(source, "model.params.low and high go together (or neither)")
-        if low is not None and not float(low) < float(high):
-            raise UserError(source, f"model.params.low={low} must be below high={high}")
-        max_extent = int(at_least(params, "max_extent", 24, 1, source))
-        sigma = at_least(params, "sigma", 1.0, 0, source)
-        bounds = None if low is None else (float(low), float(high))
-        classes = class_table(cfg.model, ["background", "foreground"])
-        return cls(classes, params, band, bounds, max_extent, sigma)
+        params = WatershedParams.model_validate(cfg.model.params)
+        band = check_band(params.band, spec.bands, source)
+        return cls(class_table(cfg.model, ["background", "foreground"]), params, band)
 
     def fit(self, source: SourceBase, client: Client) -> None:
         self.fill = valid_mean(source, self.band, client)

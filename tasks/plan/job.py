@@ -61,6 +61,13 @@ class Job:
         return f"{self.root.rstrip('/')}/masks/{self.image_id}.png"
 
     @property
+    def instances(self) -> bool:
+        """Objects are labelled: asked for (``stats.instances``), or found by the model
+        (instance models, ``stats.split``). The config stays as the user gave it, so its hash
+        is the same in the catalog and the store."""
+        return self.config.stats.instances or self.model.instance
+
+    @property
     def unreached_halo(self) -> bool:
         """True when the model reads further than the halo: chunk seams are not exact."""
         return self.model.receptive_field > self.plan.halo
@@ -83,8 +90,8 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
         raise UserError(config.stats.zones, f"stats.zones needs a georeferenced raster; "
                                             f"{source} is a {reader.modality}")
     halo = config.tiling.halo
-    if config.stats.split != "none" or isinstance(model, InstanceModel):
-        model, config = _instance_model(model, config, reader, source)
+    if config.stats.split != "none" or model.instance:
+        model = _instance_model(model, config, reader, source)
         halo = max(halo, model.receptive_field)  # the halo an exact merge needs
     if config.output.probabilities and not model.soft:
         raise UserError(source, f"model.kind={model.kind} has no per-class score: "
@@ -96,7 +103,7 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
         raise UserError(source, f"a halo of {plan.halo} px (tiling.halo, or the instance "
                                 f"model's reach + stats.max_object) is more than the chunks' "
                                 f"{plan.chunk} px: raise tiling.chunk")
-    skip_glass = reader.capabilities.has_tissue_thumbnail and config.tiling.skip_empty
+    skip_glass = reader.supports_tissue_thumbnail and config.tiling.skip_empty
     background = frozenset(background_chunks(reader, plan)) if skip_glass else frozenset()
     unwritten = frozenset(c.index for c, empty in zip(
         plan.chunks, reader.unwritten([c.core for c in plan.chunks]), strict=True) if empty
@@ -136,22 +143,19 @@ def object_cells(value: float | str, reader: SourceBase, source: str) -> int:
 
 
 def _instance_model(model: SegmentationModel, config: JobConfig, reader: SourceBase,
-                    source: str) -> tuple[InstanceModel, JobConfig]:
+                    source: str) -> InstanceModel:
     """The model that finds objects (a deep instance model, or a semantic one whose things
-    ``stats.split`` splits) sized for ``stats.max_object``, and the config with instances on."""
+    ``stats.split`` splits) sized for ``stats.max_object``."""
     stats = config.stats
     if stats.split != "none":
-        if isinstance(model, InstanceModel):
+        if model.instance:
             raise UserError(source, f"stats.split is for semantic models; model.kind="
                                     f"{model.kind} finds its objects itself")
         things = thing_ids(model.classes, stats.things, source)
         model = DistanceSplit(model, things, stats.split_min_size, stats.split_h,
                               stats.split_sigma)
     assert isinstance(model, InstanceModel)
-    model = model.sized(object_cells(stats.max_object, reader, source), stats.on_cut)
-    if not stats.instances:
-        config = config.model_copy(update={"stats": stats.model_copy(update={"instances": True})})
-    return model, config
+    return model.sized(object_cells(stats.max_object, reader, source), stats.on_cut)
 
 
 def fitted(job: Job, client: Client) -> Job:

@@ -15,7 +15,6 @@ import numpy as np
 
 from segflow.tasks.errors import UserError, on_worker
 from segflow.tasks.sources.georef import Georef
-from segflow.tasks.sources.registry import BY_NAME, Reader
 
 if TYPE_CHECKING:  # dask.array costs a second to import: the CLI's checks open headers
     import dask.array as da
@@ -44,23 +43,22 @@ class SourceBase(ABC):
     #: cells whose first band is at or below this value are background (None: no such rule)
     foreground_above: float | None = None
 
-    #: the registry's name for this format: its modality, units and capabilities
+    #: the name of this format's entry in the reader registry (``segflow.readers``)
     reader: ClassVar[str]
+    #: raster | slide | volume: how cells are measured and which outputs apply
+    modality: ClassVar[str]
+    #: units of one cell's size (``cell_measure``): m2 (CRS), um2 (slide µm), mm3 (voxels)
+    base_unit: ClassVar[str]
+    #: a cheap low-resolution level to find tissue on (``thumbnail``), so chunks of glass
+    #: are never read
+    supports_tissue_thumbnail: ClassVar[bool] = False
     dims: ClassVar[tuple[str, ...]] = ("y", "x")
     #: names of the columns ``physical`` returns
     physical_axes: ClassVar[tuple[str, ...]] = ("x", "y")
 
     @property
-    def capabilities(self) -> Reader:
-        return BY_NAME[self.reader]
-
-    @property
-    def modality(self) -> str:
-        return self.capabilities.modality
-
-    @property
     def georef(self) -> Georef | None:
-        """CRS and affine, for readers whose registry entry ``has_georef``; else None."""
+        """CRS and affine, for georeferenced formats; else None."""
         return None
 
     def unwritten(self, boxes: list[Box]) -> list[bool]:
@@ -127,7 +125,7 @@ class SourceBase(ABC):
 
     def thumbnail(self, step: int) -> tuple[np.ndarray, float]:
         """About every ``step``-th cell, (bands, ...), and its exact decimation factor; readers
-        with a pyramid (``has_tissue_thumbnail``) take it from a coarse level."""
+        with a pyramid (``supports_tissue_thumbnail``) take it from a coarse level."""
         pixels, _ = self._read_decimated(step)
         return pixels, float(step)
 

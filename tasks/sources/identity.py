@@ -11,7 +11,7 @@ import fsspec
 
 from segflow.tasks.errors import io_error
 from segflow.tasks.runtime.storage import filesystem
-from segflow.tasks.sources.registry import IMAGE_SUFFIXES
+from segflow.tasks.sources.registry import image_suffixes
 
 
 def normal_uri(uri: str) -> str:
@@ -28,7 +28,7 @@ def image_id(uri: str) -> str:
     claims, ``.nii.gz`` and ``.ome.tif`` whole, and ``.ome`` of ``.ome.zarr``) plus a short
     hash of the URI."""
     stem = uri.rstrip("/").rsplit("/", 1)[-1]
-    for ext in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+    for ext in sorted(image_suffixes(), key=len, reverse=True):
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
             break

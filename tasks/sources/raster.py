@@ -37,6 +37,8 @@ class Raster(SourceBase):
     transform: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # affine a, b, c, d, e, f
 
     reader: ClassVar[str] = "geotiff"
+    modality: ClassVar[str] = "raster"
+    base_unit: ClassVar[str] = "m2"
 
     @property
     def height(self) -> int:

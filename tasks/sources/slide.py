@@ -58,6 +58,9 @@ class Slide(SourceBase):
     coarser: tuple[tuple[int, float], ...] = ()
 
     reader: ClassVar[str] = "slide"
+    modality: ClassVar[str] = "slide"
+    base_unit: ClassVar[str] = "um2"
+    supports_tissue_thumbnail: ClassVar[bool] = True
 
     def _read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         try:

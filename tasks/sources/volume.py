@@ -14,10 +14,11 @@ coordinates, and the NIfTI export reverses the axes again onto the file's own gr
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import nibabel as nib
 import numpy as np
@@ -26,6 +27,7 @@ import zarr
 from segflow.tasks.config import InputConfig
 from segflow.tasks.errors import UserError, io_error
 from segflow.tasks.runtime.storage import is_local, open_input, zarr_options
+from segflow.tasks.runtime.zarr_nodes import array_at, dimension_names
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
 
 
@@ -41,10 +43,10 @@ def _nifti(uri: str) -> Iterator[nib.Nifti1Image]:
     read through a range-requesting file (``.nii.gz`` decompressed as it streams), valid only
     inside the ``with``."""
     if is_local(uri):
-        yield nib.load(uri)
+        yield cast(nib.Nifti1Image, nib.load(uri))  # .nii / .nii.gz: NIfTI-1 or -2 (a subclass)
         return
-    with open_input(uri, compression="infer") as fh:
-        yield nib.Nifti1Image.from_stream(fh)
+    with open_input(uri, compression="infer") as fh:  # an fsspec file: an io.IOBase
+        yield nib.Nifti1Image.from_stream(cast(io.IOBase, fh))
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Volume(SourceBase):
     affine: tuple[tuple[float, ...], ...] = ()
 
     reader: ClassVar[str] = "nifti"
+    modality: ClassVar[str] = "volume"
+    base_unit: ClassVar[str] = "mm3"
     physical_axes: ClassVar[tuple[str, ...]] = ("x", "y", "z")
 
     @property
@@ -98,7 +102,7 @@ class Volume(SourceBase):
         data = self._slab(tuple(window))
         if not any(flipped):
             return data
-        return np.ascontiguousarray(np.flip(data, [a + 1 for a, f in enumerate(flipped) if f]))
+        return np.ascontiguousarray(np.flip(data, tuple(a + 1 for a, f in enumerate(flipped) if f)))
 
     def _read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         pixels = self._oriented(tuple(box))
@@ -185,7 +189,7 @@ class ZarrVolume(Volume):
 def _ome_level0(group: zarr.Group) -> tuple[str, list[float], list[float], tuple[str, ...]]:
     """Path, scale, translation and axis names of level 0 from OME-Zarr multiscales (0.4 or
     0.5)."""
-    attrs = group.attrs.asdict()
+    attrs: dict[str, Any] = group.attrs.asdict()
     multiscales = attrs.get("ome", attrs).get("multiscales")
     if not multiscales:
         raise ValueError("a Zarr group without OME multiscales metadata")
@@ -207,11 +211,12 @@ def open_zarr_volume(uri: str, cfg: InputConfig | None = None) -> ZarrVolume:
         node = zarr.open(store=uri, mode="r", **zarr_options(uri))
         if isinstance(node, zarr.Group):
             path, scale, shift, names = _ome_level0(node)
-            array = node[path]
+            array = array_at(node, path)
         else:
             path, scale, shift, names, array = "", [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], (), node
-        if array.metadata.zarr_format == 3 and all(array.metadata.dimension_names or [None]):
-            names = tuple(array.metadata.dimension_names)
+        axis_names = dimension_names(array)  # a v2 array has none
+        if axis_names and all(axis_names):
+            names = tuple(str(name) for name in axis_names)
         shape = tuple(int(n) for n in array.shape)
         dtype = np.dtype(array.dtype).name
     except Exception as exc:
