@@ -1,14 +1,9 @@
-"""Every registered model kind passes ``ModelContract``, through segflow's own chunk path (plan,
-fit on the Dask cluster, per-chunk work on the workers, the Zarr store) on real data:
-
-- chunk-size invariance: 64-px chunks (tiles of 32 for deep models) give the one-chunk mask,
-  bit for bit for classical methods (global fits are chunk-independent), up to float32 near-ties
-  for convolutions (torch picks other kernels for other input sizes);
-- a model whose output depends on the whole tile says so (``TilingWarning``);
-- nodata stays nodata, and every valid cell gets a class id of the table;
-- more than 254 classes are written as uint16 ids (kinds with a fixed class table say so, kinds
-  with a limit refuse beyond it in one line);
-- bad params or weights are one-line user errors.
+"""Every registered semantic model kind passes ``segflow.testing.ModelContract`` on real data
+(a Landsat crop with a nodata corner, an RGB GeoTIFF, an H&E slide crop, a real T1 head), at the
+array level: built and fitted as a run does, then predicted whole and chunk by chunk straight
+from the reader, with no store and no chunk path (the full flow runs once per modality and per
+model family in tests/test_segment_flow.py, tests/test_deep_models.py, tests/test_slide.py,
+tests/test_volume.py and tests/conformance/test_instance_models.py).
 
 ``test_every_registered_kind_has_a_case`` fails when a kind is added without a case here.
 """
@@ -16,184 +11,258 @@ fit on the Dask cluster, per-chunk work on the workers, the Zarr store) on real 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-import nibabel as nib
 import numpy as np
 import pytest
 import rasterio
 import tifffile
 import torch
 import yaml
-from distributed import Client
 from rasterio.windows import Window
 
-from segflow.tasks.config import JobConfig, load_config
+from segflow.tasks.config import load_config
 from segflow.tasks.errors import UserError
-from segflow.tasks.mask.lease import hold
-from segflow.tasks.mask.run import run_chunks
-from segflow.tasks.mask.store import open_job_store
-from segflow.tasks.models import REGISTRY, InputSpec, build_model
 from segflow.tasks.models.nets import SegNet, UNet
-from segflow.tasks.models.torch_model import TilingWarning
-from segflow.tasks.plan.job import fitted, plan_job
+from segflow.tasks.models.registry import model_kinds
+from segflow.testing import ModelContract
 from tests.conformance.test_instance_models import INSTANCE_CASES
 from tests.conftest import DATA, DilatedNet, write_pyramid_tiff
 
 LANDSAT = Path(__file__).parents[2] / "samples" / "nc_lsat7_2000_b12345.tif"
+DEMO_UNET = LANDSAT.parent / "landcover_unet.pt"
 MANY = 300  # classes in the many-class cases: ids up to 299 need uint16
 DEMO_NORMALIZE = ("{mean: [78.386, 64.2676, 63.5604, 69.1132, 88.4055], "
                   "std: [12.5374, 14.5693, 21.3879, 15.6462, 25.1653]}")
 
 
-@dataclass(frozen=True)
-class Case:
-    """One model kind under the contract: its config and data, and what it promises."""
-
-    kind: str
-    #: landsat (5-band float32 with nodata) | rgb (3-band uint8) | slide (H&E RGB) | volume
-    #: (a real T1 head, NIfTI)
-    data: str
-    overrides: tuple[str, ...] = ()
-    #: tiled output equals the one-chunk output bit for bit (else up to float near-ties)
-    exact: bool = True
-    #: output depends on the whole tile: no halo makes tiles exact, and the model warns
-    global_context: bool = False
-    #: overrides giving more than 254 classes; None: the kind's class table is fixed
-    many: tuple[str, ...] | None = None
-    #: overrides asking beyond the kind's class limit: a one-line error
-    beyond_limit: tuple[str, ...] | None = None
-    #: (overrides, text of the one-line error)
-    bad: tuple[tuple[tuple[str, ...], str], ...] = field(default_factory=tuple)
-    #: an optional dependency the kind needs
-    needs: str | None = None
-    #: the method marks cells it finds no tissue in as nodata itself (its own brain mask)
-    own_mask: bool = False
-
-
-CASES = [
-    Case("threshold", "landsat", ("model.params.value=80",),
-         bad=(((), "needs model.params.value"),
-              (("model.params.value=1", "model.params.band=9"), "band=9"))),
-    Case("otsu", "landsat", bad=((("model.params.band=0",), "band=0"),)),
-    Case("multiotsu", "landsat", ("model.params.classes_k=4",),
-         beyond_limit=("model.params.classes_k=255",),
-         bad=((("model.params.classes_k=1",), "classes_k=1"),)),
-    Case("adaptive", "landsat", ("model.params.block_size=15",),
-         bad=((("model.params.block_size=4",), "odd number"),
-              (("model.params.method=median",), "method='median'"))),
-    Case("edges", "landsat", ("model.params.max_hole=8",),
-         bad=((("model.params.sigma=-1",), "sigma=-1"),)),
-    Case("kmeans", "landsat", ("model.params.k=4",), beyond_limit=("model.params.k=255",),
-         bad=((("model.params.k=1",), "k=1"),
-              (("model.params.k=3", "model.classes=[a, b]"), "names 2 classes but k=3"))),
-    Case("watershed", "landsat", ("model.params.max_extent=10",),
-         bad=((("model.params.low=50",), "go together"),
-              (("model.params.low=90", "model.params.high=50"), "must be below"))),
-    Case("index", "landsat",
-         bad=((("model.params.water_index=ndxi",), "water_index='ndxi'"),
-              (("model.params.bands={thermal: 6}",), "unknown role"))),
-    Case("stain", "slide", ("tiling.skip_empty=false",),
-         bad=((("model.params.stain=gold",), "stain='gold'"),)),
-    Case("tissue", "volume", own_mask=True,
-         bad=((("model.classes=[a, b]",), "three classes"),)),
-    # the demo U-Net (trained on this scene; BatchNorm, receptive field 51)
-    Case("unet", "landsat", ("model.weights={demo_unet}", "model.params.num_classes=8",
-                             f"model.normalize={DEMO_NORMALIZE}"),
-         exact=False, many=("model.weights={unet_many}", f"model.params.num_classes={MANY}",
-                            "model.params={depth: 2, base: 4, num_classes: 300}"),
-         bad=((("model.weights={demo_unet}", "model.params={depth: 2, base: 16}",
-                "model.params.num_classes=8"), "shape mismatches"),
-              (("model.weights={not_torch}", "model.params.num_classes=4"),
-               "not a torch state_dict"))),
-    # a seeded SegNet (BatchNorm statistics of this image, head centred: 4 classes occur)
-    Case("segnet", "landsat", ("model.weights={segnet}", "model.params.num_classes=4",
-                               f"model.normalize={DEMO_NORMALIZE}"),
-         exact=False, many=("model.weights={segnet_many}", f"model.params.num_classes={MANY}",
-                            "model.params={depth: 2, base: 4, num_classes: 300}"),
-         bad=((("model.weights={segnet}", "model.params={depth: 3, base: 8}",
-                "model.params.num_classes=4"), "shape mismatches"),
-              (("model.weights={segnet}", "model.params.num_classes=4", "model.params.dims=3"),
-               "segnet is 2-D"),
-              (("model.weights={not_torch}", "model.params.num_classes=4"),
-               "not a torch state_dict"))),
-    Case("torchscript", "landsat", ("model.weights={dilated}", "model.params.receptive_field=7"),
-         exact=False, many=("model.weights={script_many}",),
-         bad=((("model.weights={not_torch}",), "not a TorchScript model"),
-              (("model.weights={missing}",), "weights file not found"))),
-    Case("torchvision", "rgb", ("model.weights={lraspp}", "model.classes=[a, b, c]",
-                                "model.params.arch=lraspp_mobilenet_v3_large"),
-         exact=False, global_context=True,
-         many=("model.weights={lraspp_many}", f"model.params.num_classes={MANY}",
-               "model.params.arch=lraspp_mobilenet_v3_large"),
-         bad=((("model.weights={lraspp}", "model.classes=[a, b, c]",
-                "model.params.arch=resnet"), "params.arch must be one of"),)),
-    # smp encoders reach hundreds of pixels: the declared reach covers this small image
-    Case("smp", "landsat", ("model.weights={smp}", "model.params.num_classes=4",
-                            "model.params.encoder=resnet18", "model.params.receptive_field=256"),
-         exact=False, needs="segmentation_models_pytorch",
-         bad=((("model.weights={smp}", "model.params.num_classes=4",
-                "model.params.arch=NoSuchNet"), "smp cannot build"),)),
-]
-
-
-def test_every_registered_kind_has_a_case():
-    instance_kinds = {c.kind for c in INSTANCE_CASES} - {"otsu"}  # otsu: the split's base
-    assert sorted([c.kind for c in CASES] + sorted(instance_kinds)) == sorted(REGISTRY)
-
-
-# --- data and weights ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    """The real inputs and the weights the cases name."""
-    folder = tmp_path_factory.mktemp("contract")
-    out: dict[str, Path] = {}
-    window = Window(100, 120, 200, 160)  # 160 x 200 px of the Landsat scene
+def landsat_crop() -> tuple[np.ndarray, dict]:
+    """160 x 200 px of the Landsat scene with a nodata corner, and its profile."""
+    window = Window(100, 120, 200, 160)
     with rasterio.open(LANDSAT) as src:
         data = src.read(window=window)
         profile = {**src.profile, "width": 200, "height": 160,
                    "transform": src.window_transform(window)}
-    data[:, :40, :50] = profile["nodata"]  # a nodata corner
-    out["landsat"] = folder / "landsat.tif"
-    with rasterio.open(out["landsat"], "w", **profile) as dst:
-        dst.write(data)
-    out["rgb"] = Path(shutil.copy(DATA / "rgb_byte.tif", folder / "rgb.tif"))
-    out["volume"] = Path(shutil.copy(DATA / "nibabel_anatomical.nii", folder / "head.nii"))
-    tissue = tifffile.imread(DATA / "cmu1_pyramid.tif", level=1)[300:556, 200:520]
-    out["slide"] = write_pyramid_tiff(folder / "slide.tif", np.ascontiguousarray(tissue),
-                                      mpp=0.998, levels=2)
-    out["demo_unet"] = LANDSAT.parent / "landcover_unet.pt"
-    torch.manual_seed(0)
-    many = UNet(5, MANY, dims=2, base=4, depth=2)
-    with torch.no_grad():  # every cell's top class is 280: ids beyond 254 for sure
-        many.head.weight.zero_()
-        many.head.bias.copy_(-((torch.arange(MANY) - 280.0) ** 2))
-    out["unet_many"] = folder / "unet_many.pt"
-    torch.save(many.state_dict(), out["unet_many"])
-    out["segnet"] = _segnet(folder, data, profile["nodata"], 4)
-    out["segnet_many"] = _segnet(folder, data, profile["nodata"], MANY)
-    out["dilated"] = folder / "dilated5.pt"
-    torch.jit.script(DilatedNet(bands=5).eval()).save(str(out["dilated"]))
-    out["script_many"] = folder / "many.pt"
-    torch.jit.script(_ValueClasses().eval()).save(str(out["script_many"]))
-    out["not_torch"] = folder / "not_torch.pt"
-    out["not_torch"].write_text("these are not weights\n")
-    out["missing"] = folder / "missing.pt"
-    try:
-        out["lraspp"], out["lraspp_many"] = _lraspp(folder, 3), _lraspp(folder, MANY)
-    except ImportError:
-        pass
-    try:
-        import segmentation_models_pytorch as smp
+    data[:, :40, :50] = profile["nodata"]
+    return data, profile
 
-        out["smp"] = folder / "smp.pt"
+
+class Landsat(ModelContract):
+    def make_image(self, folder: Path) -> Path:
+        data, profile = landsat_crop()
+        path = folder / "landsat.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        return path
+
+
+class Rgb(ModelContract):
+    def make_image(self, folder: Path) -> Path:
+        return Path(shutil.copy(DATA / "rgb_byte.tif", folder / "rgb.tif"))
+
+
+class SlideCrop(ModelContract):
+    overrides: ClassVar[tuple[str, ...]] = ("tiling.skip_empty=false",)
+
+    def make_image(self, folder: Path) -> Path:
+        tissue = tifffile.imread(DATA / "cmu1_pyramid.tif", level=1)[300:556, 200:520]
+        return write_pyramid_tiff(folder / "slide.tif", np.ascontiguousarray(tissue),
+                                  mpp=0.998, levels=2)
+
+
+class Head(ModelContract):
+    def make_image(self, folder: Path) -> Path:
+        return Path(shutil.copy(DATA / "nibabel_anatomical.nii", folder / "head.nii"))
+
+
+
+
+class TestThreshold(Landsat):
+    kind = "threshold"
+    overrides = ("model.params.value=80",)
+    bad = (((), "model.params.value: required by model.kind=threshold"),
+           (("model.params.value=1", "model.params.band=9"), "band=9"))
+
+
+class TestOtsu(Landsat):
+    kind = "otsu"
+    bad = ((("model.params.band=0",), "band=0"),)
+
+
+class TestMultiOtsu(Landsat):
+    kind = "multiotsu"
+    overrides = ("model.params.classes_k=4",)
+    bad = ((("model.params.classes_k=1",), "classes_k=1"),
+           (("model.params.classes_k=255",), "classes_k=255"))
+
+
+class TestAdaptive(Landsat):
+    kind = "adaptive"
+    overrides = ("model.params.block_size=15",)
+    bad = ((("model.params.block_size=4",), "odd number"),
+           (("model.params.method=median",), "method='median'"))
+
+
+class TestEdges(Landsat):
+    kind = "edges"
+    overrides = ("model.params.max_hole=8",)
+    bad = ((("model.params.sigma=-1",), "sigma=-1"),)
+
+
+class TestKMeans(Landsat):
+    kind = "kmeans"
+    overrides = ("model.params.k=4",)
+    bad = ((("model.params.k=1",), "k=1"), (("model.params.k=255",), "k=255"),
+           (("model.params.k=3", "model.classes=[a, b]"), "names 2 classes but k=3"))
+
+
+class TestWatershed(Landsat):
+    kind = "watershed"
+    overrides = ("model.params.max_extent=10",)
+    bad = ((("model.params.low=50",), "go together"),
+           (("model.params.low=90", "model.params.high=50"), "must be below"))
+
+
+class TestIndex(Landsat):
+    kind = "index"
+    bad = ((("model.params.water_index=ndxi",), "water_index='ndxi'"),
+           (("model.params.bands={thermal: 6}",), "model.params.bands.thermal: unknown key"))
+
+
+class TestStain(SlideCrop):
+    kind = "stain"
+    bad = ((("model.params.stain=gold",), "stain='gold'"),)
+
+
+class TestTissue(Head):
+    kind = "tissue"
+    own_mask = True
+    bad = ((("model.classes=[a, b]",), "three classes"),)
+
+
+class _Torch:
+    """Weights the deep cases share."""
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        bad = folder / "not_torch.pt"
+        bad.write_text("these are not weights\n")
+        return {"not_torch": bad, "missing": folder / "missing.pt", "demo_unet": DEMO_UNET}
+
+
+class TestUNet(_Torch, Landsat):
+    """The demo U-Net (trained on this scene; BatchNorm, receptive field 51)."""
+
+    kind = "unet"
+    overrides = ("model.weights={demo_unet}", "model.params.num_classes=8",
+                 f"model.normalize={DEMO_NORMALIZE}")
+    exact = False
+    many = ("model.weights={unet_many}", f"model.params.num_classes={MANY}",
+            "model.params={depth: 2, base: 4, num_classes: 300}")
+    bad = ((("model.weights={demo_unet}", "model.params={depth: 2, base: 16}",
+             "model.params.num_classes=8"), "shape mismatches"),
+           (("model.weights={not_torch}", "model.params.num_classes=4"),
+            "not a torch state_dict"))
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        torch.manual_seed(0)
+        many = UNet(5, MANY, dims=2, base=4, depth=2)
+        with torch.no_grad():  # every cell's top class is 280: ids beyond 254 for sure
+            many.head.weight.zero_()
+            many.head.bias.copy_(-((torch.arange(MANY) - 280.0) ** 2))
+        torch.save(many.state_dict(), folder / "unet_many.pt")
+        return {**super().files(folder), "unet_many": folder / "unet_many.pt"}
+
+
+class TestSegNet(_Torch, Landsat):
+    """A seeded SegNet (BatchNorm statistics of this image, head centred: 4 classes occur)."""
+
+    kind = "segnet"
+    overrides = ("model.weights={segnet}", "model.params.num_classes=4",
+                 f"model.normalize={DEMO_NORMALIZE}")
+    exact = False
+    many = ("model.weights={segnet_many}", f"model.params.num_classes={MANY}",
+            "model.params={depth: 2, base: 4, num_classes: 300}")
+    bad = ((("model.weights={segnet}", "model.params={depth: 3, base: 8}",
+             "model.params.num_classes=4"), "shape mismatches"),
+           (("model.weights={segnet}", "model.params.num_classes=4", "model.params.dims=3"),
+            "segnet is 2-D"),
+           (("model.weights={not_torch}", "model.params.num_classes=4"),
+            "not a torch state_dict"))
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        data, profile = landsat_crop()
+        return {**super().files(folder),
+                "segnet": _segnet(folder, data, profile["nodata"], 4),
+                "segnet_many": _segnet(folder, data, profile["nodata"], MANY)}
+
+
+class TestTorchScript(_Torch, Landsat):
+    kind = "torchscript"
+    overrides = ("model.weights={dilated}", "model.params.receptive_field=7")
+    exact = False
+    many = ("model.weights={script_many}",)
+    bad = ((("model.weights={not_torch}",), "not a TorchScript model"),
+           (("model.weights={missing}",), "weights file not found"))
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        torch.jit.script(DilatedNet(bands=5).eval()).save(str(folder / "dilated5.pt"))
+        torch.jit.script(_ValueClasses().eval()).save(str(folder / "many.pt"))
+        return {**super().files(folder), "dilated": folder / "dilated5.pt",
+                "script_many": folder / "many.pt"}
+
+
+class TestTorchvision(_Torch, Rgb):
+    kind = "torchvision"
+    overrides = ("model.weights={lraspp}", "model.classes=[a, b, c]",
+                 "model.params.arch=lraspp_mobilenet_v3_large")
+    exact = False
+    global_context = True
+    many = ("model.weights={lraspp_many}", f"model.params.num_classes={MANY}",
+            "model.params.arch=lraspp_mobilenet_v3_large")
+    bad = ((("model.weights={lraspp}", "model.classes=[a, b, c]", "model.params.arch=resnet"),
+            "model.params.arch='resnet'"),)
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        return {**super().files(folder), "lraspp": _lraspp(folder, 3),
+                "lraspp_many": _lraspp(folder, MANY)}
+
+
+class TestSMP(_Torch, Landsat):
+    """smp encoders reach hundreds of pixels: the declared reach covers this small image."""
+
+    kind = "smp"
+    overrides = ("model.weights={smp}", "model.params.num_classes=4",
+                 "model.params.encoder=resnet18", "model.params.receptive_field=256")
+    exact = False
+    bad = ((("model.weights={smp}", "model.params.num_classes=4",
+             "model.params.arch=NoSuchNet"), "smp cannot build"),)
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        smp = pytest.importorskip("segmentation_models_pytorch", reason=(
+            "model.kind=smp needs segmentation-models-pytorch (an optional extra, not in "
+            "the test install)"))
         torch.save(smp.create_model("Unet", encoder_name="resnet18", encoder_weights=None,
-                                    in_channels=5, classes=4).state_dict(), out["smp"])
-    except ImportError:
-        pass
-    return out
+                                    in_channels=5, classes=4).state_dict(), folder / "smp.pt")
+        return {**super().files(folder), "smp": folder / "smp.pt"}
+
+
+def test_every_registered_kind_has_a_case():
+    cases = {c.kind for c in globals().values()
+             if isinstance(c, type) and issubclass(c, ModelContract) and c.__name__[:4] == "Test"}
+    instance_kinds = {c.kind for c in INSTANCE_CASES} - {"otsu"}  # otsu: the split's base
+    own = {name for name, kind in model_kinds().items() if kind.target.startswith("segflow.")}
+    assert sorted(cases | instance_kinds) == sorted(own)
+
+
+@pytest.mark.parametrize("kind", sorted(model_kinds()))
+def test_every_kind_refuses_a_key_it_does_not_have(kind):
+    with pytest.raises(UserError) as error:
+        load_config(overrides=[f"model.kind={kind}", "model.params.no_such_key=1"])
+    assert f"model.params.no_such_key: not a parameter of model.kind={kind}" in str(error.value)
+
+
+# the shared helpers below make weights whose behaviour is known
 
 
 def _segnet(folder: Path, data: np.ndarray, nodata: float, classes: int) -> Path:
@@ -257,120 +326,4 @@ def _lraspp(folder: Path, classes: int) -> Path:
     torch.save(net.state_dict(), path)
     return path
 
-
-# --- running a case through segflow's chunk path ---------------------------------------------
-
-@pytest.fixture(scope="module")
-def client(dask_address):
-    with Client(dask_address) as c:
-        yield c
-
-
-def _config(case: Case, files: dict[str, Path], overrides: tuple[str, ...] | None = None,
-            extra: tuple[str, ...] = ()) -> JobConfig:
-    """The case's config (or ``overrides`` instead of its own) plus ``extra`` keys."""
-    own = case.overrides if overrides is None else overrides
-    given = [f"model.kind={case.kind}", *own, *extra]
-    for name, path in files.items():  # "{unet}" names a file of the fixture
-        given = [o.replace(f"{{{name}}}", str(path)) for o in given]
-    return load_config(overrides=given)
-
-
-def _segment(case: Case, files: dict[str, Path], client: Client, root: Path,
-             cfg: JobConfig) -> tuple[np.ndarray, int]:
-    """The mask segflow writes for ``cfg`` and its nodata value."""
-    job = fitted(plan_job(str(files[case.data]), str(root), cfg), client)
-    with hold(job.store_uri, "conformance", seconds=60, wait=0):
-        store, written, _ = open_job_store(job)
-        run_chunks(client, job, store, [c for c in job.plan.chunks if c.index not in written])
-    return store.labels()[:], store.nodata
-
-
-def _valid(case: Case, files: dict[str, Path]) -> np.ndarray:
-    """Valid cells as the file says, read with rasterio/tifffile, not segflow."""
-    if case.data == "slide":
-        return np.ones(tifffile.imread(files["slide"]).shape[:2], bool)
-    if case.data == "volume":  # NIfTI has no nodata; the tissue model's air is nodata
-        return np.ones(nib.load(files["volume"]).shape, bool)
-    with rasterio.open(files[case.data]) as ds:
-        return (ds.read() != ds.nodata).any(axis=0)
-
-
-@pytest.fixture(params=CASES, ids=[c.kind for c in CASES])
-def case(request) -> Case:
-    case: Case = request.param
-    if case.needs:
-        pytest.importorskip(case.needs, reason=f"model.kind={case.kind} needs {case.needs} "
-                                               "(an optional extra, not in the test install)")
-    return case
-
-
-class ModelContract:
-    """The tests every model kind passes; parametrised over ``CASES``."""
-
-    def test_chunk_size_does_not_change_the_mask(self, case, files, client, tmp_path):
-        cfg = _config(case, files, extra=("tiling.skip_empty=false",))
-        if case.global_context:
-            with pytest.warns(TilingWarning, match="depends on the whole tile"):
-                build_model(cfg, _spec(case, files), str(files[case.data]))
-            return
-        reach = build_model(cfg, _spec(case, files), str(files[case.data])).receptive_field
-        halo = (f"tiling.halo={reach}",)
-        whole, _ = _segment(case, files, client, tmp_path / "whole", _config(
-            case, files, extra=("tiling.chunk=4096", "tiling.tile=4096", *halo)))
-        tiled, _ = _segment(case, files, client, tmp_path / "tiled", _config(
-            case, files, extra=("tiling.chunk=64", "tiling.tile=32", *halo)))
-        valid = _valid(case, files)
-        assert len(np.unique(whole[valid])) >= 2, "a mask of one class proves nothing"
-        if case.exact:
-            np.testing.assert_array_equal(tiled, whole)
-        else:  # float32 kernels differ with the input size: near-ties only
-            assert (tiled != whole).mean() <= 0.002
-
-    def test_nodata_stays_nodata(self, case, files, client, tmp_path):
-        mask, nodata = _segment(case, files, client, tmp_path, _config(
-            case, files, extra=("tiling.chunk=64",)))
-        valid = _valid(case, files)
-        n_classes = len(build_model(_config(case, files), _spec(case, files),
-                                    str(files[case.data])).classes)
-        assert (mask[~valid] == nodata).all()
-        inside = mask[valid][mask[valid] != nodata] if case.own_mask else mask[valid]
-        assert inside.size and (inside < n_classes).all()
-
-    def test_more_than_254_classes_are_uint16(self, case, files, client, tmp_path):
-        if case.beyond_limit:
-            with pytest.raises(UserError) as error:
-                build_model(_config(case, files, case.beyond_limit), _spec(case, files),
-                            str(files[case.data]))
-            assert "\n" not in str(error.value)
-        if case.many is None:
-            pytest.skip(f"{case.kind} has a fixed class table")
-        mask, nodata = _segment(case, files, client, tmp_path,
-                                   _config(case, files, case.many, ("tiling.chunk=64",)))
-        valid = _valid(case, files)
-        assert mask.dtype == np.uint16 and nodata == 65535
-        assert (mask[~valid] == nodata).all()
-        assert mask[valid].max() > 254 and (mask[valid] < MANY).all()
-
-    def test_bad_params_and_weights_are_one_line_errors(self, case, files):
-        assert case.bad, f"{case.kind}: name at least one bad config"
-        for overrides, text in case.bad:
-            with pytest.raises(UserError) as error:
-                build_model(_config(case, files, overrides), _spec(case, files),
-                            str(files[case.data]))
-            assert text in str(error.value) and "\n" not in str(error.value)
-
-
-def _spec(case: Case, files: dict[str, Path]) -> InputSpec:
-    if case.data == "slide":
-        return InputSpec(bands=3, dtype="uint8")
-    if case.data == "volume":
-        head = nib.load(files["volume"])
-        return InputSpec(bands=1, dtype=str(head.get_data_dtype()), ndim=3)
-    with rasterio.open(files[case.data]) as ds:
-        return InputSpec(bands=ds.count, dtype=ds.dtypes[0])
-
-
-class TestModelContract(ModelContract):
-    pass
 

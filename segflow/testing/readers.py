@@ -2,7 +2,15 @@
 
 A subclass says how to make its file (``make``), how the format's library reads it whole
 (``expected``: pixels (bands, *spatial), valid mask, physical coordinates of two cells) and how
-to spoil it (``corrupt``); ``location`` puts it on local disk or on the moto S3 server.
+to spoil it (``corrupt``); ``location`` puts it on local disk, or on S3 (the test session then
+provides an ``s3_bucket`` fixture naming an empty bucket, e.g. on moto's server). A plug-in
+package runs the same contract on its own reader::
+
+    from segflow.testing import ReaderContract
+
+    class TestMyReader(ReaderContract):
+        reader_name = "myformat"
+        ...
 """
 
 from __future__ import annotations
@@ -11,14 +19,13 @@ import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
-import boto3
 import numpy as np
 import pytest
 
 from segflow.tasks.config import InputConfig
 from segflow.tasks.errors import TransientError, UserError
 from segflow.tasks.sources.base import SourceBase
-from segflow.tasks.sources.registry import open_source, reader_for
+from segflow.tasks.sources.registry import open_source, reader_for, readers
 
 #: what the pickled reader must never carry: the moto session's keys
 SECRETS = (b"testing", b"AKIA")
@@ -26,6 +33,8 @@ SECRETS = (b"testing", b"AKIA")
 
 def upload(bucket: str, key: str, path: Path) -> str:
     """Put a file, or every file of a folder (a Zarr store), under ``key``; its s3:// URI."""
+    import boto3
+
     s3 = boto3.client("s3")
     if path.is_dir():
         for item in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -81,11 +90,12 @@ class ReaderContract:
     def test_registry_picks_this_reader(self, uri: str) -> None:
         reader = reader_for(uri)
         assert reader.name == self.reader_name
+        assert reader in readers().values() and readers()[reader.name] is reader
         source = open_source(uri, InputConfig())
-        assert source.capabilities is reader and source.modality == reader.modality
-        # what the registry says the reader can do, it does
-        assert (source.georef is not None) == reader.has_georef
-        if reader.has_tissue_thumbnail:
+        assert source.reader == reader.name and source.modality == reader.modality
+        assert source.base_unit in ("m2", "um2", "mm3")
+        # what the class says the reader can do, it does
+        if source.supports_tissue_thumbnail:
             thumb, factor = source.thumbnail(4)
             assert factor >= 4 and thumb.shape[0] == len(source.bands)
 
