@@ -74,8 +74,9 @@ def test_the_wheel_holds_one_top_level_package_with_the_demo_data(wheel):
     assert sum(zipfile.ZipFile(wheel).getinfo(n).file_size for n in names) < 12e6
 
 
-@pytest.mark.timeout(900)
-def test_a_fresh_venv_runs_the_demo_from_another_directory(wheel, tmp_path):
+def _fresh_venv(wheel: Path, tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
+    """A fresh venv with the wheel alone installed; its bin folder, a newcomer's environment
+    and an empty working folder away from the repository."""
     env_dir = tmp_path / "env"
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / "bin"
@@ -95,6 +96,12 @@ def test_a_fresh_venv_runs_the_demo_from_another_directory(wheel, tmp_path):
     (site / "zz_shared_deps.pth").write_text(f"{ours}\n")
     _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
          work, env, 300)
+    return bin_dir, env, work
+
+
+@pytest.mark.timeout(900)
+def test_a_fresh_venv_runs_the_demo_from_another_directory(wheel, tmp_path):
+    bin_dir, env, work = _fresh_venv(wheel, tmp_path)
     unmet = _run([str(bin_dir / "python"), "-c", UNMET], work, env, 120)
     assert unmet.strip() == "[]"
 
@@ -140,3 +147,48 @@ def _check_demo(work: Path, out: str) -> None:
     accuracy = scores["tp"] / (scores["tp"] + scores["fp"])
     trained = json.loads((REPO / "samples" / "landcover_unet.json").read_text())
     assert accuracy > trained["holdout"]["pixel_accuracy"] - 0.05
+
+
+@pytest.mark.timeout(900)
+def test_a_plugin_package_adds_a_reader_and_a_model_kind(wheel, tmp_path):
+    """A third-party package (tests/data/plugin: a .npy reader and a ``brighter`` kind, named
+    by entry points) installed beside the wheel passes segflow.testing's contracts and runs in
+    ``segflow segment`` and ``segflow batch`` with no change to segflow."""
+    import numpy as np
+    import rasterio
+
+    bin_dir, env, work = _fresh_venv(wheel, tmp_path)
+    plugin = Path(shutil.copytree(REPO / "tests" / "data" / "plugin", tmp_path / "plugin"))
+    # built as its author would publish it (with this environment's setuptools), installed
+    # from its wheel
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+          "-w", str(tmp_path / "dist"), str(plugin)], plugin, dict(os.environ), 300)
+    [built] = (tmp_path / "dist").glob("segflow_npy-*.whl")
+    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", str(built)],
+         work, env, 300)
+    contracts = _run([str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                      "tests"], plugin, env, 600)
+    assert " passed" in contracts and "failed" not in contracts
+
+    with rasterio.open(REPO / "samples" / "nc_lsat7_2000_b12345.tif") as src:
+        scene = src.read([1, 2, 3], window=((0, 200), (0, 300)))
+    (work / "in").mkdir()
+    np.save(work / "in" / "scene.npy", scene)
+    sets = ["--set", "model.kind=brighter", "--set", "model.params.factor=1.1",
+            "--set", "tiling.chunk=128"]
+    seg = _run([str(bin_dir / "segflow"), "segment", "in/scene.npy", "--out", "seg", *sets],
+               work, env, 600)
+    assert "bright" in seg
+    [run] = run_query(str(work / "seg"), "select status, model, output_uri from runs"
+                      ).to_pylist()
+    assert run["status"] == "succeeded" and run["model"].startswith("brighter(")
+    mask = zarr.open_array(str(work / run["output_uri"]), path="0", mode="r")[:]
+    band = scene[0].astype(np.float64)  # the kind's rule, computed here in NumPy
+    np.testing.assert_array_equal(mask, (band > 1.1 * band.mean()).astype(mask.dtype))
+
+    batch = _run([str(bin_dir / "segflow"), "batch", "in", "--out", "batch", *sets], work, env,
+                 600)
+    assert "1 succeeded" in batch
+    [row] = run_query(str(work / "batch"), "select sum(pixels) as n from class_stats"
+                      ).to_pylist()
+    assert row["n"] == band.size
