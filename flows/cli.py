@@ -436,60 +436,29 @@ def _runs(out: str, last: int) -> None:
                  title=f"{len(rows)} latest run(s) in {out}")
 
 
-def _check_local(path: str | None, what: str) -> None:
-    """A local path must exist and be readable (URLs are checked when opened)."""
-    from segflow.tasks.errors import UserError
-
-    if path is None or "://" in path:
-        return
-    if not os.path.exists(path):
-        raise UserError(path, f"no such {what}")
-    if not os.access(path, os.R_OK):
-        raise UserError(path, f"{what} is not readable (permission denied)")
-
-
 def _check_inputs(args: argparse.Namespace) -> None:
     """Fail in a second, before Prefect or Dask start: the whole config (file, keys, values),
-    then every local file the command names (the source, the truth, files in the config). A
-    file missing for one image also leaves its ``failed`` runs row, as a failed run would."""
+    then every local file the command names (tasks/intake/preflight.py). A file missing for
+    one image also leaves its ``failed`` runs row, written after the line is printed."""
     if args.command not in ("segment", "evaluate", "batch", "watch"):
         return
-    from segflow.tasks.config import FILE_KEYS, load_config
+    from segflow.tasks.config import load_config
     from segflow.tasks.errors import UserError
+    from segflow.tasks.intake import preflight
 
     cfg = load_config(args.config, args.set)
     try:
-        _check_local(args.source, "file or folder")
-        _check_local(getattr(args, "truth", None), "ground-truth file")
-        for section, key in (*FILE_KEYS, ("stats", "ground_truth")):
-            value = getattr(getattr(cfg, section), key)
-            _check_local(value if isinstance(value, str) else None, f"file ({section}.{key})")
-        if args.command in ("segment", "evaluate") and Path(args.source).exists():
-            from segflow.tasks.sources.registry import is_image, open_source
-
-            if Path(args.source).is_dir() and not is_image(args.source):
-                raise UserError(args.source, "a folder, not an image (segflow batch takes "
-                                             "folders)")
-            open_source(args.source, cfg.input)  # its header: a file that is no image ends here
+        preflight.check_local(getattr(args, "truth", None), "ground-truth file")
+        preflight.check_files(cfg)
+        if args.command in ("segment", "evaluate"):
+            preflight.check_image(args.source, cfg)
+        else:
+            preflight.check_local(args.source, "file or folder")
     except UserError as exc:
         if args.command in ("segment", "evaluate"):
             reason = str(exc)
-            exc.record = lambda: _record_failure(args.source, args.out, cfg, reason)
+            exc.record = lambda: preflight.record_failure(args.source, args.out, cfg, reason)
         raise
-
-
-def _record_failure(source: str, out: str, cfg: Any, reason: str) -> None:
-    """The failed runs row of an image whose file was missing (after its line is printed:
-    writing Parquet costs a second of imports)."""
-    from datetime import UTC, datetime
-    from uuid import uuid4
-
-    from segflow.tasks.catalog.tables import new_run, write_rows
-    from segflow.tasks.sources.identity import normal_uri
-
-    run = new_run(f"cli-{uuid4()}", normal_uri(source), cfg)
-    run.update(status="failed", error=reason, finished_at=datetime.now(UTC), seconds=0.0)
-    write_rows(normal_uri(out), "runs", run["run_id"], [run])
 
 
 def _server(args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from segflow.flows.batch import segment_batch
-    from segflow.flows.segment import segment_image
+    from segflow.flows.api import segment_image
     from segflow.tasks.catalog.query import query_frame
     from segflow.tasks.config import load_config
     from segflow.tasks.export.dataarray import open_mask
@@ -34,7 +34,7 @@ except PackageNotFoundError:  # imported from a checkout that was never installe
     __version__ = "unknown"
 
 _WHERE = {
-    "segment_image": "segflow.flows.segment",
+    "segment_image": "segflow.flows.api",
     "segment_batch": "segflow.flows.batch",
     "query_frame": "segflow.tasks.catalog.query",
     "load_config": "segflow.tasks.config",

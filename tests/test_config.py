@@ -154,3 +154,33 @@ def test_the_catalog_and_the_store_record_one_config_hash(path, dask_address):
     assert store_attrs(job)["segflow"]["config_hash"] == row["config_hash"]
     if cfg.stats.split != "none":
         assert job.instances and not cfg.stats.instances
+
+
+def test_the_python_api_fails_as_fast_as_the_cli(tmp_path):
+    """``segflow.segment_image`` checks the config and the file before Prefect or Dask start:
+    the same one line as ``segflow segment``, and a missing image leaves its failed row."""
+    import subprocess
+    import sys
+
+    code = ("import sys, segflow\n"
+            "try:\n"
+            f"    segflow.segment_image({str(tmp_path / 'x.tif')!r}, {str(tmp_path / 'r')!r},\n"
+            "        {'model': {'kind': 'otsu', 'params': {'sigmma': 2}}})\n"
+            "except segflow.UserError as exc:\n"
+            "    print(exc)\n"
+            "assert 'prefect' not in sys.modules and 'distributed' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code.replace("segflow.UserError",
+                                                             "Exception")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ("config: invalid config: model.params.sigmma: not a parameter of "
+                           "model.kind=otsu (its parameters: band, sigma)")
+
+    import segflow
+
+    with pytest.raises(SegflowError) as info:
+        segflow.segment_image(str(tmp_path / "missing.tif"), str(tmp_path / "r"),
+                              {"model": {"kind": "otsu"}})
+    assert str(info.value) == f"{tmp_path / 'missing.tif'}: no such file or folder"
+    [row] = segflow.query_frame(str(tmp_path / "r"), "select status, error from runs"
+                                ).to_dict("records")
+    assert row == {"status": "failed", "error": str(info.value)}
