@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 # an unpinned torch pulls several GB of CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-test demo test bench clean
+.PHONY: install install-test demo lint test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ install-test: $(BIN)/python
 
 demo: install
 	$(BIN)/segflow demo --out segflow-demo
+
+# ruff and mypy, as configured in pyproject.toml; CI runs this before the tests
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # two test processes at most (each with its own Prefect API, moto server and Dask cluster; a
 # third was no faster on 2 cores: 1180 s against 1112 s),

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -97,17 +97,20 @@ def segment_batch(sources: str | list[str], out: str, config: dict[str, Any] | N
     todo, skipped = _pending(uris, out, cfg)
     rows = {r["uri"]: r for r in skipped}
     if todo:
-        with dask_cluster(cfg.cluster, scheduler) as address, \
-                ThreadPoolTaskRunner(max_workers=max(1, concurrency)) as runner:
-            futures = [runner.submit(segment_one, {"source": uri, "out": out,
-                                                   "config": cfg.model_dump(mode="json"),
-                                                   "scheduler": address, "checksum": checksum})
-                       for uri, checksum in todo]
-            for done, future in enumerate(as_completed(futures), start=1):
-                row = future.result()
-                rows[row["uri"]] = row
-                print(f"[{done}/{len(futures)}] {row['uri']}: {row['status']} in "
-                      f"{row['seconds']:.1f} s", flush=True)
+        with dask_cluster(cfg.cluster, scheduler) as address:
+            runner: ThreadPoolTaskRunner[Row] = ThreadPoolTaskRunner(
+                max_workers=max(1, concurrency))
+            with runner:
+                futures: list[PrefectFuture[Row]] = [
+                    runner.submit(segment_one, {"source": uri, "out": out,
+                                                "config": cfg.model_dump(mode="json"),
+                                                "scheduler": address, "checksum": checksum})
+                    for uri, checksum in todo]
+                for done, future in enumerate(as_completed(futures), start=1):
+                    row = future.result()
+                    rows[row["uri"]] = row
+                    print(f"[{done}/{len(futures)}] {row['uri']}: {row['status']} in "
+                          f"{row['seconds']:.1f} s", flush=True)
     summary = [rows[u] for u in uris]
     if summary:
         create_table_artifact(summary, key="segflow-batch",
@@ -125,7 +128,8 @@ def run_batch(sources: str | list[str], out: str, config: dict[str, Any] | None 
     rows = state.result(raise_on_failure=False)
     if isinstance(rows, BaseException):
         raise rows
-    return rows
+    # a Failed state the flow returned resolves to its data: the rows as well
+    return cast(list[Row], rows)
 
 
 def announce(uris: list[str], out: str, cfg: JobConfig, seen: set[tuple[str, str]]) -> list[Row]:

@@ -484,6 +484,54 @@ def _server(args: argparse.Namespace) -> None:
               "SEGFLOW_SERVER=off runs a call on its own")
 
 
+def _flow_command(args: argparse.Namespace, runner: Runner) -> int:
+    """The commands that run flows: segment, evaluate, demo, change, batch, watch."""
+    if args.command == "segment":
+        _report(_segment(runner, args.source, args.out, args.config, args.set, args.scheduler))
+    elif args.command == "evaluate":
+        _report(_segment(runner, args.source, args.out, args.config,
+                         [*args.set, f"stats.ground_truth={_local(args.truth)}"],
+                         args.scheduler))
+    elif args.command == "demo":
+        _demo(runner, args.out)
+    elif args.command == "change":
+        _change_report(runner.job("change", {"a": _local_ref(args.a), "b": _local_ref(args.b),
+                                             "out": _local(args.out),
+                                             "scheduler": args.scheduler}))
+    else:
+        return _batch(args, runner)
+    return 0
+
+
+def _demo(runner: Runner, out: str) -> None:
+    _report(_segment(runner, str(DEMO_SOURCE), out, str(DEMO_CONFIG), [], None))
+    print(f"\nquery it: segflow query \"select class_name, area, area_unit from "
+          f"class_stats\" --out {out}")
+    # its own root: a root holds one mask per image, the latest configuration's
+    deep = f"{out.rstrip('/')}/unet"
+    print("\nThe same scene with the bundled U-Net, scored against its land-cover map:")
+    _report(_segment(runner, str(DEMO_SOURCE), deep, str(DEMO_DEEP_CONFIG),
+                     [f"stats.ground_truth={DEMO_TRUTH}"], None))
+    print(f"\nquery it: segflow query \"select class_name, iou, dice from metrics "
+          f"where tp + fn > 0\" --out {deep}")
+
+
+def _plain_command(args: argparse.Namespace) -> None:
+    """The commands that read results or manage servers: query, show, runs, server, serve."""
+    if args.command == "query":
+        _query(args.sql, args.out, args.format)
+    elif args.command == "show":
+        _show(args.path)
+    elif args.command == "runs":
+        _runs(args.out, args.last)
+    elif args.command == "server":
+        _server(args)
+    elif args.command == "serve":
+        from segflow.flows.deployments import main as serve_deployments
+
+        serve_deployments(args.config)
+
+
 #: commands whose flows need a Prefect API (a temporary one when no server is running)
 FLOW_COMMANDS = {"segment", "evaluate", "demo", "batch", "watch", "change"}
 
@@ -502,42 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_inputs(args)
         if args.command in FLOW_COMMANDS:  # first: the temporary API starts while we import
             runner = Runner(needs_api=not getattr(args, "emit_events", False))
-        if args.command == "segment":
-            _report(_segment(runner, args.source, args.out, args.config, args.set,
-                             args.scheduler))
-        elif args.command == "evaluate":
-            _report(_segment(runner, args.source, args.out, args.config,
-                             [*args.set, f"stats.ground_truth={_local(args.truth)}"],
-                             args.scheduler))
-        elif args.command == "demo":
-            _report(_segment(runner, str(DEMO_SOURCE), args.out, str(DEMO_CONFIG), [], None))
-            print(f"\nquery it: segflow query \"select class_name, area, area_unit from "
-                  f"class_stats\" --out {args.out}")
-            # its own root: a root holds one mask per image, the latest configuration's
-            deep = f"{args.out.rstrip('/')}/unet"
-            print("\nThe same scene with the bundled U-Net, scored against its land-cover map:")
-            _report(_segment(runner, str(DEMO_SOURCE), deep, str(DEMO_DEEP_CONFIG),
-                             [f"stats.ground_truth={DEMO_TRUTH}"], None))
-            print(f"\nquery it: segflow query \"select class_name, iou, dice from metrics "
-                  f"where tp + fn > 0\" --out {deep}")
-        elif args.command == "change":
-            _change_report(runner.job("change", {"a": _local_ref(args.a), "b": _local_ref(args.b),
-                                                 "out": _local(args.out),
-                                                 "scheduler": args.scheduler}))
-        elif args.command in ("batch", "watch"):
-            return _batch(args, runner)
-        elif args.command == "query":
-            _query(args.sql, args.out, args.format)
-        elif args.command == "show":
-            _show(args.path)
-        elif args.command == "runs":
-            _runs(args.out, args.last)
-        elif args.command == "server":
-            _server(args)
-        elif args.command == "serve":
-            from segflow.flows.deployments import main as serve_deployments
-
-            serve_deployments(args.config)
+            return _flow_command(args, runner)
+        _plain_command(args)
     except SegflowError as exc:
         print(f"segflow: error: {exc}", file=sys.stderr, flush=True)
         if hasattr(exc, "record"):  # a missing file found before the run: its runs row

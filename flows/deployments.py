@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
-from prefect.schedules import Cron, Interval
+from prefect.schedules import Cron, Interval, Schedule
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from segflow import configs
@@ -92,16 +92,22 @@ def build(spec: DeploymentSpec, folder: Path, shared: str | None = None) -> Runn
             match={"prefect.resource.id": spec.match} if spec.match else {},
             parameters={"source": "{{ event.resource.id }}", "out": spec.out, "config": config,
                         "scheduler": scheduler, "skip_done": True})
-        return segment_image.to_deployment(name=spec.name, triggers=[trigger],
-                                           description=f"segment each arriving {spec.match}")
+        # to_deployment returns a coroutine only when called from async code; this is sync
+        return cast(RunnerDeployment, segment_image.to_deployment(
+            name=spec.name, triggers=[trigger],
+            description=f"segment each arriving {spec.match}"))
     from segflow.flows.batch import segment_batch
 
     params: dict[str, Any] = {"sources": spec.prefix, "out": spec.out, "config": config,
                               "scheduler": scheduler, "concurrency": spec.concurrency}
-    schedule = (Cron(spec.cron, timezone=spec.timezone) if spec.cron
-                else Interval(spec.interval, timezone=spec.timezone))
-    return segment_batch.to_deployment(name=spec.name, parameters=params, schedule=schedule,
-                                       description=f"segment what is new under {spec.prefix}")
+    if spec.cron:
+        schedule: Schedule = Cron(spec.cron, timezone=spec.timezone)
+    else:
+        assert spec.interval is not None  # DeploymentSpec's check: a batch has cron or interval
+        schedule = Interval(spec.interval, timezone=spec.timezone)
+    return cast(RunnerDeployment, segment_batch.to_deployment(
+        name=spec.name, parameters=params, schedule=schedule,
+        description=f"segment what is new under {spec.prefix}"))
 
 
 def main(config_path: str | None = None, scheduler: str | None = None) -> None:

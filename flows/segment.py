@@ -54,7 +54,7 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
 
 
 #: Prefect settings of the stages that read or write storage
-RETRIED = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE,
+RETRIED: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE,
            "retry_condition_fn": _retry_unless_user_error}
 
 

@@ -21,8 +21,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from segflow.flows.batch import segment_batch
     from segflow.flows.api import segment_image
+    from segflow.flows.batch import segment_batch
     from segflow.tasks.catalog.query import query_frame
     from segflow.tasks.config import load_config
     from segflow.tasks.export.dataarray import open_mask

@@ -225,7 +225,8 @@ def _paths_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
     for section, key in FILE_KEYS:
         node = tree.get(section)
         value = node.get(key) if isinstance(node, dict) else None
-        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+        if (isinstance(node, dict) and isinstance(value, str) and "://" not in value
+                and not Path(value).is_absolute()):
             tree = {**tree, section: {**node, key: str((folder / value).resolve())}}
     return tree
 

@@ -38,6 +38,9 @@ class SegflowError(Exception):
 class UserError(SegflowError):
     """Bad file, bad config, missing model: fix the input; retrying cannot help."""
 
+    #: set (only) by the CLI on a source that failed before its run: writes its runs row
+    record: Callable[[], None]
+
 
 class TransientError(SegflowError):
     """Storage or network trouble that may pass: retried by Prefect and on the workers."""

@@ -11,6 +11,7 @@ import numpy as np
 from segflow.tasks.catalog.query import run_query
 from segflow.tasks.mask.store import INSTANCES, open_store_group
 from segflow.tasks.runtime.storage import filesystem
+from segflow.tasks.runtime.zarr_nodes import array_at
 
 #: optional parts of a store, and what each holds
 PARTS = {INSTANCES: "object ids (a label image)", "probabilities": "class scores",
@@ -30,7 +31,8 @@ def describe_store(uri: str) -> dict[str, Any]:
     uri = uri.rstrip("/")
     group, meta = open_store_group(uri)
     names = set(group.array_keys()) | set(group.group_keys())
-    progress = np.asarray(group["progress"][:]) if "progress" in names else None
+    progress = (np.asarray(array_at(group, "progress")[:]) if "progress" in names
+                else None)
     left = int((progress == 0).sum()) if progress is not None else None
     root, _, name = uri.rpartition("/masks/")
     image = name.removesuffix(".zarr")
@@ -51,7 +53,7 @@ def describe_store(uri: str) -> dict[str, Any]:
                  f"incomplete: {left} of {progress.size if progress is not None else '?'} "
                  "chunks left",
         "levels": sorted(int(k) for k in names if k.isdigit()),
-        "shape": list(group["0"].shape) if "0" in names else None,
+        "shape": list(array_at(group, "0").shape) if "0" in names else None,
         "classes": [{"id": c["id"], "name": c["name"], "colour": c.get("colour")}
                     for c in meta.get("classes", [])],
         "outputs": [f"{key}: {what}" for key, what in PARTS.items() if key in group]

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 #: what a catalog query may be: reads only
 READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 #: set before any SQL runs: DuckDB would otherwise fetch extensions from the internet on demand
-_NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+_NO_EXTENSIONS: dict[str, str | bool | int | float | list[str]] = {
+    "autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
 def connect(root: str) -> duckdb.DuckDBPyConnection:

@@ -22,6 +22,7 @@ import numpy as np
 
 from segflow.tasks.errors import UserError
 from segflow.tasks.mask.store import open_store_group, stores_under
+from segflow.tasks.runtime.zarr_nodes import array_at, attributes, dimension_names
 from segflow.tasks.sources.volume import world_axes
 
 if TYPE_CHECKING:
@@ -56,12 +57,12 @@ def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -
 
     uri = store_uri(store_or_root, image_id)
     group, meta = open_store_group(uri)
-    levels = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+    levels = [d["path"] for d in attributes(group)["ome"]["multiscales"][0]["datasets"]]
     if str(level) not in levels:
         raise UserError(uri, f"no pyramid level {level} (levels 0..{len(levels) - 1})")
-    array = group[str(level)]
-    dims = tuple(array.metadata.dimension_names)
-    spatial = dict(group.attrs.get("spatial", {}))
+    array = array_at(group, str(level))
+    dims = tuple(str(name) for name in dimension_names(array) or ())  # stores name every axis
+    spatial = dict(attributes(group).get("spatial", {}))
     factor = 2 ** level
     classes = meta["classes"]
     nodata = int(array.fill_value)

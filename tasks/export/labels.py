@@ -29,7 +29,7 @@ from segflow.tasks.export import export_uri
 from segflow.tasks.mask.store import SHARD_INNER, MaskStore
 from segflow.tasks.plan.grid import Plan
 from segflow.tasks.runtime.storage import staged, zarr_options
-from segflow.tasks.runtime.zarr_nodes import array_at, cells
+from segflow.tasks.runtime.zarr_nodes import array_at, read_cells
 from segflow.tasks.sources.georef import Georef
 
 COG_BLOCK = 256  # GeoTIFF blocks, and overviews down to one block
@@ -107,7 +107,7 @@ def _tiles(level: zarr.Array, nodata: int) -> Iterator[np.ndarray]:
     for r in range(0, height, OME_TILE):
         for c in range(0, width, OME_TILE):
             tile = np.full((OME_TILE, OME_TILE), nodata, level.dtype)
-            part = cells(level, np.s_[r:r + OME_TILE, c:c + OME_TILE])
+            part = read_cells(level, np.s_[r:r + OME_TILE, c:c + OME_TILE])
             tile[:part.shape[0], :part.shape[1]] = part
             yield tile
 
@@ -158,8 +158,8 @@ def _nifti(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
         out.write(b"\0" * (352 - len(header.binaryblock)))  # no extensions
         for k in range(0, depth, step):
             stop = min(k + step, depth)
-            slab = (np.flip(cells(labels, np.s_[:, :, depth - stop:depth - k]), 2) if flipped[2]
-                    else cells(labels, np.s_[:, :, k:stop]))
+            slab = (np.flip(read_cells(labels, np.s_[:, :, depth - stop:depth - k]), 2)
+                    if flipped[2] else read_cells(labels, np.s_[:, :, k:stop]))
             slab = np.flip(slab, tuple(a for a in (0, 1) if flipped[a]))
             for z in range(slab.shape[2]):
                 out.write(np.ascontiguousarray(slab[:, :, z].T).tobytes())

@@ -28,6 +28,7 @@ from skimage.measure import label
 from segflow.tasks.errors import on_worker
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.plan.grid import Chunk
+from segflow.tasks.runtime.zarr_nodes import read_cells
 from segflow.tasks.sources.georef import through
 
 TYPES = {3: "Polygon", 6: "MultiPolygon"}  # shapely type ids
@@ -112,10 +113,10 @@ def polygonise_chunk(chunk: Chunk, store: MaskStore, totals: np.ndarray | None,
 def _polygonise(chunk: Chunk, store: MaskStore, totals: np.ndarray | None,
                 shape: tuple[int, ...], row_areas: np.ndarray | None,
                 frames: Frames) -> ChunkPolygons:
-    classes = store.labels()[chunk.core]
+    classes = read_cells(store.labels(), chunk.core)
     instances = totals is not None
     if instances:
-        ids = store.instances()[chunk.core]
+        ids = read_cells(store.instances(), chunk.core)
         keys, local = np.unique(ids, return_inverse=True)
         local = local.reshape(ids.shape)
         if keys[0] != 0:  # no cell without an object: local labels start at 1
@@ -126,6 +127,7 @@ def _polygonise(chunk: Chunk, store: MaskStore, totals: np.ndarray | None,
     n = len(keys) - 1
     flat = local.ravel()
     pixels = np.bincount(flat, minlength=n + 1)
+    area: np.ndarray
     if row_areas is None:
         area = pixels.astype(np.float64)
     else:
@@ -159,7 +161,7 @@ def _polygonise(chunk: Chunk, store: MaskStore, totals: np.ndarray | None,
         polygon = parts[0] if len(parts) == 1 else shapely.union_all(parts)
         # a region is whole unless it touches an inner face; an object when it has all its
         # cells here (its parts need not touch each other, or a face)
-        partial = pixels[k] < totals[keys[k]] if instances else touching[k].any()
+        partial = pixels[k] < totals[keys[k]] if totals is not None else touching[k].any()
         if partial:
             opened.append(Piece(int(keys[k]) if instances else k, int(label_class[k]),
                                 int(first[k]), int(pixels[k]), float(area[k]), polygon,
@@ -290,5 +292,6 @@ class Merger:
                 shapely.union_all([p.shape for p in parts]))
 
     def _batch(self, regions: list[tuple[int, int, int, float, shapely.Geometry]]) -> Batch:
-        columns = [list(c) for c in zip(*regions)] if regions else [[], [], [], [], []]
-        return batch(*columns, frames=self.frames)
+        ids, classes, pixels, area, shapes_px = ([list(c) for c in zip(*regions)] if regions
+                                                 else [[], [], [], [], []])
+        return batch(ids, classes, pixels, area, shapes_px, frames=self.frames)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import zarr
@@ -34,6 +35,7 @@ from segflow.tasks.models.instance import InstanceModel, Objects, classes_of, ow
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.runtime.cluster import broadcast
 from segflow.tasks.runtime.storage import zarr_options
+from segflow.tasks.runtime.zarr_nodes import read_cells
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def objects_path(index: tuple[int, ...]) -> str:
 
 def write_owned(store: MaskStore, index: tuple[int, ...], found: Owned) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in found.__dict__.items()})
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in found.__dict__.items()}
+    np.savez(buffer, **arrays)
     raw = np.frombuffer(buffer.getvalue(), np.uint8)
     array = zarr.create_array(store=store.uri, name=objects_path(index), shape=raw.shape,
                               chunks=raw.shape, dtype="uint8", overwrite=True,
@@ -102,8 +105,8 @@ def write_owned(store: MaskStore, index: tuple[int, ...], found: Owned) -> None:
 def read_owned(store: MaskStore, index: tuple[int, ...]) -> Owned | None:
     """A chunk's owned objects; None for a chunk that wrote none (skipped: glass, nodata)."""
     try:
-        raw = zarr.open_array(store=store.uri, path=objects_path(index), mode="r",
-                              **zarr_options(store.uri))[:]
+        raw = read_cells(zarr.open_array(store=store.uri, path=objects_path(index), mode="r",
+                                         **zarr_options(store.uri)), slice(None))
     except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError):
         return None
     with np.load(io.BytesIO(raw.tobytes())) as data:
@@ -180,7 +183,7 @@ def paint_chunk(chunk: Chunk, sources: list[tuple[tuple[int, ...], np.ndarray]],
             ids.append(final[k])
             classes.append(found.classes[k])
     labels = paint(shape, boxes, np.asarray(scores, np.float32), np.asarray(ids, np.int64))
-    preview = store.labels()[core]
+    preview = read_cells(store.labels(), core)
     valid = preview != store.nodata
     labels[~valid] = 0
     lut_id = np.concatenate([[0], ids]).astype(np.uint32)
@@ -248,4 +251,4 @@ def _compact(client: Client, store: MaskStore, plan: Plan, sums: InstanceSums,
 
 def _relabel(chunk: Chunk, lut: np.ndarray, store: MaskStore) -> None:
     array = store.instances("r+")
-    array[chunk.core] = lut[array[chunk.core]]
+    array[chunk.core] = lut[read_cells(array, chunk.core)]

@@ -18,6 +18,7 @@ from distributed import Client
 from segflow.tasks.colours import rgba
 from segflow.tasks.config import ClassSpec
 from segflow.tasks.runtime.storage import zarr_options
+from segflow.tasks.runtime.zarr_nodes import array_at, dimension_names, group_at
 from segflow.tasks.sources.volume import world_axes
 
 MIN_SIDE = 256  # stop when the largest side of a level is at most this
@@ -35,20 +36,22 @@ def build_levels(uri: str, client: Client, path: str = "") -> int:
     """Write levels 1.. of the multiscale image at ``path`` in the store at ``uri`` (the class
     mask at the root; ``labels/instances``) from its level 0; returns how many levels exist."""
     group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
-    group = group[path] if path else group
-    base = group["0"]
+    group = group_at(group, path) if path else group
+    base = array_at(group, "0")
     inner = base.chunks  # the read unit of level 0; reused for the smaller levels
     shapes = level_shapes(base.shape)
     for level in range(1, len(shapes)):
-        source = da.from_zarr(group[str(level - 1)])
+        source = da.from_zarr(array_at(group, str(level - 1)))
         target = group.create_array(str(level), shape=shapes[level], dtype=base.dtype,
                                     fill_value=base.fill_value, chunks=inner,
-                                    dimension_names=base.metadata.dimension_names,
+                                    dimension_names=dimension_names(base),
                                     overwrite=True)
         step = (slice(None, None, 2),) * base.ndim
         # One Dask chunk per Zarr chunk of the target: no two tasks write one object.
         halved = source[step].rechunk(inner)
-        client.compute(da.store(halved, target, lock=False, compute=False), sync=True)
+        # dask types targets as numpy-like arrays; it needs only __setitem__, which zarr's has
+        client.compute(da.store(halved, target, lock=False, compute=False),  # type: ignore[arg-type]
+                       sync=True)
     return len(shapes)
 
 

@@ -9,6 +9,7 @@ import time
 import uuid
 from contextlib import closing
 from dataclasses import dataclass
+from types import TracebackType
 
 from distributed import Client, Future
 from rich.console import Console
@@ -31,6 +32,7 @@ from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import broadcast, inference_resources, windowed
 from segflow.tasks.runtime.crash import crash_point
+from segflow.tasks.runtime.zarr_nodes import read_cells
 
 #: lanes in flight per worker thread: enough to keep every thread fed, few enough that a
 #: 100-gigapixel plan never sits in the client or the scheduler at once
@@ -73,8 +75,9 @@ class ChunkProgress:
                                       unit=self.unit, chunks=self._chunks())
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.bar.__exit__(exc_type, exc, traceback)
 
     def _chunks(self) -> str:
         return f"{self.chunks}/{self.total_chunks} chunks"
@@ -165,7 +168,7 @@ class Tally:
 
 def tally(store: MaskStore, todo: list[Chunk]) -> Tally:
     """Count the chunks from the store's progress flags; ``todo``: those this run took on."""
-    flags = store.progress()[:]
+    flags = read_cells(store.progress(), slice(None))
     mine = [flags[c.index] for c in todo]
     return Tally(nodata=int((flags == DONE_SKIPPED).sum()),
                  background=int((flags == DONE_BACKGROUND).sum()),

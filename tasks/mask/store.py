@@ -33,7 +33,13 @@ from segflow.tasks.models.base import label_dtype
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.storage import filesystem, zarr_options
-from segflow.tasks.runtime.zarr_nodes import array_at, attributes, cells, dimension_names, group_at
+from segflow.tasks.runtime.zarr_nodes import (
+    array_at,
+    attributes,
+    dimension_names,
+    group_at,
+    read_cells,
+)
 from segflow.tasks.sources.georef import Coordinates
 from segflow.tasks.sources.identity import resume_key
 
@@ -136,7 +142,7 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
         # that oriented the volume otherwise is rebuilt, never mixed)
         if (meta.get("resume_key") == resume
                 and group.attrs.get("spatial") == json.loads(json.dumps(attrs.get("spatial")))):
-            done = cells(store.progress(), slice(None))
+            done = read_cells(store.progress(), slice(None))
             finished = {tuple(int(i) for i in idx) for idx in np.argwhere(done > 0)}
             return store, finished, bool(meta.get("complete"))
     except (FileNotFoundError, KeyError, zarr.errors.NodeTypeValidationError,

@@ -24,6 +24,7 @@ from segflow.tasks.measure.classes import UNITS
 from segflow.tasks.models.base import label_dtype
 from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.runtime.storage import zarr_options
+from segflow.tasks.runtime.zarr_nodes import array_at, attributes, dimension_names, read_cells
 from segflow.tasks.sources.georef import Coordinates, Georef
 
 
@@ -83,7 +84,7 @@ def open_mask(uri: str) -> Mask:
     """The mask store at ``uri``; a one-line error unless it is a complete segflow mask."""
     try:
         group = zarr.open_group(store=uri, mode="r", **zarr_options(uri))
-        meta, labels = dict(group.attrs["segflow"]), group["0"]
+        meta, labels = dict(attributes(group)["segflow"]), array_at(group, "0")
     except Exception as exc:  # missing store, not a group, no attributes
         raise UserError(uri, "not a segflow mask store") from exc
     if not meta.get("complete"):
@@ -93,8 +94,8 @@ def open_mask(uri: str) -> Mask:
     chunk = (labels.shards or labels.chunks)[0]
     name = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
     return Mask(uri, name, MaskStore(uri, labels.dtype.name, nodata), tuple(labels.shape),
-                tuple(labels.metadata.dimension_names or ()), chunk, classes,
-                dict(group.attrs.get("spatial", {})))
+                tuple(str(name) for name in dimension_names(labels) or ()), chunk, classes,
+                dict(attributes(group).get("spatial", {})))
 
 
 def grid_difference(a: Mask, b: Mask) -> str | None:
@@ -112,7 +113,8 @@ def grid_difference(a: Mask, b: Mask) -> str | None:
             return f"transform {sa['transform'][:6]} vs {sb['transform'][:6]}"
     for key in ("mpp", "affine"):
         va, vb = sa.get(key), sb.get(key)
-        if (va is None) != (vb is None) or (va is not None and not np.allclose(va, vb)):
+        if (va is None) != (vb is None) or (va is not None and vb is not None
+                                            and not np.allclose(va, vb)):
             return f"{key} {va} vs {vb}"
     return None
 
@@ -138,8 +140,8 @@ def change_chunk(chunk: Chunk, a: MaskStore, b: MaskStore, out: MaskStore, n_b: 
 
 def _change_chunk(chunk: Chunk, a: MaskStore, b: MaskStore, out: MaskStore, n_b: int,
                   n_out: int, row_sizes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    la = a.labels()[chunk.core].astype(np.int64)
-    lb = b.labels()[chunk.core].astype(np.int64)
+    la = read_cells(a.labels(), chunk.core).astype(np.int64)
+    lb = read_cells(b.labels(), chunk.core).astype(np.int64)
     valid = (la != a.nodata) & (lb != b.nodata)
     code = np.where(valid, la * n_b + lb, n_out)
     out.write_chunk(chunk, np.where(valid, code, out.nodata).astype(out.dtype))

@@ -13,6 +13,7 @@ import numpy as np
 from segflow.tasks.config import ClassSpec, StatsConfig
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.plan.grid import Chunk
+from segflow.tasks.runtime.zarr_nodes import read_cells
 from segflow.tasks.sources.base import SourceBase
 
 # Reporting units in the readers' base units (m² rasters, mm³ volumes, µm² slides).
@@ -43,7 +44,7 @@ def count_chunk(chunk: Chunk, store: MaskStore, n_labels: int,
     ``row_areas`` is the physical size of one cell at each index along axis 0 (a raster row's
     pixel area, a volume slice's voxel volume).
     """
-    labels = store.labels()[chunk.core].astype(np.int64)
+    labels = read_cells(store.labels(), chunk.core).astype(np.int64)
     labels[(labels == store.nodata) | (labels > n_labels)] = n_labels
     height = labels.shape[0]
     rows = np.broadcast_to(np.arange(height).reshape(-1, *(1,) * (labels.ndim - 1)), labels.shape)

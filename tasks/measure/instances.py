@@ -32,6 +32,7 @@ from segflow.tasks.mask.store import MaskStore, create_instances
 from segflow.tasks.measure.objects import Instances, InstanceSums, chunk_sums, merge_sums
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.runtime.cluster import broadcast
+from segflow.tasks.runtime.zarr_nodes import read_cells
 
 MAX_ID = int(np.iinfo(np.uint32).max)
 
@@ -51,7 +52,7 @@ class LocalLabels:
 def label_chunk(chunk: Chunk, store: MaskStore, things: list[int],
                 shape: tuple[int, ...]) -> LocalLabels:
     """Label one chunk's thing objects and write the local labels (runs on a worker)."""
-    classes = store.labels()[chunk.core]
+    classes = read_cells(store.labels(), chunk.core)
     objects = np.where(np.isin(classes, things), classes, 0)
     local = label(objects, background=0, connectivity=1)
     cells = np.flatnonzero(local)
@@ -75,8 +76,8 @@ def face_pairs(chunk: Chunk, offset: int, neighbours: list[tuple[int, int]],
         stop = chunk.core[axis].stop
         slab = tuple(slice(stop - 1, stop + 1) if a == axis else s
                      for a, s in enumerate(chunk.core))
-        here, there = np.moveaxis(ids[slab].astype(np.int64), axis, 0)
-        kind = np.moveaxis(classes[slab], axis, 0)
+        here, there = np.moveaxis(read_cells(ids, slab).astype(np.int64), axis, 0)
+        kind = np.moveaxis(read_cells(classes, slab), axis, 0)
         touch = (here > 0) & (there > 0) & (kind[0] == kind[1])
         found.append(np.stack([here[touch] + offset, there[touch] + other], axis=1))
     return np.unique(np.concatenate(found), axis=0)
@@ -87,7 +88,7 @@ def relabel_chunk(chunk: Chunk, lut: np.ndarray, store: MaskStore,
     """Rewrite one chunk's local labels as final ids through ``lut`` (local -> final, lut[0] =
     0) and return its partial measurements. Not idempotent: it rewrites in place."""
     array = store.instances("r+")
-    local = array[chunk.core]
+    local = read_cells(array, chunk.core)
     array[chunk.core] = lut[local]
     return chunk_sums(local, lut[1:], tuple(s.start for s in chunk.core), row_areas)
 
@@ -149,11 +150,11 @@ def label_instances(client: Client, store: MaskStore, plan: Plan, things: list[i
 def measure_chunk(chunk: Chunk, store: MaskStore,
                   row_areas: np.ndarray | None) -> tuple[InstanceSums, np.ndarray]:
     """Partial measurements of one chunk of final ids, and the class of each id found."""
-    ids = store.instances()[chunk.core]
+    ids = read_cells(store.instances(), chunk.core)
     found, first, local = np.unique(ids.ravel(), return_index=True, return_inverse=True)
     local = local.reshape(ids.shape) + (found[0] != 0)  # 0 stays 0 only where there is one
     keep = found != 0
-    classes = store.labels()[chunk.core].ravel()[first[keep]].astype(np.int64)
+    classes = read_cells(store.labels(), chunk.core).ravel()[first[keep]].astype(np.int64)
     return chunk_sums(local, found[keep], tuple(s.start for s in chunk.core), row_areas), classes
 
 

@@ -22,6 +22,7 @@ from segflow.tasks.errors import on_worker
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.objects import Instances
 from segflow.tasks.plan.grid import Chunk, Plan
+from segflow.tasks.runtime.zarr_nodes import read_cells
 from segflow.tasks.sources.base import SourceBase
 
 IOU = 0.5
@@ -38,7 +39,7 @@ def _overlap_chunk(chunk: Chunk, store: MaskStore, truth: SourceBase
                    ) -> tuple[np.ndarray, np.ndarray]:
     values, valid = truth.read(chunk.core)
     true = np.where(valid, values[0], 0).astype(np.int64).ravel()
-    pred = store.instances()[chunk.core].astype(np.int64).ravel()
+    pred = read_cells(store.instances(), chunk.core).astype(np.int64).ravel()
     both = (pred > 0) & (true > 0)
     pairs, cells = np.unique(np.stack([pred[both], true[both]]), axis=1, return_counts=True)
     ids, sizes = np.unique(true[true > 0], return_counts=True)

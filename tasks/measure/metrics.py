@@ -20,6 +20,7 @@ from segflow.tasks.config import ClassSpec, InputConfig
 from segflow.tasks.errors import UserError
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.plan.grid import Chunk, Plan
+from segflow.tasks.runtime.zarr_nodes import read_cells
 from segflow.tasks.sources.base import SourceBase
 from segflow.tasks.sources.georef import Georef
 from segflow.tasks.sources.registry import open_source
@@ -61,7 +62,7 @@ def confusion_chunk(chunk: Chunk, store: MaskStore, truth: SourceBase,
 
     ``lookup`` maps a class id to its position in the class table (-1: not a class)."""
     n = int(lookup.max()) + 1
-    pred = store.labels()[chunk.core].astype(np.int64)
+    pred = read_cells(store.labels(), chunk.core).astype(np.int64)
     values, valid = truth.read(chunk.core)
     value = values[0]
     predicted = np.full(pred.shape, -1)

@@ -37,11 +37,11 @@ def chunk_sums(local: np.ndarray, ids: np.ndarray, origin: tuple[int, ...],
     n, ndim = len(ids), local.ndim
     flat = local.ravel().astype(np.intp)
     pixels = np.bincount(flat, minlength=n + 1)[1:]
-    grids = np.indices(local.shape, sparse=True)
+    grids: tuple[np.ndarray, ...] = np.indices(local.shape, sparse=True)
     index_sum = np.stack(
         [np.bincount(flat, weights=np.broadcast_to(g, local.shape).ravel(), minlength=n + 1)[1:]
          for g in grids], axis=1) + pixels[:, None] * np.asarray(origin)
-    area = np.zeros(n)
+    area: np.ndarray = np.zeros(n)
     if row_areas is not None:
         per_cell = row_areas[origin[0] + grids[0]]
         area = np.bincount(flat, weights=np.broadcast_to(per_cell, local.shape).ravel(),

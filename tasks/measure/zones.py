@@ -25,6 +25,7 @@ from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import UNITS
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.runtime.cluster import broadcast
+from segflow.tasks.runtime.zarr_nodes import read_cells
 from segflow.tasks.sources.georef import Georef, through
 from segflow.tasks.sources.vectors import read_vectors
 
@@ -69,7 +70,7 @@ def _zone_chunk(chunk: Chunk, store: MaskStore, zones: Zones, n_labels: int,
                            & (zones.boxes[:, 1] < rows.stop) & (zones.boxes[:, 3] > rows.start))
     if not len(meets):
         return {}
-    labels = store.labels()[chunk.core].astype(np.int64)
+    labels = read_cells(store.labels(), chunk.core).astype(np.int64)
     labels[(labels == store.nodata) | (labels >= n_labels)] = n_labels
     shape = labels.shape
     weights = (np.ones(shape) if row_areas is None

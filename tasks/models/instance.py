@@ -173,7 +173,7 @@ def merge_tiles(shape: tuple[int, ...], tiles: list[tuple[tuple[slice, ...], tup
     starts = np.array([[s.start for s in box] for box, _ in boxes],
                       np.int64).reshape(n, len(shape))
     key = (np.ravel_multi_index(tuple(starts.T), shape) if n else np.empty(0, np.int64))
-    labels = paint(shape, boxes, np.asarray(scores, np.float32), key)
+    labels = paint(shape, boxes, np.asarray(scores, np.float32), np.asarray(key))
     return Objects(labels, np.asarray(classes, np.int64), np.asarray(scores, np.float32),
                    np.asarray(cut, bool), np.asarray(anchors, np.int64) if anchors else None)
 

@@ -156,7 +156,7 @@ class SamModel(TorchInstanceModel):
 
     def build(self) -> nn.Module:
         net = build_sam(self.arch, self.encoder)
-        size = net.image_encoder.img_size
+        size = net.image_encoder.img_size  # type: ignore[union-attr]
         return fill(net, self.weights, load_state_dict(self.weights),
                     f"SAM {self.arch} (encoder {self.encoder or 'as published'}, {size} px)")
 
@@ -221,8 +221,8 @@ class SamModel(TorchInstanceModel):
             kept.append(i)
             boxes.append((crop, mask))
             scores.append(float(iou[0]))
-            box = tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(lo, hi, origin))
-            cut.append(bool(reaching(mask.astype(np.int32), 1, edge_layer(box, shape))[0]))
+            placed = tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(lo, hi, origin))
+            cut.append(bool(reaching(mask.astype(np.int32), 1, edge_layer(placed, shape))[0]))
         scores_array = np.asarray(scores, np.float32)
         labels = paint(size, boxes, scores_array, np.asarray(kept, np.int64))
         return Objects(labels, np.ones(len(kept), np.int64), scores_array,

@@ -44,7 +44,7 @@ class _OutputBytes(TorchDispatchMode):
         super().__init__()
         self.total = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.total += sum(t.nelement() * t.element_size() for t in tree_leaves(out)
                           if isinstance(t, torch.Tensor))

@@ -33,6 +33,8 @@ from segflow.tasks.models.instance import InstanceModel, Objects, edge_layer, re
 if TYPE_CHECKING:
     from distributed import Client
 
+    from segflow.tasks.config import JobConfig
+    from segflow.tasks.models.base import InputSpec
     from segflow.tasks.sources.base import SourceBase
 
 
@@ -46,14 +48,14 @@ class DistanceSplit(InstanceModel):
         super().__init__(inner.classes, inner.params)
         self.inner, self.things, self.min_size, self.h = inner, things, min_size, h
         self.sigma = sigma
-        self.kind = inner.kind  # the catalog's model column names the semantic method
+        self.kind = inner.kind  # type: ignore[misc]  # the catalog names the semantic method
         self.reach = inner.receptive_field
         self.receptive_field = self.reach + self.max_object
         self.stride = inner.stride
-        self.accelerated = inner.accelerated
+        self.accelerated = inner.accelerated  # type: ignore[misc]
 
     @classmethod
-    def from_config(cls, cfg, spec, source):  # type: ignore[no-untyped-def]
+    def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> DistanceSplit:
         raise NotImplementedError("built by plan_job around a semantic model")
 
     def fit(self, source: SourceBase, client: Client) -> None:
@@ -77,7 +79,8 @@ class DistanceSplit(InstanceModel):
         # clumps touching the known region's inner faces may continue beyond it
         edge = edge_layer(window, shape, margin=self.reach)
         labels = np.zeros(size, np.int32)
-        out_classes, cut = [], []
+        out_classes: list[int] = []
+        cut: list[bool] = []
         for thing in self.things:
             objects, clumps = self._split(classes == thing)
             n = int(objects.max(initial=0))

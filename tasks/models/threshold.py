@@ -12,7 +12,7 @@ image), which keeps noise specks out of fluorescence masks; its reach is the rec
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -29,7 +29,13 @@ from segflow.tasks.models.filters import (
     valid_mean,
 )
 from segflow.tasks.models.histogram import multiotsu_thresholds, otsu_threshold
-from segflow.tasks.models.params import MultiOtsuParams, OtsuParams, ThresholdParams, check_band
+from segflow.tasks.models.params import (
+    ModelParams,
+    MultiOtsuParams,
+    OtsuParams,
+    ThresholdParams,
+    check_band,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -41,7 +47,7 @@ class ThresholdModel(SegmentationModel):
     """Foreground where ``band > value`` (skimage's convention for thresholds)."""
 
     kind = "threshold"
-    Params = ThresholdParams
+    Params: ClassVar[type[ModelParams]] = ThresholdParams
 
     def __init__(self, classes: Any, params: OtsuParams, band: int) -> None:
         super().__init__(classes, params)

@@ -64,7 +64,7 @@ def predict_tiled(forward: Forward, block: torch.Tensor, core: tuple[slice, ...]
             out = torch.empty((*lead, *(s.stop - s.start for s in core)), dtype=labels.dtype,
                               device=labels.device)
         where = tuple(slice(c.start - o, c.stop - o) for c, o in zip(t.core, lo))
-        out[(..., *where)] = labels[(..., *t.crop)]
+        out[(..., *where)] = labels[(..., *t.crop)]  # type: ignore[index]
     assert out is not None  # a core has at least one cell, so at least one tile
     return out
 
@@ -98,6 +98,7 @@ def blend(forward: Forward, block: torch.Tensor, core: tuple[slice, ...], tile: 
             weights[t.read_shape] = importance_map(t.read_shape, probs.device)
         where = tuple(slice(r.start - o, r.stop - o) for r, o in zip(t.read, box_lo))
         total[(slice(None), *where)] += probs * weights[t.read_shape]
+        assert summed is not None
         summed[where] += weights[t.read_shape]
     assert total is not None and summed is not None  # a core has at least one tile
     inner = tuple(slice(s.start - o, s.stop - o) for s, o in zip(core, box_lo))

@@ -51,7 +51,7 @@ def monomials(position: list[np.ndarray], shape: tuple[int, ...], degree: int
     """The polynomial basis at voxel indexes ``position`` (one array per axis), each axis
     mapped to [-1, 1] over the whole volume, so the field does not depend on the chunk."""
     u = [2 * p / max(n - 1, 1) - 1 for p, n in zip(position, shape)]
-    return [math.prod(axis ** e for axis, e in zip(u, powers))
+    return [math.prod(axis ** e for axis, e in zip(u, powers))  # type: ignore[misc]
             for powers in itertools.product(range(degree + 1), repeat=len(shape))
             if sum(powers) <= degree]
 
@@ -135,7 +135,7 @@ class TissueModel(SegmentationModel):
     def predict_at(self, pixels: np.ndarray, valid: np.ndarray, core: tuple[slice, ...],
                    window: tuple[slice, ...]) -> np.ndarray:
         position = np.meshgrid(*[np.arange(s.start, s.stop) for s in window], indexing="ij")
-        field = sum(c * b for c, b in zip(self.coef, monomials(position, self.shape,
+        field = sum(c * b for c, b in zip(self.coef, monomials(list(position), self.shape,
                                                                 self.degree)))
         corrected = np.clip(pixels[0].astype(np.float64), 0, None) / np.exp(field)
         z = (corrected[..., None] - self.means) ** 2 / self.variances

@@ -205,7 +205,6 @@ class TorchModel(SegmentationModel):
 
     @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> TorchModel:
-        weights = cfg.model.weights
         path = weights_file(cfg, source)
         norm = cfg.model.normalize
         if norm is not None and not len(norm.mean) == len(norm.std) == spec.bands:
@@ -217,7 +216,7 @@ class TorchModel(SegmentationModel):
         n_classes = cls._probe(module, path, spec, params)
         classes = class_table(cfg.model, [f"class_{i}" for i in range(n_classes)])
         if len(classes) != n_classes:
-            raise UserError(weights, f"model outputs {n_classes} classes, "
+            raise UserError(path, f"model outputs {n_classes} classes, "
                                         f"config names {len(classes)}")
         norms = global_norms(module)
         if norms or cls.global_context:

@@ -87,7 +87,7 @@ def _install_fallback() -> None:
     lib.impl("roi_align", _roi_align, "CompositeImplicitAutograd")
     # ``_assert_has_ops`` reads the module attribute; ``ops.roi_align`` imported its own name
     for module in ("torchvision.extension", "torchvision.ops.roi_align"):
-        importlib.import_module(module)._has_ops = _has_ops
+        setattr(importlib.import_module(module), "_has_ops", _has_ops)  # noqa: B010
     _fallback_installed = True
 
 

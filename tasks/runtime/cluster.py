@@ -11,13 +11,14 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
 from importlib.util import find_spec
 from typing import Any, TypeVar
 
 import dask
+from dask.typing import Key
 from distributed import Client, Future, LocalCluster, as_completed
 from distributed.deploy import Cluster
 
@@ -94,13 +95,13 @@ def broadcast(client: Client, value: Any) -> Any:
 
 
 def windowed(client: Client, submit: Callable[[T], Future], items: Iterable[T],
-             window: int) -> Iterator[tuple[T, Any]]:
+             window: int) -> Generator[tuple[T, Any], None, None]:
     """(item, result) of ``submit(item)`` for every item, in completion order, with at most
     ``window`` tasks in flight: the client and the scheduler hold a window, never a whole
     image's tasks or results. A failed task, or the caller leaving the loop (close the
     generator, e.g. with ``contextlib.closing``), cancels the tasks still in flight."""
     todo = iter(items)
-    item_of: dict[str, T] = {}
+    item_of: dict[Key, T] = {}
 
     def add(item: T) -> Future:
         future = submit(item)

@@ -28,7 +28,7 @@ def group_at(group: zarr.Group, path: str) -> zarr.Group:
     return node
 
 
-def cells(array: zarr.Array, index: Any) -> np.ndarray:
+def read_cells(array: zarr.Array, index: Any) -> np.ndarray:
     """``array[index]`` for a selection of cells (slices, index arrays), not of one cell: an
     array, which zarr types as array-or-scalar."""
     return cast(np.ndarray, array[index])

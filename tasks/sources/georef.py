@@ -82,6 +82,8 @@ class Georef:
         if not self.north_up:
             raise ValueError("geodesic areas need a north-up grid (no rotation terms)")
         geod = crs.get_geod()
+        if geod is None:
+            raise ValueError("geodesic areas need a CRS with an ellipsoid")
         areas = np.empty(height)
         for r, top in enumerate(t.f + t.e * np.arange(height)):
             lats = [top, top, top + t.e, top + t.e]
@@ -102,7 +104,8 @@ class Georef:
 
     def physical(self, index: np.ndarray) -> np.ndarray:
         """x, y in CRS units (pixel units without a CRS) of continuous (row, col) indexes."""
-        xs, ys = self.affine @ (index[:, 1], index[:, 0])
+        # affine applies itself to arrays of x and y alike, but types only float vectors
+        xs, ys = self.affine @ (index[:, 1], index[:, 0])  # type: ignore[operator]
         return np.stack([np.asarray(xs), np.asarray(ys)], axis=1)
 
     def grid_mapping(self) -> dict[str, Any] | None:
@@ -123,8 +126,9 @@ class Georef:
             return {"y": (np.arange(height, dtype=np.float64), {"units": "pixel"}),
                     "x": (np.arange(width, dtype=np.float64), {"units": "pixel"})}
         t = self.affine
-        xs = np.asarray((t @ (np.arange(width) + 0.5, np.full(width, 0.5)))[0])
-        ys = np.asarray((t @ (np.full(height, 0.5), np.arange(height) + 0.5))[1])
+        # (affine applies itself to arrays of x and y alike, but types only float vectors)
+        xs = np.asarray((t @ (np.arange(width) + 0.5, np.full(width, 0.5)))[0])  # type: ignore[operator]
+        ys = np.asarray((t @ (np.full(height, 0.5), np.arange(height) + 0.5))[1])  # type: ignore[operator]
         if self.crs.is_geographic:
             return {"y": (ys, {"units": "degrees_north", "standard_name": "latitude"}),
                     "x": (xs, {"units": "degrees_east", "standard_name": "longitude"})}

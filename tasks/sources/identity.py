@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from functools import partial
 from typing import Any
 
 import fsspec
@@ -74,7 +75,7 @@ def _content_checksum(fs: fsspec.AbstractFileSystem, root: str, names: list[str]
         if name != root:
             sha.update(name[len(root):].encode())
         with fs.open(name, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(8 << 20), b""):
+            for block in iter(partial(fh.read, 8 << 20), b""):
                 sha.update(block)
     return f"sha256:{sha.hexdigest()}"
 

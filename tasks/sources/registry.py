@@ -88,7 +88,8 @@ def image_suffixes() -> tuple[str, ...]:
 
 def _load(target: str) -> Callable[..., Any]:
     module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    found: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return found
 
 
 def _suffix_length(reader: Reader, name: str) -> int:

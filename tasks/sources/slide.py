@@ -44,7 +44,10 @@ def _read_level(uri: str, level: int, index: tuple[slice, ...]) -> np.ndarray:
     """``index`` of one pyramid level; the file (local or any fsspec URL) is opened for this
     read only, so a worker never holds a handle between reads and none is ever pickled."""
     with open_input(uri) as fh, tifffile.imread(fh, aszarr=True, level=level, series=0) as tiles:
-        return np.asarray(zarr.open(tiles, mode="r")[index])
+        node = zarr.open(tiles, mode="r")
+        if not isinstance(node, zarr.Array):  # one level of one series is an array
+            raise TypeError(f"level {level} of {uri} is not an array")
+        return np.asarray(node[index])
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class Slide(SourceBase):
 
 def base_mpp(tif: tifffile.TiffFile) -> float | None:
     """µm per pixel of the full-resolution level, from the file's metadata, or None."""
-    page = tif.pages[0]
+    page = tif.pages.first
     desc = page.description or ""
     match = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
     if match:
@@ -119,11 +122,11 @@ def base_mpp(tif: tifffile.TiffFile) -> float | None:
         unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
         if size:
             return float(size.group(1)) * _UM_PER.get(unit.group(1) if unit else "µm", 1.0)
-    res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
-    if res is not None and unit is not None and unit.value in (2, 3):  # inch, centimetre
+    res, res_unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+    if res is not None and res_unit is not None and res_unit.value in (2, 3):  # inch, cm
         pixels_per_unit = res.value[0] / res.value[1]
         if pixels_per_unit > 0:
-            return (25400.0 if unit.value == 2 else 10000.0) / pixels_per_unit
+            return (25400.0 if res_unit.value == 2 else 10000.0) / pixels_per_unit
     return None
 
 
