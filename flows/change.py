@@ -21,7 +21,7 @@ from segflow.tasks.catalog.tables import record_run, write_rows
 from segflow.tasks.config import ClusterConfig
 from segflow.tasks.errors import SegflowError, UserError, first_line, output_error
 from segflow.tasks.mask.lease import hold
-from segflow.tasks.mask.pyramid import build_levels, cell_origin, ome_metadata
+from segflow.tasks.mask.pyramid import build_levels, ome_metadata
 from segflow.tasks.mask.store import mark_complete, open_or_create
 from segflow.tasks.measure.change import (
     change_classes,
@@ -31,6 +31,7 @@ from segflow.tasks.measure.change import (
 )
 from segflow.tasks.plan.grid import plan_chunks
 from segflow.tasks.runtime.cluster import client_for, dask_cluster
+from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.runtime.storage import filesystem
 from segflow.tasks.sources.identity import normal_uri
 
@@ -64,17 +65,17 @@ def change_masks(a: str, b: str, out: str, scheduler: str | None = None) -> dict
         if differs:
             raise UserError(f"{mask_a.uri} vs {mask_b.uri}", f"the grids differ: {differs}")
         change_id = f"change-{mask_a.image_id}-{mask_b.image_id}"
-        uri = f"{out.rstrip('/')}/masks/{change_id}.zarr"
+        uri = OutputRoot(out).store(change_id)
         classes = change_classes(mask_a.classes, mask_b.classes)
         plan = plan_chunks(mask_a.shape, mask_a.chunk, 0)
-        run.update(image_id=change_id, modality=mask_a.spatial.get("modality"),
+        run.update(image_id=change_id, modality=mask_a.modality,
                    output_uri=uri, chunks_total=len(plan.chunks))
         coords, grid_mapping = mask_a.coordinates()
         attrs = {"segflow": {"source_uri": run["source_uri"], "model": "change",
                              "classes": [c.model_dump() for c in classes],
                              "change": {"a": mask_a.uri, "b": mask_b.uri},
                              "chunks_total": len(plan.chunks)},
-                 "spatial": mask_a.spatial}
+                 "spatial": mask_a.ref.to_attrs()}
         with hold(uri, run["run_id"], 60.0, 30.0), \
                 dask_cluster(ClusterConfig(), scheduler) as address:
             client = client_for(address)
@@ -82,10 +83,10 @@ def change_masks(a: str, b: str, out: str, scheduler: str | None = None) -> dict
                                          attrs, f"change:{time.time_ns()}", grid_mapping, coords)
             rows = change_rows(client, plan.chunks, mask_a, mask_b, store)
             levels = build_levels(uri, client)
-            units, size = mask_a.cell_size()
+            units, size = mask_a.ref.cell_size(len(mask_a.shape))
             mark_complete(uri, {"chunks_skipped": 0, "levels": levels},
                           ome_metadata(mask_a.dims, units, size, levels, classes, change_id,
-                                       cell_origin(mask_a.spatial, len(size))))
+                                       mask_a.ref.origin(len(size))))
         run.update(status="succeeded", chunks_skipped=0, finished_at=datetime.now(UTC),
                    seconds=time.perf_counter() - clock)
         record_run(out, run, {"change": rows})

@@ -25,7 +25,7 @@ from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import SegflowError, TransientError, UserError, first_line, output_error
 from segflow.tasks.export.outputs import write_outputs
 from segflow.tasks.mask.lease import hold
-from segflow.tasks.mask.pyramid import build_levels, cell_origin, ome_metadata
+from segflow.tasks.mask.pyramid import build_levels, ome_metadata
 from segflow.tasks.mask.quicklook import (
     artifact_image,
     picture,
@@ -123,7 +123,7 @@ def finish(outcome: Outcome, scheduler: str) -> None:
     pyramid = job.config.output.pyramid
     levels = build_levels(job.store_uri, client) if pyramid else 1
     units, size = job.reader.cell_size()
-    origin = cell_origin(job.reader.spatial_attrs(), len(size))
+    origin = job.reader.spatial_ref().origin(len(size))
     labels = {}
     if has_instances(job.store_uri):  # the object ids: a label image of their own
         count = build_levels(job.store_uri, client, INSTANCES) if pyramid else 1

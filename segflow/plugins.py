@@ -20,7 +20,9 @@ from segflow.tasks.models.params import ModelParams, check_band
 from segflow.tasks.models.registry import ModelKind
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
 from segflow.tasks.sources.registry import Reader
+from segflow.tasks.sources.spatial import PixelRef, RasterRef, SlideRef, SpatialRef, VolumeRef
 
 __all__ = ["Box", "ClassSpec", "InputConfig", "InputSpec", "JobConfig", "ModelKind",
-           "ModelParams", "Reader", "SegmentationModel", "SourceBase", "UserError",
-           "check_band", "class_table", "select_bands"]
+           "ModelParams", "PixelRef", "RasterRef", "Reader", "SegmentationModel", "SlideRef",
+           "SourceBase", "SpatialRef", "UserError", "VolumeRef", "check_band", "class_table",
+           "select_bands"]

@@ -32,7 +32,7 @@ def test_reader_slices_match_nibabel_for_a_big_endian_las_volume():
     assert valid.all()
     sample, _ = vol._read_decimated(4)
     np.testing.assert_array_equal(sample[0], expected[::4, ::4, ::4])
-    attrs = vol.spatial_attrs()
+    attrs = vol.spatial_ref().to_attrs()
     assert attrs["orientation"] == "RAS" and attrs["source_orientation"] == "LAS"
     assert attrs["flipped"] == [True, False, False] and vol.dims == ("x", "y", "z")
     np.testing.assert_allclose(attrs["affine"], canonical.affine)
@@ -56,7 +56,7 @@ def test_a_permuted_volume_keeps_its_axis_order_and_ascends_in_ras(tmp_path):
     canonical = nib.as_closest_canonical(nib.load(path))
     np.testing.assert_array_equal(np.transpose(presented, (2, 0, 1)),
                                   np.asarray(canonical.dataobj))
-    affine = np.asarray(vol.spatial_attrs()["affine"])
+    affine = np.asarray(vol.spatial_ref().to_attrs()["affine"])
     assert "".join(nib.aff2axcodes(affine)) == "ASR"  # every axis ascending
     np.testing.assert_allclose(affine[:3, 3], canonical.affine[:3, 3])  # the same corner
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from segflow.tasks.catalog.query import run_query
 from segflow.tasks.mask.store import INSTANCES, open_store_group
+from segflow.tasks.runtime.layout import EXPORT_SUFFIX, VECTOR_SUFFIX, OutputRoot
 from segflow.tasks.runtime.storage import filesystem
 from segflow.tasks.runtime.zarr_nodes import array_at
 
@@ -17,7 +18,6 @@ from segflow.tasks.runtime.zarr_nodes import array_at
 PARTS = {INSTANCES: "object ids (a label image)", "probabilities": "class scores",
          "objects": "owned objects per chunk (instance models)"}
 #: the label file ``output.export`` writes, by modality (tasks/export/labels.py)
-EXPORTS = (".tif", ".ome.tif", ".nii.gz")
 
 
 def _exists(uri: str) -> bool:
@@ -34,13 +34,13 @@ def describe_store(uri: str) -> dict[str, Any]:
     progress = (np.asarray(array_at(group, "progress")[:]) if "progress" in names
                 else None)
     left = int((progress == 0).sum()) if progress is not None else None
-    root, _, name = uri.rpartition("/masks/")
-    image = name.removesuffix(".zarr")
+    root, image = OutputRoot.of_store(uri)
     beside = {"quick look": f"{uri.removesuffix('.zarr')}.png"}
-    if root:  # a store in a segflow root: the files for other tools
-        beside.update({"polygons": f"{root}/vectors/{image}.parquet",
-                       "QuPath GeoJSON": f"{root}/vectors/{image}.geojson"})
-        beside.update({f"export ({ext})": f"{root}/exports/{image}{ext}" for ext in EXPORTS})
+    if root is not None:  # a store in a segflow root: the files for other tools
+        beside.update({what: root.vectors(image, suffix)
+                       for what, suffix in VECTOR_SUFFIX.items()})
+        beside.update({f"export ({suffix})": root.export(image, modality)
+                       for modality, suffix in EXPORT_SUFFIX.items()})
     complete = bool(meta.get("complete", False))
     return {
         "store": uri,

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segflow.tasks.runtime.crash import crash_point
+from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.runtime.storage import staged
 from segflow.tasks.sources.identity import image_id
 from segflow.tasks.sources.registry import modality_of
@@ -90,7 +91,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 def table_dir(root: str, table: str) -> str:
-    return f"{root.rstrip('/')}/catalog/{table}"
+    return OutputRoot(root).table(table)
 
 
 def new_run(run_id: str, source: str, cfg: JobConfig) -> dict[str, Any]:

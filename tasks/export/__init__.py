@@ -1,6 +1,2 @@
-"""Outputs for other tools: polygons, label files for desktop viewers, and where they are."""
-
-
-def export_uri(root: str, folder: str, name: str) -> str:
-    """``ROOT/<folder>/<name>``: ``vectors/`` for polygons, ``exports/`` for label files."""
-    return f"{root.rstrip('/')}/{folder}/{name}"
+"""Outputs for other tools: polygons and label files for desktop viewers (where each lies:
+tasks/runtime/layout.py)."""

@@ -18,12 +18,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
-import numpy as np
 
 from segflow.tasks.errors import UserError
 from segflow.tasks.mask.store import open_store_group, stores_under
+from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.runtime.zarr_nodes import array_at, attributes, dimension_names
-from segflow.tasks.sources.volume import world_axes
+from segflow.tasks.sources.spatial import RasterRef, SpatialRef
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -36,17 +36,12 @@ def store_uri(store_or_root: str, image_id: str | None = None) -> str:
     if path.endswith(".zarr"):
         return path
     if image_id is not None:
-        return f"{path}/masks/{image_id.removesuffix('.zarr')}.zarr"
+        return OutputRoot(path).store(image_id.removesuffix(".zarr"))
     found = stores_under(path)
     if len(found) != 1:
         names = ", ".join(f.rsplit("/", 1)[-1].removesuffix(".zarr") for f in found) or "none"
         raise UserError(path, f"{len(found)} mask stores under masks/ (give image_id: {names})")
     return found[0]
-
-
-def _coords(dims: tuple[str, ...], shape: tuple[int, ...], cell: list[float]
-            ) -> dict[str, np.ndarray]:
-    return {d: (np.arange(n) + 0.5) * size for d, n, size in zip(dims, shape, cell, strict=True)}
 
 
 def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -> xr.DataArray:
@@ -62,7 +57,7 @@ def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -
         raise UserError(uri, f"no pyramid level {level} (levels 0..{len(levels) - 1})")
     array = array_at(group, str(level))
     dims = tuple(str(name) for name in dimension_names(array) or ())  # stores name every axis
-    spatial = dict(attributes(group).get("spatial", {}))
+    ref = SpatialRef.from_attrs(dict(attributes(group).get("spatial", {})))
     factor = 2 ** level
     classes = meta["classes"]
     nodata = int(array.fill_value)
@@ -76,27 +71,12 @@ def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -
         "class_colours": {str(c["id"]): c.get("colour") for c in classes},
     }
     data = da.from_zarr(array)
-    if "crs_wkt" in spatial or "transform" in spatial:
-        transform = Affine(*spatial["transform"][:6]) * Affine.scale(factor)
-        cols, rows = np.arange(array.shape[1]) + 0.5, np.arange(array.shape[0]) + 0.5
-        x = transform.c + transform.a * cols
-        y = transform.f + transform.e * rows
-        mask = xr.DataArray(data, dims=("y", "x"), coords={"y": y, "x": x}, attrs=attrs)
-        if spatial.get("crs_wkt"):
-            mask = mask.rio.write_crs(spatial["crs_wkt"])
-        mask = mask.rio.write_transform(transform)
-    elif "affine" in spatial:
-        affine = np.asarray(spatial["affine"]) @ np.diag([factor] * 3 + [1])
-        coords = {d: affine[w, 3] + np.arange(n) * affine[w, a] for a, (d, n, w) in
-                  enumerate(zip(dims, array.shape, world_axes(affine), strict=True))}
-        mask = xr.DataArray(data, dims=dims, coords=coords,
-                            attrs={**attrs, "units": "mm", "affine": affine.tolist(),
-                                   "orientation": spatial.get("orientation")})
-    else:  # a slide: µm from its pixel size, else pixel indices
-        mpp = spatial.get("mpp")
-        size = [float(mpp) * factor if mpp else float(factor)] * len(dims)
-        mask = xr.DataArray(data, dims=dims, coords=_coords(dims, array.shape, size),
-                            attrs={**attrs, "units": "µm" if mpp else "pixel"})
-    mask = mask.rio.write_nodata(nodata, encoded=False) if "transform" in spatial else mask
+    coords, units = ref.world(dims, tuple(array.shape), factor)
+    mask = xr.DataArray(data, dims=dims, coords=coords, attrs={**attrs, **units})
+    if isinstance(ref, RasterRef):  # rioxarray's CRS, transform and nodata, as GDAL reads
+        if ref.crs_wkt:
+            mask = mask.rio.write_crs(ref.crs_wkt)
+        mask = mask.rio.write_transform(ref.georef.affine * Affine.scale(factor))
+        mask = mask.rio.write_nodata(nodata, encoded=False)
     mask.attrs["_FillValue"] = nodata
     return mask.rename(attrs["image_id"])

@@ -25,27 +25,26 @@ from rasterio.windows import Window
 from segflow.tasks.colours import rgb
 from segflow.tasks.config import ClassSpec
 from segflow.tasks.errors import on_worker
-from segflow.tasks.export import export_uri
 from segflow.tasks.mask.store import SHARD_INNER, MaskStore
 from segflow.tasks.plan.grid import Plan
+from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.runtime.storage import staged, zarr_options
 from segflow.tasks.runtime.zarr_nodes import array_at, read_cells
-from segflow.tasks.sources.georef import Georef
+from segflow.tasks.sources.spatial import RasterRef, SlideRef, SpatialRef, VolumeRef
 
 COG_BLOCK = 256  # GeoTIFF blocks, and overviews down to one block
 #: OME-TIFF tiles: the store's inner chunk, so each tile reads one chunk, decoded once
 OME_TILE = SHARD_INNER[2]
 #: file name suffix per modality
-SUFFIX = {"raster": ".tif", "slide": ".ome.tif", "volume": ".nii.gz"}
 
 
 def export_labels(store: MaskStore, plan: Plan, modality: str, root: str, image_id: str,
-                  classes: list[ClassSpec], spatial: dict[str, Any]) -> dict[str, Any]:
+                  classes: list[ClassSpec], ref: SpatialRef) -> dict[str, Any]:
     """Write the label file of one mask (runs on a worker); returns its ``outputs`` row."""
-    uri = export_uri(root, "exports", image_id + SUFFIX[modality])
+    uri = OutputRoot(root).export(image_id, modality)
     write = {"raster": _cog, "slide": _ome_tiff, "volume": _nifti}[modality]
     with staged(uri) as path:
-        on_worker(write, path, store, plan, classes, spatial)
+        on_worker(write, path, store, plan, classes, ref)
     if modality == "raster":  # GDAL keeps category names in its PAM sidecar; QGIS reads it
         with staged(uri + ".aux.xml") as path:
             path.write_text(_category_names(classes))
@@ -55,12 +54,13 @@ def export_labels(store: MaskStore, plan: Plan, modality: str, root: str, image_
 
 
 def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
-         spatial: dict[str, Any]) -> None:
+         ref: SpatialRef) -> None:
     """A tiled GeoTIFF written chunk by chunk, then GDAL's COG driver (overviews by nearest
     neighbour, so they hold class ids; IFDs and overviews ahead of the full resolution)."""
     labels = store.labels()
     height, width = labels.shape
-    georef = Georef(spatial.get("crs_wkt"), tuple(spatial["transform"]))
+    assert isinstance(ref, RasterRef), "a COG is written for rasters"
+    georef = ref.georef
     base = path.with_name(path.name + ".base.tif")
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 1,
                "dtype": store.dtype, "nodata": store.nodata, "crs": georef.crs_wkt,
@@ -113,11 +113,11 @@ def _tiles(level: zarr.Array, nodata: int) -> Iterator[np.ndarray]:
 
 
 def _ome_tiff(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
-              spatial: dict[str, Any]) -> None:
+              ref: SpatialRef) -> None:
     """A pyramidal OME-TIFF (the store's pyramid levels as SubIFDs; level 0 only when
     ``output.pyramid`` is off) with the physical pixel size of the level that was read."""
     levels = _levels(store)
-    mpp = spatial.get("mpp")
+    mpp = ref.mpp if isinstance(ref, SlideRef) else None
     metadata: dict[str, Any] = {"axes": "YX", "Name": "segflow labels"}
     if mpp:
         metadata.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm",
@@ -133,14 +133,15 @@ def _ome_tiff(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec]
 
 
 def _nifti(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
-           spatial: dict[str, Any]) -> None:
+           ref: SpatialRef) -> None:
     """A gzipped NIfTI-1 label map on the source's own voxel grid and affine (sform and qform):
     the axes the reader turned round to ascend in RAS+ are turned back, so the file overlays
     its source voxel for voxel. Written slab by slab along the last axis in NIfTI's
     column-major order."""
     labels = store.labels()
-    affine = np.asarray(spatial.get("source_affine", spatial["affine"]), dtype=np.float64)
-    flipped = list(spatial.get("flipped", [False] * 3))
+    assert isinstance(ref, VolumeRef), "a NIfTI label map is written for volumes"
+    affine = np.asarray(ref.source_affine, dtype=np.float64)
+    flipped = list(ref.flipped)
     header = nib.Nifti1Header()
     header.set_data_shape(labels.shape)
     header.set_data_dtype(np.dtype(store.dtype))

@@ -31,6 +31,6 @@ def write_outputs(client: Client, job: Job, store: MaskStore,
                               out.qupath)
     if out.export:
         rows.append(client.submit(export_labels, store, job.plan, job.reader.modality, job.root,
-                                  job.image_id, job.model.classes, job.reader.spatial_attrs(),
+                                  job.image_id, job.model.classes, job.reader.spatial_ref(),
                                   pure=False).result())
     return rows

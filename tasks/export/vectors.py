@@ -15,7 +15,6 @@ from affine import Affine
 from distributed import Client, Future
 
 from segflow.tasks.catalog.tables import SCHEMAS
-from segflow.tasks.export import export_uri
 from segflow.tasks.export.polygons import Batch, Frames, Merger, polygonise_chunk
 from segflow.tasks.export.vector_files import GeoParquetSink, QuPathSink, vector_schema
 from segflow.tasks.mask.store import MaskStore
@@ -23,7 +22,9 @@ from segflow.tasks.measure.classes import UNITS
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.cluster import broadcast, windowed
+from segflow.tasks.runtime.layout import VECTOR_SUFFIX, OutputRoot
 from segflow.tasks.runtime.storage import staged
+from segflow.tasks.sources.spatial import SlideRef
 
 #: polygon chunks in flight per worker thread: a chunk's polygons can be 100k rows
 WINDOW = 2
@@ -41,9 +42,10 @@ def frames(job: Job, qupath: bool) -> tuple[Frames, dict[str, Any] | None]:
         crs = georef.crs
         return (Frames(georef.affine, Affine.identity() if qupath else None),
                 crs.to_json_dict() if crs else None)
-    attrs = job.reader.spatial_attrs()
-    level0 = Affine.scale(float(attrs.get("downsample") or 1.0))
-    return Frames(Affine.scale(attrs.get("mpp") or 1.0), level0 if qupath else None), None
+    ref = job.reader.spatial_ref()
+    mpp, downsample = (ref.mpp, ref.downsample) if isinstance(ref, SlideRef) else (None, 1.0)
+    level0 = Affine.scale(float(downsample or 1.0))
+    return Frames(Affine.scale(mpp or 1.0), level0 if qupath else None), None
 
 
 def regions(client: Client, store: MaskStore, plan: Plan, totals: np.ndarray | None,
@@ -76,8 +78,9 @@ def write_vectors(client: Client, job: Job, store: MaskStore, row_areas: np.ndar
     extra = {r["instance_id"]: r for r in instance_rows or []}
     names = {c.id: c.name for c in job.model.classes}
     scale = UNITS[unit] if unit else 1.0
-    parquet_uri = export_uri(job.root, "vectors", f"{job.image_id}.parquet")
-    geojson_uri = export_uri(job.root, "vectors", f"{job.image_id}.geojson")
+    root = OutputRoot(job.root)
+    parquet_uri = root.vectors(job.image_id, VECTOR_SUFFIX["polygons"])
+    geojson_uri = root.vectors(job.image_id, VECTOR_SUFFIX["QuPath GeoJSON"])
     with ExitStack() as files:
         sinks: list[GeoParquetSink | QuPathSink] = []
         if parquet:

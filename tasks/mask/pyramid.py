@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import dask.array as da
-import numpy as np
 import zarr
 from distributed import Client
 
@@ -19,7 +18,6 @@ from segflow.tasks.colours import rgba
 from segflow.tasks.config import ClassSpec
 from segflow.tasks.runtime.storage import zarr_options
 from segflow.tasks.runtime.zarr_nodes import array_at, dimension_names, group_at
-from segflow.tasks.sources.volume import world_axes
 
 MIN_SIDE = 256  # stop when the largest side of a level is at most this
 
@@ -55,23 +53,13 @@ def build_levels(uri: str, client: Client, path: str = "") -> int:
     return len(shapes)
 
 
-def cell_origin(spatial: dict[str, Any], ndim: int) -> list[float]:
-    """Where cell 0's centre lies along each axis: for a volume the translation of its
-    voxel-to-RAS affine, axis by axis (exact for an axis-aligned volume; an oblique one's
-    rotation has no NGFF 0.5 form and stays in ``spatial.affine``); 0 for rasters and slides."""
-    if "affine" not in spatial:
-        return [0.0] * ndim
-    affine = np.asarray(spatial["affine"], dtype=np.float64)
-    return [float(affine[w, 3]) for w in world_axes(affine)]
-
-
 def ome_metadata(dims: tuple[str, ...], units: str | None, cell_size: list[float],
                  levels: int, classes: list[ClassSpec] | None, name: str,
                  origin: list[float] | None = None) -> dict[str, Any]:
     """The ``ome`` attribute of a multiscale label image (NGFF 0.5): the class mask with each
     class's colour and name (``properties``, which napari shows), or, ``classes`` None, an
     instance image (ids have no fixed colours). The store holds no image, so no
-    ``source``. ``origin``: the world position of cell 0 (see ``cell_origin``)."""
+    ``source``. ``origin``: the world position of cell 0 (``SpatialRef.origin``)."""
     axes = [{"name": d, "type": "space", **({"unit": units} if units else {})} for d in dims]
     shift = [float(v) for v in origin] if origin is not None else [0.0] * len(cell_size)
     datasets = [{"path": str(level),

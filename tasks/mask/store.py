@@ -32,6 +32,7 @@ from segflow.tasks.mask.lease import check_held
 from segflow.tasks.models.base import label_dtype
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.plan.job import Job
+from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.runtime.storage import filesystem, zarr_options
 from segflow.tasks.runtime.zarr_nodes import (
     array_at,
@@ -96,7 +97,6 @@ def _inner_chunk(chunk: int, ndim: int) -> int | None:
 def store_attrs(job: Job) -> dict[str, Any]:
     """The group attributes: what made the mask (source, model, fitted values, config, classes)
     and where it lies (the reader's spatial reference)."""
-    spatial = {k: v for k, v in job.reader.spatial_attrs().items() if k != "grid_mapping"}
     return {
         "segflow": {
             "source_uri": job.source, "source_checksum": job.checksum,
@@ -106,7 +106,7 @@ def store_attrs(job: Job) -> dict[str, Any]:
             "classes": [c.model_dump() for c in job.model.classes],
             "chunks_total": len(job.plan.chunks),
         },
-        "spatial": {"modality": job.reader.modality, **spatial},
+        "spatial": job.reader.spatial_ref().to_attrs(),
     }
 
 
@@ -119,7 +119,7 @@ def open_job_store(job: Job) -> tuple[MaskStore, set[tuple[int, ...]], bool]:
     out = job.config.output
     return open_or_create(job.store_uri, job.plan, job.reader.dims,
                           max(c.id for c in job.model.classes) + 1, store_attrs(job), key,
-                          job.reader.spatial_attrs().get("grid_mapping"),
+                          job.reader.spatial_ref().grid_mapping(),
                           job.reader.coordinates(),
                           scores=out.probabilities_dtype if out.probabilities else None)
 
@@ -204,12 +204,12 @@ def open_store_group(uri: str) -> tuple[zarr.Group, dict[str, Any]]:
 
 def stores_under(root: str) -> list[str]:
     """The mask stores of an output root (``ROOT/masks/*.zarr``), sorted."""
-    prefix = root.rstrip("/")
-    fs, path = filesystem(f"{prefix}/masks")
+    masks = OutputRoot(root).masks
+    fs, path = filesystem(masks)
     if not fs.exists(path):
         return []
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    return [f"{prefix}/masks/{n}" for n in names if n.endswith(".zarr")]
+    return [f"{masks}/{n}" for n in names if n.endswith(".zarr")]
 
 
 def has_instances(uri: str) -> bool:

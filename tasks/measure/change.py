@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import zarr
 from distributed import Client
-from pyproj import CRS
 
 from segflow.tasks.colours import PALETTE
 from segflow.tasks.config import ClassSpec, StatsConfig
@@ -25,7 +24,8 @@ from segflow.tasks.models.base import label_dtype
 from segflow.tasks.plan.grid import Chunk
 from segflow.tasks.runtime.storage import zarr_options
 from segflow.tasks.runtime.zarr_nodes import array_at, attributes, dimension_names, read_cells
-from segflow.tasks.sources.georef import Coordinates, Georef
+from segflow.tasks.sources.georef import Coordinates
+from segflow.tasks.sources.spatial import SpatialRef
 
 
 @dataclass(frozen=True)
@@ -39,45 +39,25 @@ class Mask:
     dims: tuple[str, ...]
     chunk: int
     classes: list[ClassSpec]
-    spatial: dict[str, Any]
+    ref: SpatialRef
 
     @property
-    def georef(self) -> Georef | None:
-        if self.spatial.get("modality") != "raster":
-            return None
-        return Georef(self.spatial.get("crs_wkt"), tuple(self.spatial["transform"]))
+    def modality(self) -> str:
+        return str(self.ref.to_attrs()["modality"])
 
     def row_sizes(self) -> tuple[np.ndarray | None, str | None]:
         """The size of one cell in each row (base units) and the reporting unit, as the
         ``class_stats`` of the run that made the mask (None, None: no physical size)."""
-        modality, height = self.spatial.get("modality"), self.shape[0]
+        sizes = self.ref.row_sizes(self.shape[0])
+        if sizes is None:
+            return None, None
         units = StatsConfig()
-        if modality == "raster":
-            areas = self.georef.row_areas_m2(height) if self.georef else None
-            return areas, units.area_unit if areas is not None else None
-        if modality == "slide" and self.spatial.get("mpp"):
-            return np.full(height, float(self.spatial["mpp"]) ** 2), units.slide_unit
-        if modality == "volume":
-            voxel = abs(np.linalg.det(np.asarray(self.spatial["affine"])[:3, :3]))
-            return np.full(height, voxel), units.volume_unit
-        return None, None
-
-    def cell_size(self) -> tuple[str | None, list[float]]:
-        """Unit and size of one cell per axis, for the change store's OME-Zarr axes."""
-        if self.georef is not None:
-            return self.georef.cell_size()
-        if self.spatial.get("mpp"):
-            return "micrometer", [float(self.spatial["mpp"])] * 2
-        if "voxel_size_mm" in self.spatial:  # as the volume reader recorded it
-            return "millimeter", list(self.spatial["voxel_size_mm"])
-        return None, [1.0] * len(self.shape)
+        return sizes, {"m2": units.area_unit, "um2": units.slide_unit,
+                       "mm3": units.volume_unit}[self.ref.base_unit]
 
     def coordinates(self) -> tuple[Coordinates, dict[str, Any] | None]:
         """Pixel-centre coordinates and the CF grid mapping, for the change store."""
-        georef = self.georef
-        if georef is None:
-            return {}, None
-        return georef.pixel_centres(*self.shape), georef.grid_mapping()
+        return self.ref.coordinates(self.shape), self.ref.grid_mapping()
 
 
 def open_mask(uri: str) -> Mask:
@@ -95,28 +75,14 @@ def open_mask(uri: str) -> Mask:
     name = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
     return Mask(uri, name, MaskStore(uri, labels.dtype.name, nodata), tuple(labels.shape),
                 tuple(str(name) for name in dimension_names(labels) or ()), chunk, classes,
-                dict(attributes(group).get("spatial", {})))
+                SpatialRef.from_attrs(dict(attributes(group).get("spatial", {}))))
 
 
 def grid_difference(a: Mask, b: Mask) -> str | None:
     """What makes two masks' grids differ (shape, modality, CRS, affine, pixel size), or None."""
     if a.shape != b.shape:
         return f"shape {' x '.join(map(str, a.shape))} vs {' x '.join(map(str, b.shape))}"
-    sa, sb = a.spatial, b.spatial
-    if sa.get("modality") != sb.get("modality"):
-        return f"modality {sa.get('modality')} vs {sb.get('modality')}"
-    if a.georef is not None and b.georef is not None:
-        ca, cb = a.georef.crs, b.georef.crs
-        if (ca is None) != (cb is None) or (ca is not None and not ca.equals(CRS(cb))):
-            return f"CRS {ca.name if ca else None} vs {cb.name if cb else None}"
-        if not np.allclose(sa["transform"][:6], sb["transform"][:6], rtol=1e-9, atol=1e-9):
-            return f"transform {sa['transform'][:6]} vs {sb['transform'][:6]}"
-    for key in ("mpp", "affine"):
-        va, vb = sa.get(key), sb.get(key)
-        if (va is None) != (vb is None) or (va is not None and vb is not None
-                                            and not np.allclose(va, vb)):
-            return f"{key} {va} vs {vb}"
-    return None
+    return a.ref.difference(b.ref)
 
 
 def change_classes(a: list[ClassSpec], b: list[ClassSpec]) -> list[ClassSpec]:

@@ -19,6 +19,7 @@ from segflow.tasks.models import InputSpec, SegmentationModel, build_model
 from segflow.tasks.models.instance import InstanceModel, thing_ids
 from segflow.tasks.models.split import DistanceSplit
 from segflow.tasks.plan.grid import Chunk, Plan, plan_chunks
+from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.sources.base import SourceBase
 from segflow.tasks.sources.foreground import fit_foreground
 from segflow.tasks.sources.identity import image_id, source_checksum
@@ -53,12 +54,12 @@ class Job:
 
     @property
     def store_uri(self) -> str:
-        return f"{self.root.rstrip('/')}/masks/{self.image_id}.zarr"
+        return OutputRoot(self.root).store(self.image_id)
 
     @property
     def picture_uri(self) -> str:
         """The quick-look PNG, beside the store."""
-        return f"{self.root.rstrip('/')}/masks/{self.image_id}.png"
+        return OutputRoot(self.root).picture(self.image_id)
 
     @property
     def instances(self) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 
 from segflow.tasks.errors import UserError, on_worker
 from segflow.tasks.sources.georef import Georef
+from segflow.tasks.sources.spatial import SpatialRef
 
 if TYPE_CHECKING:  # dask.array costs a second to import: the CLI's checks open headers
     import dask.array as da
@@ -94,8 +95,9 @@ class SourceBase(ABC):
         (n, ndim) in ``dims`` order, where cell i spans [i, i + 1) and its centre is i + 0.5."""
 
     @abstractmethod
-    def spatial_attrs(self) -> dict[str, Any]:
-        """The spatial reference as store attributes (CRS + affine, or the voxel affine)."""
+    def spatial_ref(self) -> SpatialRef:
+        """Where the grid lies (CRS + affine, µm per pixel, or the voxel affine): the store
+        keeps it, and everything that reads a mask back takes it from there."""
 
     def _valid(self, pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The format's valid mask narrowed by segflow's rules. Non-finite values (NaN, ±inf)

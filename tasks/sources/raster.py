@@ -22,6 +22,7 @@ from segflow.tasks.errors import UserError, io_error
 from segflow.tasks.runtime.storage import open_input, raster_dataset
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
 from segflow.tasks.sources.georef import Coordinates, Georef
+from segflow.tasks.sources.spatial import RasterRef
 
 # a raster without a geotransform is read in pixel units, which segflow says itself (area_unit
 # "px"); rasterio would warn on every window a worker reads
@@ -107,10 +108,8 @@ class Raster(SourceBase):
         """x, y in CRS units (pixel units without a CRS) through the affine."""
         return self.georef.physical(index)
 
-    def spatial_attrs(self) -> dict[str, Any]:
-        return {"crs_wkt": self.crs_wkt, "transform": list(self.transform),
-                "transform_order": "affine a b c d e f (x = a*col + b*row + c)",
-                "grid_mapping": self.georef.grid_mapping()}
+    def spatial_ref(self) -> RasterRef:
+        return RasterRef(self.crs_wkt, tuple(self.transform))
 
     def coordinates(self) -> Coordinates:
         return self.georef.pixel_centres(self.height, self.width)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import tifffile
@@ -22,6 +22,7 @@ from segflow.tasks.config import InputConfig
 from segflow.tasks.errors import UserError, io_error, is_transient
 from segflow.tasks.runtime.storage import open_input
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
+from segflow.tasks.sources.spatial import SlideRef
 
 _UM_PER = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "mm": 1e3, "cm": 1e4}
 
@@ -105,9 +106,8 @@ class Slide(SourceBase):
         """x, y in µm from the top-left corner of the slide (pixels when mpp is unknown)."""
         return index[:, ::-1] * (self.mpp or 1.0)
 
-    def spatial_attrs(self) -> dict[str, Any]:
-        return {"mpp": self.mpp, "unit": "micrometer", "level": self.level,
-                "downsample": self.downsample}
+    def spatial_ref(self) -> SlideRef:
+        return SlideRef(self.mpp, self.level, self.downsample)
 
 
 def base_mpp(tif: tifffile.TiffFile) -> float | None:

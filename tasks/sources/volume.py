@@ -29,12 +29,7 @@ from segflow.tasks.errors import UserError, io_error
 from segflow.tasks.runtime.storage import is_local, open_input, zarr_options
 from segflow.tasks.runtime.zarr_nodes import array_at, dimension_names
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
-
-
-def world_axes(affine: np.ndarray) -> np.ndarray:
-    """The world axis (0 x, 1 y, 2 z) each voxel axis of a voxel-to-RAS affine follows
-    (nibabel's choice; the closest one for an oblique volume)."""
-    return nib.io_orientation(affine)[:, 0].astype(int)
+from segflow.tasks.sources.spatial import VolumeRef, world_axes
 
 
 @contextmanager
@@ -127,15 +122,15 @@ class Volume(SourceBase):
         affine = self.world_affine
         return (index - 0.5) @ affine[:3, :3].T + affine[:3, 3]
 
-    def spatial_attrs(self) -> dict[str, Any]:
+    def spatial_ref(self) -> VolumeRef:
         """The affine of the mask's own axes, and the file's, which the NIfTI export writes."""
         affine = self.world_affine
-        return {"affine": affine.tolist(), "axes": list(self.dims),
-                "orientation": "".join(nib.aff2axcodes(affine)),
-                "voxel_size_mm": self.cell_size()[1],
-                "source_affine": np.asarray(self.affine).tolist(),
-                "source_orientation": "".join(nib.aff2axcodes(np.asarray(self.affine))),
-                "flipped": list(self.flipped)}
+        return VolumeRef(tuple(tuple(float(v) for v in row) for row in affine), self.dims,
+                         self.affine, self.flipped,
+                         {"orientation": "".join(nib.aff2axcodes(affine)),
+                          "voxel_size_mm": self.cell_size()[1],
+                          "source_orientation": "".join(nib.aff2axcodes(np.asarray(
+                              self.affine)))})
 
 
 def open_nifti(uri: str, cfg: InputConfig | None = None) -> Volume:

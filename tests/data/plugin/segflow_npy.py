@@ -15,6 +15,7 @@ from segflow.plugins import (
     InputSpec,
     JobConfig,
     ModelParams,
+    PixelRef,
     Reader,
     SegmentationModel,
     SourceBase,
@@ -59,8 +60,8 @@ class NpySource(SourceBase):
     def physical(self, index: np.ndarray) -> np.ndarray:
         return index[:, ::-1].astype(np.float64)  # x = column, y = row
 
-    def spatial_attrs(self) -> dict[str, Any]:
-        return {}
+    def spatial_ref(self) -> PixelRef:
+        return PixelRef("raster")  # no physical reference: areas in pixels
 
 
 def open_npy(uri: str, cfg: InputConfig) -> NpySource:
