@@ -17,7 +17,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from segflow.tasks.catalog.query import run_query
-from segflow.tasks.catalog.tables import record_run, write_rows
+from segflow.tasks.catalog.tables import record_failed, record_run
 from segflow.tasks.config import ClusterConfig
 from segflow.tasks.errors import SegflowError, UserError, first_line, output_error
 from segflow.tasks.mask.lease import hold
@@ -93,9 +93,7 @@ def change_masks(a: str, b: str, out: str, scheduler: str | None = None) -> dict
         return {**run, "change": rows}
     except Exception as exc:
         error = exc if isinstance(exc, SegflowError) else output_error(out, exc)
-        run.update(status="failed", error=first_line(error), finished_at=datetime.now(UTC),
-                   seconds=time.perf_counter() - clock)
-        write_rows(out, "runs", run["run_id"], [run])
+        record_failed(out, run, first_line(error), time.perf_counter() - clock)
         if error is exc:
             raise
         raise error from exc

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
 from segflow.tasks.catalog.done import done
-from segflow.tasks.catalog.tables import new_run, record_run, write_rows
+from segflow.tasks.catalog.tables import new_run, record_failed, record_run
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import SegflowError, TransientError, UserError, first_line, output_error
 from segflow.tasks.export.outputs import write_outputs
@@ -238,10 +238,8 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
                 "chunks_background": outcome.chunks.background, "reused": outcome.reused}
     except Exception as exc:
         error = exc if isinstance(exc, SegflowError) else output_error(out, exc)
-        run.update(status="failed", error=first_line(error), finished_at=datetime.now(UTC),
-                   seconds=time.perf_counter() - clock)
         try:
-            write_rows(out, "runs", run["run_id"], [run])
+            record_failed(out, run, first_line(error), time.perf_counter() - clock)
         except OSError as unrecorded:  # a full disk may not take even this row
             get_run_logger().error("%s: the failed run could not be recorded: %s", out,
                                    first_line(unrecorded))

@@ -102,6 +102,14 @@ def new_run(run_id: str, source: str, cfg: JobConfig) -> dict[str, Any]:
             "config_hash": cfg.output_hash(), "started_at": datetime.now(UTC)}
 
 
+def record_failed(root: str, run: dict[str, Any], reason: str, seconds: float) -> None:
+    """The ``failed`` runs row of ``run`` (one line of ``reason``), the one thing a failed run
+    leaves in the catalog; a full disk that refuses even it raises OSError."""
+    run.update(status="failed", error=" ".join(reason.split()), finished_at=datetime.now(UTC),
+               seconds=seconds)
+    write_rows(root, "runs", run["run_id"], [run])
+
+
 def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -> str:
     """Write one run's rows of ``table`` as ``<run_id>.parquet``; returns its URI."""
     schema = SCHEMAS[table]

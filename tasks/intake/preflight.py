@@ -68,12 +68,10 @@ def preflight_image(source: str, out: str, cfg: JobConfig) -> None:
 
 def record_failure(source: str, out: str, cfg: JobConfig, reason: str) -> None:
     """The failed runs row of an image that never started."""
-    from datetime import UTC, datetime
     from uuid import uuid4
 
-    from segflow.tasks.catalog.tables import new_run, write_rows
+    from segflow.tasks.catalog.tables import new_run, record_failed
     from segflow.tasks.sources.identity import normal_uri
 
-    run = new_run(f"preflight-{uuid4()}", normal_uri(source), cfg)
-    run.update(status="failed", error=reason, finished_at=datetime.now(UTC), seconds=0.0)
-    write_rows(normal_uri(out), "runs", run["run_id"], [run])
+    record_failed(normal_uri(out), new_run(f"preflight-{uuid4()}", normal_uri(source), cfg),
+                  reason, 0.0)
