@@ -8,6 +8,7 @@ notification can fire any number of times. One Dask cluster serves the whole bat
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -61,6 +62,13 @@ def _pending(uris: list[str], out: str, cfg: JobConfig) -> tuple[list[tuple[str,
     return todo, skipped
 
 
+def say(line: str) -> None:
+    """One whole line on stdout in one write: images run in threads, and ``print`` writes the
+    text and its newline apart, so two threads' lines could run into one."""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
+
+
 @task(name="segment-one", cache_policy=NO_CACHE)
 def segment_one(source: str, out: str, config: dict[str, Any], scheduler: str,
                 checksum: str | None) -> Row:
@@ -70,7 +78,7 @@ def segment_one(source: str, out: str, config: dict[str, Any], scheduler: str,
     network hiccups are retried here, as the stage tasks would: the store resumes."""
     clock = time.perf_counter()
     cfg = JobConfig.model_validate(config)
-    print(f"segmenting {source}", flush=True)
+    say(f"segmenting {source}")
     try:
         retry_transient(lambda: run_image(source, out, cfg, scheduler, checksum=checksum,
                                           as_tasks=False), attempts=2, delay_s=2.0)
@@ -109,8 +117,8 @@ def segment_batch(sources: str | list[str], out: str, config: dict[str, Any] | N
                 for done, future in enumerate(as_completed(futures), start=1):
                     row = future.result()
                     rows[row["uri"]] = row
-                    print(f"[{done}/{len(futures)}] {row['uri']}: {row['status']} in "
-                          f"{row['seconds']:.1f} s", flush=True)
+                    say(f"[{done}/{len(futures)}] {row['uri']}: {row['status']} in "
+                        f"{row['seconds']:.1f} s")
     summary = [rows[u] for u in uris]
     if summary:
         create_table_artifact(summary, key="segflow-batch",
