@@ -150,7 +150,7 @@ def _check_demo(work: Path, out: str) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_a_plugin_package_adds_a_reader_and_a_model_kind(wheel, tmp_path):
+def test_a_plugin_package_adds_a_reader_and_a_model_kind(wheel, tmp_path, prefect_server):
     """A third-party package (tests/data/plugin: a .npy reader and a ``brighter`` kind, named
     by entry points) installed beside the wheel passes segflow.testing's contracts and runs in
     ``segflow segment`` and ``segflow batch`` with no change to segflow."""
@@ -158,6 +158,7 @@ def test_a_plugin_package_adds_a_reader_and_a_model_kind(wheel, tmp_path):
     import rasterio
 
     bin_dir, env, work = _fresh_venv(wheel, tmp_path)
+    env = {**env, "PREFECT_API_URL": prefect_server}  # the session's API: no start-up per call
     plugin = Path(shutil.copytree(REPO / "tests" / "data" / "plugin", tmp_path / "plugin"))
     # built as its author would publish it (with this environment's setuptools), installed
     # from its wheel
