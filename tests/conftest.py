@@ -27,10 +27,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-#: test files that take minutes on their own: started first, so that under pytest-xdist they
-#: overlap with the rest of the suite instead of ending it
+#: the longest test files (half a minute or more each on 2 cores), longest first: started first,
+#: so that under pytest-xdist (``--dist loadfile``) they overlap with the rest of the suite
+#: instead of ending it, and the short files even out both workers at the end
 LONGEST_FIRST = ("tests/test_wheel.py", "tests/test_load.py", "tests/test_crash.py",
-                 "tests/test_resume.py")
+                 "tests/test_outputs.py", "tests/test_lease.py", "tests/test_s3.py",
+                 "tests/test_split.py", "tests/test_distributed.py", "tests/test_corpus.py",
+                 "tests/test_deep_models.py", "tests/test_tissue.py", "tests/test_resume.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -117,6 +120,59 @@ def dask_address(s3_endpoint):
         yield cluster.scheduler_address
 
 
+@pytest.fixture(scope="session")
+def client(dask_address):
+    """One Dask client on the session's LocalCluster, for tests that drive the cluster
+    themselves (a model's fit, labelling, polygons, ``client.run``) rather than through a flow."""
+    from distributed import Client
+
+    with Client(dask_address, set_as_default=False) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored():
+    """In-process CLI calls (``segflow.flows.cli.main``) set environment defaults for their
+    process (``PYTHONWARNINGS=ignore``, Prefect's console level ...) and route warnings to
+    logging: undone after each test, so that later tests in this worker, and the subprocesses
+    they start, see the session's environment and not a previous test's."""
+    import logging
+
+    saved = dict(os.environ)
+    yield
+    logging.captureWarnings(False)
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture
+def cli(capsys):
+    """segflow's CLI run in this process (``segflow.flows.cli.main``): ``cli(*args, env={})``
+    returns (exit status, stdout, stderr). For what a command prints, returns and records, on
+    the session's Prefect API; what only a fresh process shows (start-up time, signals, its
+    whole stderr) is tested with ``python -m segflow.flows.cli`` subprocesses. The process
+    defaults ``main`` sets (environment, warnings to logging) are undone after each call."""
+    import logging
+
+    from segflow.flows.cli import main
+
+    def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        saved = dict(os.environ)
+        os.environ.update(env or {})
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        finally:
+            logging.captureWarnings(False)
+            os.environ.clear()
+            os.environ.update(saved)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 @pytest.fixture
 def rgb_tif(tmp_path: Path) -> Path:
     """The real Landsat RGB scene (nodata 0 around a rotated footprint), copied per test."""
@@ -177,6 +233,16 @@ class DilatedNet(torch.nn.Module):
         return self.body(x)
 
 
+def normalized(data: np.ndarray, valid: np.ndarray | None = None) -> str:
+    """``model.normalize`` set to the per-band mean and std of ``data`` (bands, ...) over its
+    ``valid`` cells. The seeded nets below give one class nearly everywhere on 0..1 input;
+    standardised input is split into several, so masks compared in a test prove something."""
+    cells = data[:, valid] if valid is not None else data.reshape(len(data), -1)
+    cells = cells.astype(np.float64)
+    return (f"model.normalize={{mean: {cells.mean(axis=1).tolist()}, "
+            f"std: {cells.std(axis=1).tolist()}}}")
+
+
 def scripted_model(tmp_path_factory, net_class: type[torch.nn.Module], name: str) -> Path:
     """A TorchScript file of ``net_class()`` with fixed random weights (seed 0)."""
     torch.manual_seed(0)
@@ -191,10 +257,11 @@ def dilated_model(tmp_path_factory) -> Path:
     return scripted_model(tmp_path_factory, DilatedNet, "dilated.pt")
 
 
-@pytest.fixture
-def head_nii(tmp_path: Path) -> Path:
+@pytest.fixture(scope="session")
+def head_nii(tmp_path_factory) -> Path:
     """The real T1 volume upsampled 2x (1 mm voxels, 66x82x50) inside 16 voxels of air per side:
-    a volume with several chunks, some of them outside the head. Affine adjusted to match."""
+    a volume with several chunks, some of them outside the head. Affine adjusted to match.
+    Made once per session: tests only read it."""
     import nibabel as nib
     from scipy.ndimage import zoom
 
@@ -204,7 +271,7 @@ def head_nii(tmp_path: Path) -> Path:
     affine = img.affine.copy()
     affine[:3, :3] /= 2
     affine[:3, 3] -= affine[:3, :3] @ np.full(3, 16.0)
-    path = tmp_path / "head.nii"
+    path = tmp_path_factory.mktemp("head") / "head.nii"
     nib.save(nib.Nifti1Image(data, affine), path)
     return path
 
@@ -247,15 +314,16 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, levels: int = 3)
 
 @pytest.fixture
 def sparse_slide(tmp_path: Path) -> Path:
-    """Real H&E tissue (the CMU-1 region, 2967x2220 at 0.499 µm/px) on a 6000x5000 canvas of
-    glass: 78 % background, a pyramidal tiled TIFF with its pixel size in the resolution tags."""
+    """Real H&E tissue (the CMU-1 region's level 1, 1484x1110 at 0.998 µm/px) on a 3000x2500
+    canvas of glass: 78 % background, a pyramidal tiled TIFF with its pixel size in the
+    resolution tags."""
     import tifffile
 
-    tissue = tifffile.imread(DATA / "cmu1_pyramid.tif", level=0)
+    tissue = tifffile.imread(DATA / "cmu1_pyramid.tif", level=1)
     rng = np.random.default_rng(0)
-    canvas = np.clip(rng.normal(236, 3, (6000, 5000, 3)), 0, 255).astype(np.uint8)
-    canvas[1500:1500 + tissue.shape[0], 1200:1200 + tissue.shape[1]] = tissue
-    return write_pyramid_tiff(tmp_path / "sparse.tif", canvas, mpp=0.499)
+    canvas = np.clip(rng.normal(236, 3, (3000, 2500, 3)), 0, 255).astype(np.uint8)
+    canvas[750:750 + tissue.shape[0], 600:600 + tissue.shape[1]] = tissue
+    return write_pyramid_tiff(tmp_path / "sparse.tif", canvas, mpp=0.998)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -9,7 +9,7 @@ from rasterio.transform import from_origin
 
 from segflow.flows.segment import segment_image
 from segflow.tasks.config import load_config
-from tests.conftest import write_geotiff
+from tests.conftest import smooth_noise, write_geotiff
 
 WGS84 = Geod(ellps="WGS84")
 
@@ -25,6 +25,7 @@ def _parallel_rectangle_area(west: float, east: float, south: float, north: floa
 
 def _segment_halves(path, tmp_path, dask_address, unit="m2"):
     cfg = load_config(overrides=["model.kind=threshold", "model.params.value=50",
+                                 "output.pyramid=false",
                                  "tiling.chunk=128", f"stats.area_unit={unit}"])
     result = segment_image(str(path), str(tmp_path / "out"), cfg.model_dump(mode="json"),
                            dask_address)
@@ -53,9 +54,15 @@ def test_geographic_areas_at_high_latitude_match_geod(tmp_path, dask_address):
     assert abs(naive_total / (north + south) - 1) > 3e-4
 
 
-def test_projected_areas_are_pixels_times_resolution(textured_tif, tmp_path, dask_address):
+def test_projected_areas_are_pixels_times_resolution(tmp_path, dask_address):
+    """A textured 3-band UTM scene with a nodata corner, over several 128-px chunks."""
     import rasterio
 
+    bands = np.stack([smooth_noise((300, 260), seed) for seed in (1, 2, 3)])
+    data = (bands * 250 + 1).astype(np.uint8)
+    data[:, :60, :80] = 0
+    textured_tif = write_geotiff(tmp_path / "textured.tif", data, "EPSG:32633",
+                                 from_origin(500000, 7000000, 10, 10), nodata=0)
     with rasterio.open(textured_tif) as src:
         band = src.read(1)
         valid = src.dataset_mask() > 0

@@ -29,7 +29,7 @@ from segflow.tasks.config import load_config
 from segflow.tasks.errors import SegflowError
 from segflow.tasks.runtime.cluster import spec_cluster
 from segflow.tasks.sources.identity import image_id
-from tests.conftest import smooth_noise, write_geotiff
+from tests.conftest import normalized, smooth_noise, write_geotiff
 
 ROOT = Path(__file__).parents[1]
 WAIT = 60  # seconds: generous bounds for process start-up on a loaded CI machine
@@ -41,21 +41,24 @@ def _is_chunk(task: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory) -> Path:
-    """A 3-band 1536² uint8 scene (36 chunks of 256²) with a nodata corner."""
-    bands = np.stack([smooth_noise((1536, 1536), seed) for seed in (4, 5, 6)])
+def scene(tmp_path_factory) -> tuple[Path, str]:
+    """A 3-band 768² uint8 scene (36 chunks of 128²) with a nodata corner, and the
+    ``model.normalize`` key standardising it."""
+    bands = np.stack([smooth_noise((768, 768), seed) for seed in (4, 5, 6)])
     data = (bands * 250 + 1).astype(np.uint8)
-    data[:, :300, :300] = 0
-    return write_geotiff(tmp_path_factory.mktemp("scene") / "scene.tif", data, "EPSG:32633",
+    data[:, :150, :150] = 0
+    path = write_geotiff(tmp_path_factory.mktemp("scene") / "scene.tif", data, "EPSG:32633",
                          from_origin(500000, 7000000, 10, 10), nodata=0)
+    return path, normalized(data, data[0] > 0)
 
 
 @pytest.fixture(scope="module")
-def job(dilated_model) -> dict[str, Any]:
+def job(dilated_model, scene) -> dict[str, Any]:
     """The TorchScript net with a halo covering its receptive field (7 px): seams are exact."""
     cfg = load_config(overrides=["model.kind=torchscript", f"model.weights={dilated_model}",
-                                 "model.params.receptive_field=7", "tiling.chunk=256",
-                                 "tiling.halo=8", "tiling.tile=272", "output.pyramid=false"])
+                                 "model.params.receptive_field=7", "tiling.chunk=128",
+                                 "tiling.halo=8", "tiling.tile=144", "output.pyramid=false",
+                                 scene[1]])
     return cfg.model_dump(mode="json")
 
 
@@ -66,8 +69,11 @@ def _mask(result: dict[str, Any]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def local_mask(scene, job, dask_address, tmp_path_factory) -> np.ndarray:
     """The reference: the same job on the session's in-process-started LocalCluster."""
-    result = segment_image(str(scene), str(tmp_path_factory.mktemp("local")), job, dask_address)
-    return _mask(result)
+    result = segment_image(str(scene[0]), str(tmp_path_factory.mktemp("local")), job,
+                           dask_address)
+    mask = _mask(result)
+    assert len(np.unique(mask[mask != 255])) >= 2  # a mask of one class would prove nothing
+    return mask
 
 
 def _spawn(args: list[str]) -> subprocess.Popen:
@@ -103,10 +109,11 @@ class DaskProcesses:
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)  # address -> process
 
 
-@pytest.fixture
-def dask_processes(tmp_path) -> Iterator[DaskProcesses]:
-    """``dask scheduler`` + two ``dask worker --nworkers 1 --nthreads 1``, separate processes."""
-    file = tmp_path / "scheduler.json"
+@pytest.fixture(scope="module")
+def dask_processes(tmp_path_factory) -> Iterator[DaskProcesses]:
+    """``dask scheduler`` + two ``dask worker --nworkers 1 --nthreads 1``, separate processes,
+    started once for this module: the test that kills a worker comes last."""
+    file = tmp_path_factory.mktemp("dask") / "scheduler.json"
     scheduler = _spawn(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                         "--scheduler-file", str(file), "--no-dashboard"])
     procs = [scheduler]
@@ -135,7 +142,8 @@ def test_scheduler_and_worker_processes_give_the_local_mask(dask_processes, scen
     malloc = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(malloc.values()) == {"100000000000"}  # infra/dask reached the hand-started workers
     with get_task_stream(client) as stream:
-        result = segment_image(str(scene), str(tmp_path / "out"), job, dask_processes.address)
+        result = segment_image(str(scene[0]), str(tmp_path / "out"), job,
+                               dask_processes.address)
         time.sleep(0.5)  # the stream is filled by the scheduler a beat after tasks end
     assert result["status"] == "succeeded" and result["chunks_total"] == 36
     chunk_workers = {t["worker"] for t in stream.data if _is_chunk(t)}
@@ -177,9 +185,10 @@ def test_a_worker_lost_mid_run_does_not_change_the_mask(dask_processes, scene, j
                                                         local_mask, tmp_path):
     victim = sorted(dask_processes.workers)[0]
     out = tmp_path / "out"
-    killer = _Killer(dask_processes, victim, str(out / "masks" / f"{image_id(str(scene))}.zarr"))
+    killer = _Killer(dask_processes, victim,
+                     str(out / "masks" / f"{image_id(str(scene[0]))}.zarr"))
     killer.start()
-    result = segment_image(str(scene), str(out), job, dask_processes.address)
+    result = segment_image(str(scene[0]), str(out), job, dask_processes.address)
     killer.join(5)
     assert killer.done_at_kill is not None, "the run ended before a worker could be killed"
     assert killer.done_at_kill < killer.total

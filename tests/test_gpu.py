@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from distributed import Client
 
 from segflow.flows.segment import segment_image
 from segflow.tasks.config import load_config
@@ -27,7 +26,7 @@ def _run(tmp_path: Path, name: str, address: str, *settings: str) -> np.ndarray:
     return zarr.open_array(result["output_uri"], path="0", mode="r")[:]
 
 
-def test_unet_runs_on_cuda_with_amp_and_agrees_with_cpu(tmp_path, dask_address):
+def test_unet_runs_on_cuda_with_amp_and_agrees_with_cpu(tmp_path, dask_address, client):
     amp = _run(tmp_path, "cuda", dask_address, "model.amp=true")
 
     def devices() -> list[str]:
@@ -36,8 +35,7 @@ def test_unet_runs_on_cuda_with_amp_and_agrees_with_cpu(tmp_path, dask_address):
         return [f"{key[1]}|{next(m.parameters()).device}"
                 for key, m in torch_model._CACHE.items() if key[0].endswith("landcover_unet.pt")]
 
-    with Client(dask_address, set_as_default=False) as client:
-        loaded = [d for per_worker in client.run(devices).values() for d in per_worker]
+    loaded = [d for per_worker in client.run(devices).values() for d in per_worker]
     assert loaded and all(d.endswith("|cuda:0") for d in loaded)
 
     cpu = _run(tmp_path, "cpu", dask_address, "cluster.gpu=off")

@@ -22,9 +22,10 @@ def _is_chunk(task: dict) -> bool:
     return isinstance(task["key"], str) and task["key"].startswith("chunk-")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def mixed_cluster():
-    """A scheduler with one plain worker process and one started by hand with ``GPU=1``."""
+    """A scheduler with one plain worker process and one started by hand with ``GPU=1``,
+    shared by this module's tests (each watches its own task stream)."""
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, \
             Client(cluster, set_as_default=False) as client:

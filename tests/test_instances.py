@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
-from distributed import Client
 from rasterio.transform import from_origin
 from scipy.ndimage import gaussian_filter
 from skimage.measure import label, regionprops
@@ -84,12 +83,6 @@ def write_mask(uri: str, mask: np.ndarray, chunk: int,
 
 def whole_label(mask: np.ndarray, things: list[int]) -> np.ndarray:
     return label(np.where(np.isin(mask, things), mask, 0), background=0, connectivity=1)
-
-
-@pytest.fixture(scope="module")
-def client(dask_address):
-    with Client(dask_address, set_as_default=False) as c:
-        yield c
 
 
 @pytest.fixture
@@ -224,7 +217,7 @@ def test_slide_objects_and_density_per_mm2_of_tissue(tmp_path, dask_address):
     slide = Path(__file__).parent / "data" / "cmu1_pyramid.tif"
     cfg = load_config(Path(__file__).parents[1] / "configs" / "pathology.yaml",
                       ["tiling.chunk=512", "stats.instances=true",
-                       "stats.things=[hematoxylin_positive]"])
+                       "stats.things=[hematoxylin_positive]", "output.pyramid=false"])
     result = segment_image(str(slide), str(tmp_path / "out"), cfg.model_dump(mode="json"),
                            dask_address)
     mask = zarr.open_array(result["output_uri"], path="0", mode="r")[:]

@@ -36,7 +36,8 @@ def _cli(scene: str, root: str, value: int, env: dict[str, str], scheduler: str
          ) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "segflow.flows.cli", "segment", scene, "--out", root,
            "--scheduler", scheduler, "--wait", "600", "--set", "model.kind=threshold",
-           "--set", f"model.params.value={value}", "--set", "tiling.chunk=256"]
+           "--set", f"model.params.value={value}", "--set", "tiling.chunk=256",
+           "--set", "output.pyramid=false"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 

@@ -1,11 +1,9 @@
 """Load held: ``segflow watch --once`` over 200 new small images, 4 at a time, on the Prefect
-server the tests start: every image processed exactly once, none lost, no failure."""
+server the tests start: every image processed exactly once, none lost, no failure. The command
+runs in this process (``flows.cli.main``): the load is on the Prefect server and the cluster,
+not on a process boundary."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import numpy as np
 from rasterio.transform import from_origin
@@ -16,17 +14,13 @@ from tests.conftest import write_geotiff
 IMAGES = 200
 
 
-def _watch(folder, root, prefect_server, dask_address) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "segflow.flows.cli", "watch", str(folder), "--once",
-         "--out", str(root), "--concurrency", "4", "--scheduler", dask_address,
-         "--set", "model.kind=threshold", "--set", "model.params.value=100",
-         "--set", "output.pyramid=false"],
-        env={**os.environ, "PREFECT_API_URL": prefect_server}, capture_output=True, text=True,
-        timeout=900)
+def _watch(cli, folder, root, dask_address) -> tuple[int, str, str]:
+    return cli("watch", folder, "--once", "--out", root, "--concurrency", "4",
+               "--scheduler", dask_address, "--set", "model.kind=threshold",
+               "--set", "model.params.value=100", "--set", "output.pyramid=false")
 
 
-def test_watch_once_over_200_new_images(tmp_path, prefect_server, dask_address):
+def test_watch_once_over_200_new_images(tmp_path, cli, dask_address):
     folder = tmp_path / "incoming"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -38,9 +32,9 @@ def test_watch_once_over_200_new_images(tmp_path, prefect_server, dask_address):
         expected[str(path)] = int((data > 100).sum())
     root = tmp_path / "out"
 
-    proc = _watch(folder, root, prefect_server, dask_address)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "database is locked" not in proc.stdout + proc.stderr
+    code, stdout, stderr = _watch(cli, folder, root, dask_address)
+    assert code == 0, stderr[-2000:]
+    assert "database is locked" not in stdout + stderr
     runs = run_query(str(root), "select source_uri, status, count(*) as n from runs "
                                 "group by all").to_pylist()
     assert {r["source_uri"] for r in runs} == set(expected)  # none lost
@@ -49,6 +43,6 @@ def test_watch_once_over_200_new_images(tmp_path, prefect_server, dask_address):
                                  "join runs r using (run_id) where c.class_id = 1").to_pylist()
     assert {r["source_uri"]: r["pixels"] for r in found} == expected
 
-    again = _watch(folder, root, prefect_server, dask_address)  # nothing new: nothing done
-    assert again.returncode == 0
+    again = _watch(cli, folder, root, dask_address)  # nothing new: nothing done
+    assert again[0] == 0
     assert run_query(str(root), "select count(*) as n from runs").to_pylist() == [{"n": IMAGES}]

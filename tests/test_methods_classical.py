@@ -1,8 +1,11 @@
 """Conformance of the classical methods on the real Landsat 7 sample (5 bands, nodata border).
 
-Every method: a non-trivial mask through the real flow, nodata kept as nodata, the same mask
-bit for bit for 16 chunks of 128 px (halo = receptive field) as for one whole-image chunk, and a
-one-line error naming the source for a bad parameter.
+Every method: a non-trivial mask, valid cells given ids of the table, the same mask bit for bit
+for 16 chunks of 128 px (halo = receptive field) as for one whole-image chunk, and a one-line
+error naming the source for a bad parameter. Chunk invariance is checked on arrays: the model
+fitted on the session's cluster as a run fits it, then predicted chunk by chunk with its halo
+as a worker does (``segflow.testing.predict_chunked``); the flow's own chunk path (store,
+nodata, skipped chunks) is checked once, in tests/test_chunk_invariance.py.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from segflow.tasks.models.filters import (
     gradient_magnitude,
     gradient_radius,
 )
+from segflow.tasks.plan.grid import plan_chunks
 from segflow.tasks.sources.registry import open_source
+from segflow.testing import predict_chunked, predict_whole
 
 SAMPLES = Path(__file__).parents[1] / "samples"
 SCENE = SAMPLES / "nc_lsat7_2000_b12345.tif"
@@ -64,8 +69,16 @@ def _receptive_field(overrides: list[str]) -> int:
     return build_model(load_config(overrides=overrides), SPEC, "scene").receptive_field
 
 
+def _fit(overrides: list[str], client):
+    """The model built and fitted on the session's cluster as a run does, and its source."""
+    source = open_source(str(SCENE), load_config().input)
+    model = build_model(load_config(overrides=overrides), SPEC, str(SCENE))
+    model.fit(source, client)
+    return model, source
+
+
 @pytest.mark.parametrize("kind", sorted(METHODS))
-def test_chunked_equals_whole_image(kind, landsat, tmp_path, dask_address):
+def test_chunked_equals_whole_image(kind, client):
     """16 chunks of 128 px with halo = receptive field give the one-chunk mask bit for bit: the
     global fit does not depend on the chunk size and the seams are exact."""
     params, n_classes = METHODS[kind]
@@ -73,28 +86,32 @@ def test_chunked_equals_whole_image(kind, landsat, tmp_path, dask_address):
     halo = _receptive_field(model)
     masks = {}
     for chunk in (128, 1024):
-        masks[chunk], result = _segment(
-            landsat, tmp_path / f"out{chunk}",
-            [*model, f"tiling.chunk={chunk}", f"tiling.halo={halo}"], dask_address)
-        assert result["chunks_total"] == (16 if chunk == 128 else 1)
-        assert result["model"].startswith(f"{kind}(")  # identity carries the fitted values
-    np.testing.assert_array_equal(masks[128], masks[1024])
+        fitted, source = _fit([*model, f"tiling.chunk={chunk}", f"tiling.halo={halo}"], client)
+        plan = plan_chunks(source.spatial_shape, chunk, halo, fitted.stride)
+        assert len(plan.chunks) == (16 if chunk == 128 else 1)
+        assert fitted.identity().startswith(f"{kind}(")  # identity carries the fitted values
+        masks[chunk] = (predict_chunked(fitted, source, chunk, halo), fitted.identity())
+    assert masks[128][1] == masks[1024][1]  # the same fit
+    valid = _valid()
+    np.testing.assert_array_equal(masks[128][0][valid], masks[1024][0][valid])
+    np.testing.assert_array_equal(masks[128][0][valid], predict_whole(fitted, source)[valid])
 
-    mask, valid = masks[128], _valid()
-    assert (mask[~valid] == 255).all() and (mask[valid] < n_classes).all()
+    mask = masks[128][0]
+    assert (mask[valid] < n_classes).all()
     fractions = np.bincount(mask[valid], minlength=n_classes) / valid.sum()
     assert (fractions > 0.02).all(), fractions  # every class really present
 
 
-def test_adaptive_too_small_halo_differs(landsat, tmp_path, dask_address):
+def test_adaptive_too_small_halo_differs(client):
     """The equality above is not vacuous: a halo below the receptive field leaves seams."""
     model = ["model.kind=adaptive", "model.params.band=4"]
     halo = _receptive_field(model)
     assert halo == 32  # block 49: sigma 48/6, scipy's radius int(4 sigma + 0.5)
-    whole, _ = _segment(landsat, tmp_path / "whole", [*model, "tiling.chunk=1024"], dask_address)
-    short, _ = _segment(landsat, tmp_path / "short",
-                        [*model, "tiling.chunk=128", f"tiling.halo={halo // 3}"], dask_address)
-    assert (whole != short).sum() > 50
+    fitted, source = _fit(model, client)
+    whole = predict_whole(fitted, source)
+    short = predict_chunked(fitted, source, 128, halo // 3)
+    valid = _valid()
+    assert (whole[valid] != short[valid]).sum() > 50
 
 
 def test_index_finds_water_and_vegetation(landsat, tmp_path, dask_address):
@@ -132,28 +149,25 @@ def test_fit_pass_gradient_equals_whole_image_filter():
     assert np.isnan(blocks[~valid]).all()
 
 
-def _fitted_whole(kind: str, source, dask_address: str):
+def _fitted_whole(kind: str, source, client):
     """The model fitted on the real cluster and its prediction for the whole scene at once."""
-    from distributed import Client
-
     model = build_model(load_config(overrides=[f"model.kind={kind}", "model.params.band=4"]),
                         SPEC, str(SCENE))
-    with Client(dask_address, set_as_default=False) as client:
-        model.fit(source, client)
+    model.fit(source, client)
     pixels, valid = source.read((slice(0, 443), slice(0, 489)))
     return model, pixels, valid, model.predict(pixels, valid, (slice(None), slice(None)))
 
 
-def test_hole_filling_and_flooding_do_work(dask_address):
+def test_hole_filling_and_flooding_do_work(client):
     """Not vacuous: edges fills real holes, and the watershed flood decides many uncertain cells
     otherwise than the per-pixel fallback would."""
     source = open_source(str(SCENE), load_config().input)
-    model, pixels, valid, regions = _fitted_whole("edges", source, dask_address)
+    model, pixels, valid, regions = _fitted_whole("edges", source, client)
     band = filled_band(pixels, valid, 4, model.fill)
     edges = (gradient_magnitude(band, model.sigma) > model.value) & valid
     assert (regions.astype(bool) >= edges).all() and (regions.astype(bool) & ~edges).sum() > 500
 
-    model, pixels, valid, classes = _fitted_whole("watershed", source, dask_address)
+    model, pixels, valid, classes = _fitted_whole("watershed", source, client)
     low, high = model.bounds
     band = filled_band(pixels, valid, 4, model.fill)
     uncertain = valid & (band >= low) & (band <= high)
@@ -163,22 +177,30 @@ def test_hole_filling_and_flooding_do_work(dask_address):
     assert (classes[valid & (band > high)] == 1).all()
 
 
-@pytest.mark.parametrize("overrides, reason", [
-    (["model.kind=multiotsu", "model.params.classes_k=1"], "classes_k=1"),
-    (["model.kind=multiotsu", "model.params.band=6"], "band=6 but the input has 5 bands"),
-    (["model.kind=adaptive", "model.params.block_size=50"], "block_size=50"),
-    (["model.kind=adaptive", "model.params.method=median"], "method='median'"),
-    (["model.kind=edges", "model.params.sigma=-1"], "sigma=-1: use a value >= 0"),
-    (["model.kind=watershed", "model.params.max_extent=0"], "max_extent=0: use a value >= 1"),
-    (["model.kind=watershed", "model.params.low=10"], "low and high go together"),
-    (["model.kind=watershed", "model.params.low=10", "model.params.high=5"], "must be below"),
-    (["model.kind=index", "model.params.bands.nir=7"], "bands.nir=7 but the input has 5"),
-    (["model.kind=index", "model.params.bands.blue=1"], "unknown role(s) ['blue']"),
+@pytest.mark.parametrize("overrides, source, reason", [
+    (["model.kind=multiotsu", "model.params.classes_k=1"], "config", "classes_k=1"),
+    (["model.kind=multiotsu", "model.params.band=6"], "scene.tif",
+     "band=6 but the input has 5 bands"),
+    (["model.kind=adaptive", "model.params.block_size=50"], "config", "block_size=50"),
+    (["model.kind=adaptive", "model.params.method=median"], "config", "method='median'"),
+    (["model.kind=edges", "model.params.sigma=-1"], "config",
+     "sigma=-1: Input should be greater than or equal to 0"),
+    (["model.kind=watershed", "model.params.max_extent=0"], "config",
+     "max_extent=0: Input should be greater than or equal to 1"),
+    (["model.kind=watershed", "model.params.low=10"], "config", "low and high go together"),
+    (["model.kind=watershed", "model.params.low=10", "model.params.high=5"], "config",
+     "must be below"),
+    (["model.kind=index", "model.params.bands.nir=7"], "scene.tif",
+     "bands.nir=7 but the input has 5"),
+    (["model.kind=index", "model.params.bands.blue=1"], "config", "bands.blue: unknown key"),
 ])
-def test_bad_params_are_one_line_errors(overrides, reason):
+def test_bad_params_are_one_line_errors(overrides, source, reason):
+    """A bad value of the params alone is a config error, found when the config is read
+    (before any image is opened); one that needs the input names the source."""
     with pytest.raises(SegflowError) as err:
         build_model(load_config(overrides=overrides), SPEC, "scene.tif")
-    assert err.value.source == "scene.tif" and reason in err.value.reason
+    assert err.value.source == source and reason in err.value.reason
+    assert "\n" not in str(err.value)
 
 
 def test_index_needs_its_bands():

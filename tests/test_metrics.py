@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
-from distributed import Client
 from rasterio.transform import from_origin
 
 from segflow.flows.segment import segment_image
@@ -49,14 +48,13 @@ def reference(mask: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> np.ndar
     return np.bincount(t * 8 + p, minlength=64).reshape(8, 8)
 
 
-def test_metrics_equal_numpy_reference(segmented, dask_address, tmp_path):
+def test_metrics_equal_numpy_reference(segmented, client, tmp_path):
     reader = open_raster(str(LANDSAT))
     truth = open_ground_truth(str(LANDCLASS), reader)
     plan = plan_chunks(reader.spatial_shape, 128, 0)
     store = MaskStore(uri=segmented["output_uri"], dtype="uint8", nodata=255)
     classes = [ClassSpec(id=i, name=n) for i, n in enumerate(NAMES)]
-    with Client(dask_address, set_as_default=False) as client:
-        result = evaluate(client, store, plan, truth, classes)
+    result = evaluate(client, store, plan, truth, classes)
     assert len(plan.chunks) == 16
 
     mask = zarr.open_array(segmented["output_uri"], path="0", mode="r")[:]

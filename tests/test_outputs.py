@@ -6,9 +6,6 @@ rasterising each zone once over the whole image, change against ``np.bincount``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -90,12 +87,6 @@ def chunked_polygons(client: Client, store, plan, instances: bool) -> dict[str, 
             "classes": np.concatenate([b.classes for b in batches]),
             "pixels": np.concatenate([b.pixels for b in batches]),
             "shapes": shapely.from_wkb([w for b in batches for w in b.wkb])}
-
-
-@pytest.fixture(scope="module")
-def client(dask_address):
-    with Client(dask_address, set_as_default=False) as c:
-        yield c
 
 
 @pytest.mark.parametrize("chunk", [24, 64])
@@ -386,20 +377,17 @@ def test_change_matrix_equals_a_bincount_of_the_two_masks(two_runs, dask_address
     assert names[1 * 3 + 2] == f"cluster_2 -> {b_names[2]['name']}"
 
 
-def test_change_between_different_grids_is_one_line(two_runs, tmp_path, prefect_server,
-                                                    dask_address):
+def test_change_between_different_grids_is_one_line(two_runs, tmp_path, cli, dask_address):
     a, _, _ = two_runs
     other = write_geotiff(tmp_path / "other.tif", np.full((1, 64, 64), 7, np.uint8),
                           "EPSG:32633", from_origin(0, 0, 1, 1))
     cfg = load_config(overrides=["model.kind=threshold", "model.params.value=3"])
     b = segment_image(str(other), str(tmp_path / "b"), cfg.model_dump(mode="json"),
                       dask_address)
-    env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    done = subprocess.run([sys.executable, "-m", "segflow.flows.cli", "change",
-                           a["output_uri"], b["output_uri"], "--out", str(tmp_path / "c")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
+    code, _, stderr = cli("change", a["output_uri"], b["output_uri"], "--out", tmp_path / "c",
+                          "--scheduler", dask_address)
+    assert code == 1
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "the grids differ: shape 443 x 489 vs 64 x 64" in lines[0]
     failed = run_query(str(tmp_path / "c"), "select status, error from runs").to_pylist()
     assert failed[0]["status"] == "failed" and "grids differ" in failed[0]["error"]

@@ -8,8 +8,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -140,16 +138,13 @@ def test_query_api_on_s3_root(s3_run):
     assert all(k.endswith(".parquet") for k in files)
 
 
-def test_cli_query_on_s3_root(s3_run, prefect_server):
+def test_cli_query_on_s3_root(s3_run, cli):
     sql = ("select status, count(*) as n, sum(chunks_total) as chunks from runs "
            "group by status order by status")
-    env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    done = subprocess.run([sys.executable, "-m", "segflow.flows.cli", "query", sql, "--out",
-                           s3_run["root"], "--format", "json"], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == [{"status": "failed", "n": 1, "chunks": None},
-                                       {"status": "succeeded", "n": 1, "chunks": 4}]
+    code, stdout, stderr = cli("query", sql, "--out", s3_run["root"], "--format", "json")
+    assert code == 0, stderr
+    assert json.loads(stdout) == [{"status": "failed", "n": 1, "chunks": None},
+                                  {"status": "succeeded", "n": 1, "chunks": 4}]
 
 
 def test_checksum_follows_object_versions(s3_bucket, tmp_path):

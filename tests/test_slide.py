@@ -67,9 +67,9 @@ def test_background_chunks_are_skipped_and_the_mask_is_unchanged(sparse_slide, t
     masks, results = [], []
     for skip in (True, False):
         cfg = load_config(CONFIGS / "pathology.yaml",
-                          ["input.target_mpp=null", "tiling.chunk=512",
+                          ["input.target_mpp=null", "tiling.chunk=256",
                            f"tiling.skip_empty={str(skip).lower()}", "model.params.tissue=0.08",
-                           "model.params.positive=0.05"])
+                           "model.params.positive=0.05", "output.pyramid=false"])
         result = segment_image(str(sparse_slide), str(tmp_path / f"out{skip}"),
                                cfg.model_dump(mode="json"), dask_address)
         results.append(result)

@@ -69,7 +69,7 @@ def discs(tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 def run(path: Path, out: Path, address: str, *overrides: str) -> dict:
     cfg = load_config(None, ["model.kind=otsu", "model.params={sigma: 1.0}",
-                             "stats.max_object=40", *overrides])
+                             "stats.max_object=40", "output.pyramid=false", *overrides])
     return segment_image(str(path), str(out), cfg.model_dump(mode="json"), address)
 
 
@@ -138,7 +138,7 @@ def test_nuclei_config_splits_touching_16bit_nuclei(tmp_path, dask_address):
     found = {}
     for name, extra in (("split", []), ("components", ["stats.split=none",
                                                        "stats.instances=true"])):
-        cfg = load_config(config, ["tiling.chunk=128", *extra])
+        cfg = load_config(config, ["tiling.chunk=128", "output.pyramid=false", *extra])
         result = segment_image(str(path), str(tmp_path / name), cfg.model_dump(mode="json"),
                                dask_address)
         found[name] = zarr.open_array(result["output_uri"], path="labels/instances/0", mode="r")[:]
@@ -156,7 +156,7 @@ def test_pathology_split_counts_nuclei_and_reports_cut_clumps(tmp_path, dask_add
     slide = Path(__file__).parent / "data" / "cmu1_pyramid.tif"
     config = Path(__file__).parents[1] / "configs" / "pathology.yaml"
     split = ["tiling.chunk=512", "stats.split=distance", "stats.things=[hematoxylin_positive]",
-             "stats.max_object=40 um"]
+             "stats.max_object=40 um", "output.pyramid=false"]
     cfg = load_config(config, split)
     result = segment_image(str(slide), str(tmp_path / "warn"), cfg.model_dump(mode="json"),
                            dask_address)
@@ -190,6 +190,7 @@ def test_split_is_exact_across_chunks_in_3d(tmp_path, dask_address):
     ids = {}
     for chunk in (24, 48):
         cfg = load_config(None, ["model.params={sigma: 1.0}", "stats.split=distance",
+                                 "output.pyramid=false",
                                  "stats.max_object=14", f"tiling.chunk={chunk}",
                                  "tiling.halo=0"])
         result = segment_image(str(path), str(tmp_path / str(chunk)),

@@ -1,4 +1,8 @@
-"""MRI volumes through the same flow: 3-D chunks with a 3-D halo, exact tiling, volumes in mL."""
+"""MRI volumes through the same flow: 3-D chunks with a 3-D halo, exact tiling, volumes in mL.
+
+The tissue model's fit samples ``FIT`` voxels here (the flow's figures do not depend on how
+many; its quality is tests/test_tissue.py's), and its chunk invariance is checked on arrays:
+the flow's 3-D chunk path is the TorchScript test's."""
 
 from __future__ import annotations
 
@@ -13,10 +17,23 @@ import zarr
 from segflow.flows.segment import segment_image
 from segflow.tasks.config import load_config
 from segflow.tasks.errors import SegflowError
+from segflow.tasks.models import InputSpec, build_model
+from segflow.tasks.plan.grid import plan_chunks
 from segflow.tasks.sources.volume import open_nifti
+from segflow.testing import predict_chunked
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 DATA = Path(__file__).parent / "data"
+FIT = "model.params.fit_voxels=200000"
+NO_PYRAMID = "output.pyramid=false"  # level 0 is what these tests read
+
+
+@pytest.fixture(scope="module")
+def mri_run(head_nii, tmp_path_factory, dask_address) -> dict:
+    """``configs/mri.yaml`` on the head in 64-voxel chunks, through the flow."""
+    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=64", FIT, NO_PYRAMID])
+    return segment_image(str(head_nii), str(tmp_path_factory.mktemp("mri") / "out"),
+                         cfg.model_dump(mode="json"), dask_address)
 
 
 def test_reader_slices_match_nibabel_for_a_big_endian_las_volume():
@@ -74,7 +91,7 @@ def test_tiled_3d_torchscript_equals_whole_volume_pass(head_nii, dilated_model_3
     cfg = load_config(overrides=[
         "model.kind=torchscript", f"model.weights={dilated_model_3d}",
         "model.params.receptive_field=3", "tiling.chunk=40", "tiling.tile=24",
-        "tiling.halo=4", "tiling.batch=2", "tiling.skip_empty=false"])
+        "tiling.halo=4", "tiling.batch=2", "tiling.skip_empty=false", NO_PYRAMID])
     result = segment_image(str(head_nii), str(tmp_path / "out"), cfg.model_dump(mode="json"),
                            dask_address)
     assert result["modality"] == "volume" and result["chunks_total"] == 3 * 3 * 3
@@ -98,11 +115,8 @@ def test_tiled_3d_torchscript_equals_whole_volume_pass(head_nii, dilated_model_3
     assert differ.sum() <= 10
 
 
-def test_tissue_volumes_in_ml_equal_voxel_counts_times_the_affine(head_nii, tmp_path,
-                                                                   dask_address):
-    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=64"])
-    result = segment_image(str(head_nii), str(tmp_path / "out"), cfg.model_dump(mode="json"),
-                           dask_address)
+def test_tissue_volumes_in_ml_equal_voxel_counts_times_the_affine(head_nii, mri_run):
+    result = mri_run
     mask = zarr.open_array(result["output_uri"], path="0", mode="r")[:]
     voxel_ml = abs(np.linalg.det(nib.load(head_nii).affine[:3, :3])) / 1000.0
     assert voxel_ml == pytest.approx(0.001)
@@ -119,18 +133,25 @@ def test_tissue_volumes_in_ml_equal_voxel_counts_times_the_affine(head_nii, tmp_
     assert not head[:8].any() and head.mean() < 0.5
 
 
-def test_volume_mask_does_not_depend_on_chunk_size(head_nii, tmp_path, dask_address):
+def test_volume_mask_does_not_depend_on_chunk_size(head_nii, client):
+    """The tissue model fitted as a run fits it, predicted chunk by chunk with the config's
+    halo as workers do (the bias field at each voxel's place in the volume): 48-voxel chunks
+    give the one-chunk mask."""
+    source = open_nifti(str(head_nii))
     masks = []
     for chunk in (48, 128):
-        cfg = load_config(CONFIGS / "mri.yaml", [f"tiling.chunk={chunk}"])
-        result = segment_image(str(head_nii), str(tmp_path / f"out{chunk}"),
-                               cfg.model_dump(mode="json"), dask_address)
-        masks.append(zarr.open_array(result["output_uri"], path="0", mode="r")[:])
+        cfg = load_config(CONFIGS / "mri.yaml", [f"tiling.chunk={chunk}", FIT])
+        model = build_model(cfg, InputSpec(bands=1, dtype=source.dtype, ndim=3), source.uri)
+        model.fit(source, client)
+        assert len(plan_chunks(source.spatial_shape, chunk, cfg.tiling.halo).chunks) == (
+            3 * 3 * 2 if chunk == 48 else 1)
+        masks.append(predict_chunked(model, source, chunk, cfg.tiling.halo))
     np.testing.assert_array_equal(masks[0], masks[1])
+    assert len(np.unique(masks[0])) == 4  # three tissue classes and the air around the head
 
 
-def test_ome_zarr_volume_gives_the_same_tissue_classes_as_its_nifti(head_nii, tmp_path,
-                                                                    dask_address):
+def test_ome_zarr_volume_gives_the_same_tissue_classes_as_its_nifti(head_nii, mri_run,
+                                                                    tmp_path, dask_address):
     """The same voxels as an OME-Zarr image (1 mm scale, RAS+ as OME-Zarr needs: positive
     scales) segment to the same mask."""
     canonical = nib.as_closest_canonical(nib.load(head_nii))
@@ -144,9 +165,10 @@ def test_ome_zarr_volume_gives_the_same_tissue_classes_as_its_nifti(head_nii, tm
             {"type": "scale", "scale": [1.0, 1.0, 1.0]},
             {"type": "translation", "translation": canonical.affine[:3, 3].tolist()}]}]}]}
 
-    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=64"]).model_dump(mode="json")
+    cfg = load_config(CONFIGS / "mri.yaml", ["tiling.chunk=64", FIT, NO_PYRAMID]
+                      ).model_dump(mode="json")
     from_zarr = segment_image(str(store), str(tmp_path / "z"), cfg, dask_address)
-    from_nii = segment_image(str(head_nii), str(tmp_path / "n"), cfg, dask_address)
+    from_nii = mri_run  # the same config on the NIfTI
     assert from_zarr["modality"] == "volume"
     spatial = [zarr.open_group(r["output_uri"], mode="r").attrs["spatial"]
                for r in (from_zarr, from_nii)]

@@ -4,9 +4,6 @@ S3 notifications on SQS are consumed and deleted only once their images are reco
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +11,6 @@ import boto3
 import pytest
 
 from segflow.flows.batch import watch_prefix
-from segflow.flows.cli import main
 from segflow.tasks.catalog.query import run_query
 from segflow.tasks.intake.queue import object_uris
 from tests.test_batch import OPTIONS, config, crop
@@ -71,7 +67,7 @@ def test_notification_bodies_give_decoded_object_uris():
     assert object_uris("not json") == ()
 
 
-def test_watch_queue_consumes_s3_notifications(s3_bucket, tmp_path, prefect_server):
+def test_watch_queue_consumes_s3_notifications(s3_bucket, tmp_path, cli, dask_address):
     sqs, s3 = boto3.client("sqs"), boto3.client("s3")
     queue = sqs.create_queue(QueueName=f"{s3_bucket}-q")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue,
@@ -85,13 +81,11 @@ def test_watch_queue_consumes_s3_notifications(s3_bucket, tmp_path, prefect_serv
     s3.put_object(Bucket=s3_bucket, Key="in/notes.txt", Body=b"not an image")
 
     root = tmp_path / "out"
-    cmd = [sys.executable, "-m", "segflow.flows.cli", "watch", "--queue", queue, "--once",
-           "--out", str(root), *(a for o in OPTIONS for a in ("--set", o))]
-    proc = subprocess.run(cmd, env={**os.environ, "PREFECT_API_URL": prefect_server,
-                                    "COLUMNS": "250"},
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr  # bad.tif failed
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("segflow:")]
+    code, _, stderr = cli("watch", "--queue", queue, "--once", "--out", root,
+                          "--scheduler", dask_address,
+                          *(a for o in OPTIONS for a in ("--set", o)), env={"COLUMNS": "250"})
+    assert code == 1, stderr  # bad.tif failed
+    errors = [line for line in stderr.splitlines() if line.startswith("segflow:")]
     assert len(errors) == 1 and errors[0].startswith(f"segflow: error: s3://{s3_bucket}/in/bad.tif:")
 
     runs = run_query(str(root), "select source_uri, status from runs order by 1").to_pylist()
@@ -106,9 +100,10 @@ def test_watch_queue_consumes_s3_notifications(s3_bucket, tmp_path, prefect_serv
                     "ApproximateNumberOfMessagesNotVisible": "0"}
 
 
-def test_watch_needs_a_prefix_or_a_queue(tmp_path, capsys):
-    assert main(["watch", "--out", str(tmp_path), "--once"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+def test_watch_needs_a_prefix_or_a_queue(tmp_path, cli):
+    code, _, stderr = cli("watch", "--out", tmp_path, "--once")
+    assert code == 1
+    err = stderr.strip().splitlines()
     assert err == ["segflow: error: watch: give either PREFIX or --queue SQS_URL"]
 
 
