@@ -260,10 +260,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not sep or not key:
             raise UserError("--set", f"expected key=value, got {item!r}")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return validated(tree, label)
+
+
+def validated(tree: dict[str, Any], label: str = "config") -> JobConfig:
+    """``tree`` as a ``JobConfig``; every problem in one line naming ``label``."""
     try:
         return JobConfig.model_validate(tree)
     except ValidationError as exc:
-        raise UserError(label, f"invalid config: {problems(exc)}") from exc
+        raise UserError(label, f"invalid config: {problems(exc)}") from None
 
 
 def class_table(cfg: ModelConfig, default_names: list[str]) -> list[ClassSpec]:

@@ -9,21 +9,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from segflow.tasks.config import FILE_KEYS, JobConfig, problems
+from segflow.tasks.config import FILE_KEYS, JobConfig, validated
 from segflow.tasks.errors import UserError
 
 
 def job_config(config: JobConfig | dict[str, Any] | None) -> JobConfig:
     """A config given as a mapping (the API's JSON form) validated, as ``load_config`` does:
     an unknown key or a parameter the kind does not have is a one-line error."""
-    if isinstance(config, JobConfig):
-        return config
-    try:
-        return JobConfig.model_validate(config or {})
-    except ValidationError as exc:
-        raise UserError("config", f"invalid config: {problems(exc)}") from None
+    return config if isinstance(config, JobConfig) else validated(config or {})
 
 
 def check_local(path: str | None, what: str) -> None:

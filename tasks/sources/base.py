@@ -68,8 +68,8 @@ class SourceBase(ABC):
         return [False] * len(boxes)
 
     def coordinates(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-        """1-D coordinate arrays (values, attributes) by dim name, for the store. Default none."""
-        return {}
+        """1-D coordinate arrays (values, attributes) by dim name, for the store."""
+        return self.spatial_ref().coordinates(self.spatial_shape)
 
     @abstractmethod
     def _read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -79,15 +79,15 @@ class SourceBase(ABC):
     def _read_decimated(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Every ``step``-th cell along each axis: pixels (bands, ...) and valid mask."""
 
-    @abstractmethod
     def cell_measure(self) -> np.ndarray | None:
         """Physical size of one cell at each index along axis 0 (rows or slices), in the
         reader's ``base_unit``, or None when the source has no physical reference."""
+        return self.spatial_ref().row_sizes(self.spatial_shape[0])
 
-    @abstractmethod
     def cell_size(self) -> tuple[str | None, list[float]]:
         """Size of one cell along each axis and its UDUNITS-2 unit (None when unknown), for
         the OME-Zarr axes."""
+        return self.spatial_ref().cell_size(len(self.spatial_shape))
 
     @abstractmethod
     def physical(self, index: np.ndarray) -> np.ndarray:

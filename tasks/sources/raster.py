@@ -21,7 +21,7 @@ from segflow.tasks.config import InputConfig
 from segflow.tasks.errors import UserError, io_error
 from segflow.tasks.runtime.storage import open_input, raster_dataset
 from segflow.tasks.sources.base import Box, SourceBase, select_bands
-from segflow.tasks.sources.georef import Coordinates, Georef
+from segflow.tasks.sources.georef import Georef
 from segflow.tasks.sources.spatial import RasterRef
 
 # a raster without a geotransform is read in pixel units, which segflow says itself (area_unit
@@ -98,21 +98,12 @@ class Raster(SourceBase):
                         return False
         return True
 
-    def cell_measure(self) -> np.ndarray | None:
-        return self.georef.row_areas_m2(self.height)
-
-    def cell_size(self) -> tuple[str | None, list[float]]:
-        return self.georef.cell_size()
-
     def physical(self, index: np.ndarray) -> np.ndarray:
         """x, y in CRS units (pixel units without a CRS) through the affine."""
         return self.georef.physical(index)
 
     def spatial_ref(self) -> RasterRef:
         return RasterRef(self.crs_wkt, tuple(self.transform))
-
-    def coordinates(self) -> Coordinates:
-        return self.georef.pixel_centres(self.height, self.width)
 
 
 #: the first bytes of files that are not TIFFs but are often renamed to .tif

@@ -96,12 +96,6 @@ class Slide(SourceBase):
         pixels, _ = self.thumbnail(step)
         return pixels, np.ones(pixels.shape[1:], bool)
 
-    def cell_measure(self) -> np.ndarray | None:
-        return None if self.mpp is None else np.full(self.spatial_shape[0], self.mpp ** 2)
-
-    def cell_size(self) -> tuple[str | None, list[float]]:
-        return ("micrometer", [self.mpp, self.mpp]) if self.mpp else (None, [1.0, 1.0])
-
     def physical(self, index: np.ndarray) -> np.ndarray:
         """x, y in µm from the top-left corner of the slide (pixels when mpp is unknown)."""
         return index[:, ::-1] * (self.mpp or 1.0)

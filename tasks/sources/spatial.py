@@ -222,12 +222,24 @@ class VolumeRef(SpatialRef):
     def matrix(self) -> np.ndarray:
         return np.asarray(self.affine, dtype=np.float64)
 
+    @staticmethod
+    def voxel(affine: Any) -> float:
+        """mm³ of one voxel of a voxel-to-mm ``affine``."""
+        return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+
+    @staticmethod
+    def voxel_sizes(affine: Any) -> list[float]:
+        """mm along each voxel axis of ``affine``."""
+        matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+        return list(np.sqrt((matrix ** 2).sum(axis=0)).tolist())
+
     def row_sizes(self, height: int) -> np.ndarray | None:
-        return np.full(height, float(abs(np.linalg.det(self.matrix[:3, :3]))))
+        """The file's voxel volume (its own affine: the flips that present the axes in RAS+
+        change no volume)."""
+        return np.full(height, self.voxel(self.source_affine))
 
     def cell_size(self, ndim: int) -> tuple[str | None, list[float]]:
-        return "millimeter", np.sqrt((np.asarray(self.source_affine)[:3, :3] ** 2)
-                                     .sum(axis=0)).tolist()
+        return "millimeter", self.voxel_sizes(self.source_affine)
 
     def origin(self, ndim: int) -> list[float]:
         """The translation of the voxel-to-RAS affine, axis by axis (exact for an axis-aligned

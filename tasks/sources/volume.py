@@ -108,14 +108,7 @@ class Volume(SourceBase):
         return pixels, np.ones(pixels.shape[1:], bool)
 
     def voxel_mm3(self) -> float:
-        return float(abs(np.linalg.det(np.asarray(self.affine)[:3, :3])))
-
-    def cell_measure(self) -> np.ndarray | None:
-        return np.full(self.spatial_shape[0], self.voxel_mm3())
-
-    def cell_size(self) -> tuple[str | None, list[float]]:
-        affine = np.asarray(self.affine)
-        return "millimeter", np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).tolist()
+        return float(VolumeRef.voxel(self.affine))
 
     def physical(self, index: np.ndarray) -> np.ndarray:
         """RAS+ x, y, z in mm: the NIfTI affine maps voxel centres, which sit at index + 0.5."""
@@ -128,7 +121,7 @@ class Volume(SourceBase):
         return VolumeRef(tuple(tuple(float(v) for v in row) for row in affine), self.dims,
                          self.affine, self.flipped,
                          {"orientation": "".join(nib.aff2axcodes(affine)),
-                          "voxel_size_mm": self.cell_size()[1],
+                          "voxel_size_mm": VolumeRef.voxel_sizes(self.affine),
                           "source_orientation": "".join(nib.aff2axcodes(np.asarray(
                               self.affine)))})
 

@@ -51,12 +51,6 @@ class NpySource(SourceBase):
     def _read_decimated(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         return self._read((slice(None, None, step), slice(None, None, step)))
 
-    def cell_measure(self) -> np.ndarray | None:
-        return None  # pixels: no physical size
-
-    def cell_size(self) -> tuple[str | None, list[float]]:
-        return None, [1.0, 1.0]
-
     def physical(self, index: np.ndarray) -> np.ndarray:
         return index[:, ::-1].astype(np.float64)  # x = column, y = row
 
