@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# torch first, pinned: the CPU build of this version is what this project is tested with;
+# torch pinned, in the same pip call: the CPU build of this version is what this project is tested with;
 # an unpinned torch pulls several GB of CUDA wheels.
 TORCH  ?= torch==2.13.0
 
@@ -15,12 +15,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q $(TORCH) -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q $(TORCH) -e '.[test]'
 
 demo: install
 	$(BIN)/segflow demo --out segflow-demo

@@ -287,9 +287,12 @@ class Merger:
         self.pending.pop(root, None)
         self.cells.pop(root, None)
         head = min(parts, key=lambda p: p.first)
+        # pieces in raster order, not arrival order: the union's vertex order, and so the
+        # file's bytes, are the same on every run
+        ordered = sorted(parts, key=lambda p: (p.first, p.pixels))
         return (head.key if self.instances else head.first, head.class_id,
                 sum(p.pixels for p in parts), sum(p.area for p in parts),
-                shapely.union_all([p.shape for p in parts]))
+                shapely.union_all([p.shape for p in ordered]))
 
     def _batch(self, regions: list[tuple[int, int, int, float, shapely.Geometry]]) -> Batch:
         ids, classes, pixels, area, shapes_px = ([list(c) for c in zip(*regions)] if regions
