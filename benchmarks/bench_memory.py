@@ -12,9 +12,14 @@ the largest sum is the peak. Synthetic 3-band uint8 GeoTIFFs of smooth multi-oct
     the COG export, uint8 probabilities and zonal statistics over a 10x10 grid of zones given
     in WGS 84 (the raster is UTM).
 
+  * with ``--stac``: Otsu on a STAC item made from the same image: 4 assets as separate
+    GeoTIFFs, two at 10 m (bands 1, 2) and two averaged to 20 m (bands 3, 1), resampled
+    bilinear onto the 10 m grid window by window (tasks/sources/stac.py).
+
 Target: peak at 12000^2 within 1.3x of the peak at 6000^2, and under 3 GiB.
 
     .venv/bin/python benchmarks/bench_memory.py [--sizes 6000 12000] [--torchscript] [--outputs]
+                                                [--stac]
 """
 
 from __future__ import annotations
@@ -59,6 +64,42 @@ def zone_grid(image: Path, path: Path) -> Path:
     return path
 
 
+def stac_item(image: Path, folder: Path) -> Path:
+    """A STAC item of 4 single-band GeoTIFFs cut from ``image`` (10 m bands 1, 2; bands 3, 1
+    averaged to 20 m), written 1024 rows at a time."""
+    import json
+
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    item_path = folder / "item.json"
+    if item_path.exists():
+        return item_path
+    folder.mkdir(parents=True, exist_ok=True)
+    assets = {}
+    with rasterio.open(image) as src:
+        for key, band, factor in (("B02", 1, 1), ("B03", 2, 1), ("B08", 3, 2), ("B11", 1, 2)):
+            width, height = src.width // factor, src.height // factor
+            profile = {**src.profile, "count": 1, "width": width, "height": height,
+                       "transform": src.transform * src.transform.scale(factor)}
+            with rasterio.open(folder / f"{key}.tif", "w", **profile) as dst:
+                for row in range(0, height, 1024):
+                    rows = min(1024, height - row)
+                    window = Window(0, row * factor, src.width, rows * factor)
+                    dst.write(src.read(band, window=window, out_shape=(rows, width),
+                                       resampling=Resampling.average),
+                              1, window=Window(0, row, width, rows))
+            assets[key] = {"href": f"./{key}.tif", "type": "image/tiff; application=geotiff",
+                           "roles": ["data"]}
+        lon_lat = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]  # not read
+    item_path.write_text(json.dumps({
+        "type": "Feature", "stac_version": "1.1.0", "id": image.stem, "bbox": [0, 0, 1, 1],
+        "geometry": {"type": "Polygon", "coordinates": [lon_lat]},
+        "properties": {"datetime": "2024-06-01T00:00:00Z"}, "links": [], "assets": assets}))
+    return item_path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[6000, 12000])
@@ -66,6 +107,8 @@ def main() -> None:
                     help="also run the throughput benchmark's TorchScript model (slow)")
     ap.add_argument("--outputs", action="store_true",
                     help="also run k-means with every output for other tools on")
+    ap.add_argument("--stac", action="store_true",
+                    help="also run Otsu on a STAC item of 4 assets at 10 m and 20 m")
     ap.add_argument("--wait-quiet", type=float, default=180.0)
     args = ap.parse_args()
     started = time.perf_counter()
@@ -77,8 +120,9 @@ def main() -> None:
         print(f"image {size}x{size}: {images[size].stat().st_size / MIB:.0f} MiB on disk "
               f"({time.perf_counter() - t0:.0f} s to make or find)")
 
-    # kind -> (config file, --set items for an image size)
+    # kind -> (config file, --set items for an image size); sources other than the GeoTIFF
     models: dict = {"otsu": (None, lambda size: ["model.kind=otsu"])}
+    sources = {}
     if args.torchscript:
         rf = receptive_field()
         cfg = write_torchscript_config(OUT / "configs" / f"memory_torchscript_h{rf}.yaml",
@@ -91,6 +135,13 @@ def main() -> None:
             "output.probabilities=true", "stats.zone_id=name",
             f"stats.zones={zone_grid(images[size], OUT / 'data' / f'zones_{size}.geojson')}"])
 
+    if args.stac:
+        models["stac"] = (None, lambda size: ["model.kind=otsu",
+                                              "input.assets=[B02, B03, B08, B11]",
+                                              "input.resampling=bilinear"])
+        for size in args.sizes:
+            sources[("stac", size)] = stac_item(images[size], OUT / "data" / f"stac_{size}")
+
     runs_dir = OUT / "runs" / "memory"
     results: dict = {"runs": []}
     for kind, (cfg, sets) in models.items():
@@ -98,7 +149,8 @@ def main() -> None:
         for size in args.sizes:
             wait_for_quiet(args.wait_quiet)
             with LoadMeter() as load:
-                r = run_segflow(images[size], fresh_dir(runs_dir, f"{kind}-{size}"), cfg,
+                r = run_segflow(sources.get((kind, size), images[size]),
+                                fresh_dir(runs_dir, f"{kind}-{size}"), cfg,
                                 sets(size), sample_memory=True, timeout=1800)
             r.pop("stdout", None)
             r.update(model=kind, size=size, load=load.as_dict())
@@ -121,7 +173,8 @@ def main() -> None:
 
     results["benchmark_wall_s"] = time.perf_counter() - started
     path = save_results("memory" + ("_torchscript" if args.torchscript else "")
-                        + ("_outputs" if args.outputs else ""), results)
+                        + ("_outputs" if args.outputs else "")
+                        + ("_stac" if args.stac else ""), results)
     print(f"\nresults: {path}  (benchmark took {results['benchmark_wall_s']:.0f} s)")
 
 

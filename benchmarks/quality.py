@@ -9,6 +9,8 @@ a row says otherwise.
   carry no class, so each cluster is named after the truth class it overlaps most (the usual
   labelling of an unsupervised map) and those rows are counted in NumPy from the written mask.
 - ``water.yaml`` (MNDWI > 0): water precision and recall against landclass96's water class.
+- ``sentinel2_water.yaml``: the same rule on the scene made into a Sentinel-2-like STAC item
+  (per-band COGs, NIR and SWIR1 at 57 m, synthetic SCL clouds masked), against the same class.
 - ``glacier.yaml`` (Otsu on blue): snow/ice against the Randolph Glacier Inventory 6.0 mask of
   a Landsat 7 Everest scene (benchmarks/data).
 - ``pathology.yaml`` (stain): tissue (tissue + haematoxylin-positive) against histolab's
@@ -149,6 +151,25 @@ def water_rows(scratch: Path) -> list[dict]:
                              result, seconds, ("water",), ("precision", "recall", "IoU"))
 
 
+def sentinel2_rows(scratch: Path) -> list[dict]:
+    """``sentinel2_water.yaml`` on the Sentinel-2-like STAC item made from the same scene
+    (tests/data/stac/make_stac.py: 57 m NIR and SWIR1, synthetic clouds masked), scored on the
+    cells its clouds leave against landclass96's water class cropped to the item's grid."""
+    from tests.data.stac.make_stac import COLS, ROWS, make_scene
+
+    item = make_scene(scratch / "s2")
+    with rasterio.open(LANDCLASS) as src:
+        truth, nodata = src.read(1, window=((0, ROWS), (0, COLS))), src.nodata
+    water = np.where(truth == nodata, 255, truth == 6).astype(np.uint8)
+    path = write_like(scratch / "s2_water_truth.tif", water, item.parent / "B04.tif",
+                      nodata=255)
+    result, seconds = run("sentinel2_water.yaml", item, scratch / "s2_water",
+                          f"stats.ground_truth={path}")
+    return class_rows("sentinel2_water.yaml", "the NC scene as a Sentinel-2-like STAC item "
+                      "(raw DN, 57 m NIR/SWIR1, clouds masked) vs landclass96 water", result,
+                      seconds, ("water",), ("precision", "recall", "IoU"))
+
+
 def glacier_rows(scratch: Path) -> list[dict]:
     result, seconds = run("glacier.yaml", DATA / "everest_LE7_20001030_RGB.tif",
                           scratch / "glacier",
@@ -236,7 +257,8 @@ def mri_rows(scratch: Path) -> list[dict]:
 
 
 SECTIONS = {"kmeans": kmeans_rows, "unet": unet_rows, "water": water_rows,
-            "glacier": glacier_rows, "slide": slide_rows, "nuclei": nuclei_rows, "mri": mri_rows}
+            "sentinel2": sentinel2_rows, "glacier": glacier_rows, "slide": slide_rows,
+            "nuclei": nuclei_rows, "mri": mri_rows}
 
 
 def main() -> None:

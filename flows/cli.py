@@ -101,14 +101,16 @@ def _parser() -> argparse.ArgumentParser:
 
     batch = _command(sub, "batch", "segment every image under a prefix or in a manifest "
                                          "(skipping those already done)")
-    batch.add_argument("source", help="folder, fsspec prefix (s3://bucket/dir/), or a .csv/.txt "
-                                      "manifest of URIs")
+    batch.add_argument("source", help="folder, fsspec prefix (s3://bucket/dir/), a .csv/.txt "
+                                      "manifest of URIs, a STAC ItemCollection (.json) or a "
+                                      "STAC API search URL (https://host/search?...)")
     _job_options(batch)
     _batch_options(batch)
 
     watch = _command(sub, "watch", "segment new or changed images as they arrive, by "
                                          "listing a prefix or from S3 notifications on SQS")
-    watch.add_argument("source", nargs="?", metavar="PREFIX", help="folder or fsspec prefix")
+    watch.add_argument("source", nargs="?", metavar="PREFIX",
+                       help="folder, fsspec prefix, or a STAC API search URL")
     watch.add_argument("--queue", metavar="SQS_URL",
                        help="consume S3 ObjectCreated notifications from this SQS queue")
     watch.add_argument("--interval", type=float, default=60.0,
@@ -240,6 +242,9 @@ def _report(result: dict[str, Any]) -> None:
     print(f"chunks:  {result['chunks_total']} total, skipped: {result['chunks_nodata']} nodata, "
           f"{result['chunks_background']} no tissue; {result['chunks_computed']} computed this "
           f"run; {result['seconds']:.1f} s")
+    if result.get("cells_masked") is not None:
+        print(f"masked:  {result['cells_masked']:,} cells flagged by input.mask (nodata, left "
+              "out of the fractions)")
     columns = ["class_id", "class_name", "pixels", "area", "area_unit", "fraction"]
     if result["instances"]:
         columns += ["objects", "density"]

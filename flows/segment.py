@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from segflow.tasks.catalog.tables import new_run, record_failed, record_run
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import SegflowError, TransientError, UserError, first_line, output_error
 from segflow.tasks.export.outputs import write_outputs
+from segflow.tasks.export.stac import write_stac_item
 from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.pyramid import build_levels, ome_metadata
 from segflow.tasks.mask.quicklook import (
@@ -40,6 +41,7 @@ from segflow.tasks.mask.store import (
     mark_complete,
     open_job_store,
 )
+from segflow.tasks.measure.masked import masked_cells
 from segflow.tasks.measure.objects import Instances
 from segflow.tasks.measure.summary import Measurements, find_objects, measure_mask
 from segflow.tasks.plan.job import Job, fitted, plan_job
@@ -142,7 +144,8 @@ def finish(outcome: Outcome, scheduler: str) -> None:
 def measure(outcome: Outcome, objects: Instances | None, scheduler: str) -> Measurements:
     """Class statistics, objects and quality metrics, streamed over the written mask."""
     client = client_for(scheduler)
-    found = measure_mask(client, outcome.job, outcome.store, objects)
+    found = replace(measure_mask(client, outcome.job, outcome.store, objects),
+                    cells_masked=masked_cells(client, outcome.job))
     if found.unknown_truth:
         get_run_logger().warning("%s: %d valid ground-truth cells hold no class id of the "
                                  "model; left out of the metrics",
@@ -152,14 +155,17 @@ def measure(outcome: Outcome, objects: Instances | None, scheduler: str) -> Meas
 
 @task(name="export", **RETRIED)
 def export(outcome: Outcome, found: Measurements, scheduler: str) -> list[dict[str, Any]]:
-    """Files for other tools (polygons, a label file; ``output.*``), as ``outputs`` rows."""
+    """Files for other tools (polygons, a label file; ``output.*``) and the run's STAC item,
+    as ``outputs`` rows."""
     job = outcome.job
     if job.reader.modality == "volume" and (job.config.output.vectors or
                                             job.config.output.qupath):
         get_run_logger().warning("%s: volumes are not polygonised (output.vectors and "
                                  "output.qupath are for 2-D images)", job.source)
-    return write_outputs(client_for(scheduler), job, outcome.store,
+    rows = write_outputs(client_for(scheduler), job, outcome.store,
                          found.instances if job.instances else None)
+    item = write_stac_item(job, found, rows, found.cells_masked)  # last: it lists the others
+    return rows + ([item] if item else [])
 
 
 @task(name="record", **RETRIED)
@@ -233,7 +239,8 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
             crash_point("publish")
             stage(publish)(outcome.job, found)
         return {**run, "class_stats": found.class_stats, "metrics": found.metrics,
-                "instances": len(found.instances), "chunks_computed": outcome.chunks.computed,
+                "instances": len(found.instances), "cells_masked": found.cells_masked,
+                "chunks_computed": outcome.chunks.computed,
                 "chunks_nodata": outcome.chunks.nodata,
                 "chunks_background": outcome.chunks.background, "reused": outcome.reused}
     except Exception as exc:

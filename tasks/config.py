@@ -70,6 +70,28 @@ class ModelConfig(_Strict):
         return self
 
 
+#: how a band at another resolution or CRS is resampled onto the image's grid (rasterio's names)
+ResamplingName = Literal["nearest", "bilinear", "cubic", "average", "mode"]
+
+
+class MaskSpec(_Strict):
+    """Cells to treat as nodata, read from a classification or QA asset of each item: those
+    whose value is one of ``values`` (Sentinel-2 SCL: 3 cloud shadow, 8-10 clouds and cirrus)
+    or has any of ``bits`` set (Landsat QA_PIXEL: 1 dilated cloud, 3 cloud, 4 cloud shadow)."""
+
+    asset: str
+    values: list[int] = Field(default_factory=list)
+    bits: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> MaskSpec:
+        if not self.values and not self.bits:
+            raise ValueError("input.mask needs values or bits")
+        if any(not 0 <= b < 64 for b in self.bits):
+            raise ValueError("input.mask.bits are bit positions 0..63")
+        return self
+
+
 class InputConfig(_Strict):
     modality: Literal["auto", "raster", "slide", "volume"] = "auto"  # auto: from the file
     bands: list[int] | None = None  # 1-based band indexes; None = all bands
@@ -83,6 +105,44 @@ class InputConfig(_Strict):
     # model.kind=sam: points or boxes (GeoJSON, GeoPackage, GeoParquet) prompting one object
     # each; rasters: any CRS; slides: level-0 pixels; None: SAM's automatic point grid
     prompts: str | None = None
+    # STAC items (tasks/sources/stac.py). The bands to read, in model band order, by asset key
+    # or by band common name (red, nir, swir16 ...); None: every asset holding image data
+    assets: list[str] | None = None
+    # one grid for assets of several resolutions and for mosaics: its CRS (default: the first
+    # chosen asset's), cell size in CRS units (default: the finest chosen asset's) and the
+    # resampling onto it, one name or one per asset key ({scl: nearest, default: bilinear})
+    crs: str | None = None
+    resolution: float | None = Field(None, gt=0)
+    resampling: ResamplingName | dict[str, ResamplingName] = "nearest"
+    mask: MaskSpec | None = None  # cells to treat as nodata from a cloud or QA asset
+    # the area to read, [west, south, east, north] in bbox_crs; None: the union of the items
+    bbox: list[float] | None = None
+    bbox_crs: str = "EPSG:4326"
+    # where items of a mosaic overlap, the cell comes from the first valid item: in the order
+    # given (first), or least cloudy first (eo:cloud_cover)
+    mosaic: Literal["first", "least_cloudy"] = "first"
+    apply_scale: bool = False  # raster:bands scale and offset applied (float32 pixels)
+
+    def stac_keys(self) -> list[str]:
+        """The STAC-only keys set away from their defaults (other readers refuse them)."""
+        defaults = InputConfig()
+        return [f"input.{k}" for k in _HASHED_WHEN_SET["input"]
+                if getattr(self, k) != getattr(defaults, k)]
+
+    @field_validator("bbox")
+    @classmethod
+    def _four_sides(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 4 or v[0] >= v[2] or v[1] >= v[3]):
+            raise ValueError("bbox is [west, south, east, north] with west < east and "
+                             "south < north")
+        return v
+
+    @field_validator("resampling")
+    @classmethod
+    def _a_default(cls, v: str | dict[str, str]) -> str | dict[str, str]:
+        if isinstance(v, dict) and not v:
+            raise ValueError("give one resampling name or one per asset key")
+        return v
 
     @field_validator("bands")
     @classmethod
@@ -130,6 +190,9 @@ class OutputConfig(_Strict):
     export: bool = False  # ROOT/exports/: COG (rasters), OME-TIFF (slides), NIfTI (volumes)
     probabilities: bool = False  # per-class scores in the store (`probabilities` array)
     probabilities_dtype: Literal["uint8", "float16"] = "uint8"
+    # georeferenced rasters: ROOT/stac/<image_id>/<image_id>.json, a STAC Item of the run's
+    # outputs, linked from the ROOT/stac/collection.json Collection (tasks/export/stac.py)
+    stac: bool = True
 
 
 class StatsConfig(_Strict):
@@ -196,12 +259,23 @@ class JobConfig(_Strict):
         """Hash of everything that can change the mask (not where or how fast it runs)."""
         relevant = self.model_dump(mode="json", exclude={
             "cluster": True, "tiling": {"batch"},
-            "output": {"wait", "lease_seconds", "vectors", "qupath", "export"},
+            "output": {"wait", "lease_seconds", "vectors", "qupath", "export", "stac"},
             "input": {"max_pixels"},
             "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth", "zones",
                       "zone_id", "on_cut", "ground_truth_instances"}})
+        for section, keys in _HASHED_WHEN_SET.items():  # hashes of older configs still hold
+            defaults = type(getattr(self, section))().model_dump(mode="json")
+            for key in keys:
+                if relevant[section].get(key) == defaults[key]:
+                    del relevant[section][key]
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+#: keys added after configs were first hashed: left out of the hash at their defaults, so a
+#: catalog written before they existed still finds its runs done
+_HASHED_WHEN_SET = {"input": ("assets", "crs", "resolution", "resampling", "mask", "bbox",
+                              "bbox_crs", "mosaic", "apply_scale")}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -15,6 +15,9 @@ from rasterio.transform import from_origin
 
 DATA = Path(__file__).parent / "data"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# run logs stay on the console and in pytest's capture: no test reads them back from the API,
+# and shipping each line to the session's Prefect server cost about a tenth of the suite's time
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 # a warm `segflow server` of the user's must not run the tests' jobs
 os.environ["SEGFLOW_HOME"] = tempfile.mkdtemp(prefix="segflow-home-")
 
@@ -32,6 +35,7 @@ def _free_port() -> int:
 #: instead of ending it, and the short files even out both workers at the end
 LONGEST_FIRST = ("tests/test_wheel.py", "tests/test_load.py", "tests/test_crash.py",
                  "tests/test_outputs.py", "tests/test_lease.py", "tests/test_s3.py",
+                 "tests/test_stac.py",
                  "tests/test_split.py", "tests/test_distributed.py", "tests/test_corpus.py",
                  "tests/test_deep_models.py", "tests/test_tissue.py", "tests/test_resume.py")
 

@@ -131,7 +131,7 @@ def test_params_are_checked_without_importing_the_model_or_its_libraries():
 
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
-def test_the_catalog_and_the_store_record_one_config_hash(path, dask_address):
+def test_the_catalog_and_the_store_record_one_config_hash(path, dask_address, tmp_path):
     """Planning never rewrites the config (``configs/nuclei.yaml`` turns instances on by its
     split): the runs row and the store's attributes hash the same config."""
     from distributed import Client
@@ -145,6 +145,10 @@ def test_the_catalog_and_the_store_record_one_config_hash(path, dask_address):
     source = {"mri.yaml": data / "nibabel_anatomical.nii",
               "pathology.yaml": data / "cmu1_pyramid.tif"}.get(
         path.name, samples / "nc_lsat7_2000_b12345.tif")
+    if path.name.startswith("sentinel2"):  # a STAC item (tests/data/stac/make_stac.py)
+        from tests.data.stac.make_stac import make_scene
+
+        source = make_scene(tmp_path)
     cfg = load_config(path)
     job = plan_job(str(source), "/nowhere", cfg)
     assert job.config is cfg

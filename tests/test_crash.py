@@ -1,11 +1,12 @@
-"""Kill anywhere, then re-run: the CLI is SIGKILLed at each stage boundary of a run (a named
-crash point, tasks/runtime/crash.py); the re-run ends with the mask of an uninterrupted run,
-the same catalog rows and every output, the files for other tools included."""
+"""Kill anywhere, then re-run: the CLI, in a process of its own, is SIGKILLed at each stage
+boundary of a run (a named crash point, tasks/runtime/crash.py); the re-run ends with the mask
+of an uninterrupted run, the same catalog rows and every output, the files for other tools
+included."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,23 +46,49 @@ def _counts(root: Path) -> list[tuple]:
         str(root), "select run_id, class_id, pixels, objects from class_stats").to_pylist())
 
 
+def _cli_process(args: list[str], env: dict[str, str], stderr: str) -> None:
+    """``segflow`` in a process of its own, as a shell would run it, forked from a server
+    process that has already imported segflow (so nine of them do not pay the imports nine
+    times): its environment, its stderr to a file, its exit status the command's."""
+    fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.environ.clear()
+    os.environ.update(env)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from segflow.flows.cli import main
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        code = main(args)
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @pytest.fixture(scope="module")
 def killed(reference, tmp_path_factory, prefect_server, dask_address) -> dict[str, tuple]:
-    """One CLI run per crash point, each into its own root, all started at once (their start-up
-    costs overlap); returns point -> (root, exit status, stderr)."""
+    """One CLI process per crash point, each into its own root, all started at once (their
+    start-up costs overlap); returns point -> (root, exit status, stderr)."""
     scene = reference[0]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["segflow.flows.cli", "segflow.flows.segment",
+                                    "segflow.flows.commands", "tests.test_crash"])
     procs = {}
     for point in POINTS:
         root = tmp_path_factory.mktemp(f"killed-{point}") / "out"
-        cmd = [sys.executable, "-m", "segflow.flows.cli", "segment", str(scene), "--out",
-               str(root), "--scheduler", dask_address]
+        args = ["segment", str(scene), "--out", str(root), "--scheduler", dask_address]
         for item in SETTINGS:
-            cmd += ["--set", item]
+            args += ["--set", item]
         env = {**os.environ, "PREFECT_API_URL": prefect_server, "SEGFLOW_CRASH_AT": point}
-        procs[point] = (root, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.PIPE, text=True))
-    return {point: (root, proc.wait(timeout=600), proc.stderr.read())
-            for point, (root, proc) in procs.items()}
+        stderr = str(root.parent / "stderr.txt")
+        proc = context.Process(target=_cli_process, args=(args, env, stderr))
+        proc.start()
+        procs[point] = (root, proc, stderr)
+    done = {}
+    for point, (root, proc, stderr) in procs.items():
+        proc.join(timeout=600)
+        done[point] = (root, proc.exitcode, Path(stderr).read_text())
+    return done
 
 
 @pytest.mark.parametrize("point", POINTS)

@@ -202,8 +202,9 @@ def test_landsat_polygons_equal_the_whole_mask_polygonisation(landsat_run):
     outputs = run_query(str(root), "select output, format, uri, features from outputs "
                                    "order by output").to_pylist()
     assert [(o["output"], o["format"]) for o in outputs] == [
-        ("export", "cog"), ("probabilities", "zarr"), ("vectors", "geoparquet")]
-    assert outputs[2]["features"] == len(polygons)
+        ("export", "cog"), ("probabilities", "zarr"), ("stac", "stac-item"),
+        ("vectors", "geoparquet")]
+    assert outputs[3]["features"] == len(polygons)
 
 
 def test_landsat_cog_is_valid_and_equals_the_mask(landsat_run):

@@ -108,7 +108,13 @@ def test_files_for_other_tools_on_s3_equal_the_local_ones(s3_run, tmp_path):
         np.testing.assert_array_equal(a.read(1), b.read(1))
     uris = run_query(s3_run["root"], "select uri from outputs").column("uri").to_pylist()
     assert sorted(uris) == [f"{s3_run['root']}/exports/{name}.tif",
+                            f"{s3_run['root']}/stac/{name}/{name}.json",
                             f"{s3_run['root']}/vectors/{name}.parquet"]
+    item = json.loads(written[f"results/stac/{name}/{name}.json"])
+    assert item["assets"]["export"]["href"] == f"../../exports/{name}.tif"
+    collection = json.loads(written["results/stac/collection.json"])
+    assert {"rel": "item", "href": f"./{name}/{name}.json",
+            "type": "application/geo+json"} in collection["links"]
 
 
 def test_s3_outputs_hold_no_credentials(s3_run):
@@ -133,7 +139,8 @@ def test_query_api_on_s3_root(s3_run):
         "background": int((mask == 0).sum()), "foreground": int((mask == 1).sum())}
     files = _objects(s3_run["bucket"], "results/catalog/")
     tables = {k.split("/")[2] for k in files}
-    # one folder per table (Athena/Spark locations); `outputs` lists the polygons and the COG
+    # one folder per table (Athena/Spark locations); `outputs` lists the polygons, the COG
+    # and the STAC item
     assert tables == {"runs", "class_stats", "outputs"}
     assert all(k.endswith(".parquet") for k in files)
 

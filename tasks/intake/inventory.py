@@ -1,4 +1,5 @@
-"""What a batch is made of: the images under a prefix or in a manifest.
+"""What a batch is made of: the images under a prefix or in a manifest, or the items of a STAC
+search or ItemCollection (tasks/intake/stac_search.py).
 
 A prefix is a local folder or any fsspec URL (``s3://bucket/scenes/``); a manifest is a ``.csv``
 with a ``uri`` (or ``source``) column, or a ``.txt`` with one URI per line. Which of them are done
@@ -53,7 +54,7 @@ def list_images(prefix: str, exclude: str | None = None) -> list[str]:
             continue
         if skip and _under(path, skip):
             continue
-        if is_image(path):
+        if is_image(_uri(fs, path.rstrip("/"))):
             found.append(path.rstrip("/"))
     stores = [p for p in found if p.lower().endswith(".zarr")]
     images = [p for p in found if not any(_under(p, s) and p != s for s in stores)]
@@ -90,8 +91,15 @@ def read_manifest(manifest: str) -> list[str]:
 
 
 def inventory(prefix_or_manifest: str, exclude: str | None = None) -> list[str]:
-    """The images of a batch: a manifest's entries, or every image under a prefix."""
+    """The images of a batch: a STAC API search's items, an ItemCollection's items, a
+    manifest's entries, or every image under a prefix."""
+    from segflow.tasks.intake.stac_search import collection_items, is_search, search_items
+
     name = prefix_or_manifest.lower()
+    if is_search(prefix_or_manifest):
+        return search_items(prefix_or_manifest)
+    if name.endswith(".json"):
+        return collection_items(prefix_or_manifest)
     if name.endswith(MANIFEST_SUFFIXES):
         return read_manifest(prefix_or_manifest)
     return list_images(prefix_or_manifest, exclude)

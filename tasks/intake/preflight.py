@@ -23,6 +23,7 @@ def check_local(path: str | None, what: str) -> None:
     """A local path must exist and be readable (URLs are checked when opened)."""
     if path is None or "://" in path:
         return
+    path = path.partition("#")[0]  # one item of a STAC ItemCollection: its file
     if not os.path.exists(path):
         raise UserError(path, f"no such {what}")
     if not os.access(path, os.R_OK):

@@ -175,10 +175,11 @@ class Lease:
                 self.fs.rm_file(f"{self.folder}/{_claim_name(old)}")
         return None
 
-    def acquire(self, wait: float) -> None:
-        """Take the lease, waiting up to ``wait`` seconds for another run to finish with it."""
+    def acquire(self, wait: float, poll: float = 0.2) -> None:
+        """Take the lease, waiting up to ``wait`` seconds for another run to finish with it,
+        looking again after ``poll`` seconds, then 1.5 times longer each time (at most 2 s)."""
         deadline = time.monotonic() + wait
-        delay = 0.2
+        delay = poll
         while True:
             try:
                 holder = self.try_acquire()
@@ -227,10 +228,12 @@ class Lease:
 
 
 @contextmanager
-def hold(store_uri: str, run: str, seconds: float, wait: float) -> Iterator[Lease]:
-    """Hold the lease on ``store_uri`` for the ``with`` block (see the module docstring)."""
+def hold(store_uri: str, run: str, seconds: float, wait: float,
+         poll: float = 0.2) -> Iterator[Lease]:
+    """Hold the lease on ``store_uri`` for the ``with`` block (see the module docstring);
+    ``poll``: the first wait between attempts (short for leases held for milliseconds)."""
     lease = Lease(store_uri=store_uri, seconds=seconds, run=run)
-    lease.acquire(wait)
+    lease.acquire(wait, poll)
     with _HELD_LOCK:
         _HELD[store_uri] = lease
     try:

@@ -34,6 +34,8 @@ class Measurements:
     instance_metrics: list[dict[str, Any]] = field(default_factory=list)
     #: valid ground-truth cells holding no class id of the model, left out of the metrics
     unknown_truth: int = 0
+    #: cells ``input.mask`` (a cloud or QA asset) made nodata; None: no mask rule
+    cells_masked: int | None = None
 
 
 def find_objects(client: Client, job: Job, store: MaskStore, reused: bool) -> Instances | None:

@@ -5,13 +5,15 @@ goes, so a folder is named once (later outputs add a method here, not a path els
     ROOT/catalog/<table>/           the catalog's Parquet tables
     ROOT/vectors/<image_id>.*       polygons (GeoParquet, QuPath GeoJSON)
     ROOT/exports/<image_id>.*       label files for desktop viewers (COG, OME-TIFF, NIfTI)
+    ROOT/stac/collection.json       the STAC Collection of the results, and per image
+    ROOT/stac/<image_id>/<image_id>.json  its STAC Item
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-MASKS, CATALOG, VECTORS, EXPORTS = "masks", "catalog", "vectors", "exports"
+MASKS, CATALOG, VECTORS, EXPORTS, STAC = "masks", "catalog", "vectors", "exports", "stac"
 #: the export file's suffix for each modality
 EXPORT_SUFFIX = {"raster": ".tif", "slide": ".ome.tif", "volume": ".nii.gz"}
 #: the polygon files' suffixes and what each is for
@@ -54,3 +56,9 @@ class OutputRoot:
 
     def export(self, image_id: str, modality: str) -> str:
         return f"{self.uri}/{EXPORTS}/{image_id}{EXPORT_SUFFIX[modality]}"
+
+    def stac_collection(self) -> str:
+        return f"{self.uri}/{STAC}/collection.json"
+
+    def stac_item(self, image_id: str) -> str:
+        return f"{self.uri}/{STAC}/{image_id}/{image_id}.json"

@@ -112,8 +112,10 @@ def raster_dataset(uri: str) -> Iterator[DatasetReader]:
     environment above), any other fsspec URL through its fsspec filesystem (rasterio's opener),
     so gs://, az://, https:// ... use the same credentials as the rest of segflow."""
     native = is_local(uri) or uri.startswith("s3://")
-    # GeoTIFF only: GDAL would also open a PNG or JPEG that was renamed .tif, by its content
-    with raster_env(uri), rasterio.open(uri, driver="GTiff",
+    # GeoTIFF (or a GDAL VRT of them) only: GDAL would also open a PNG or JPEG that was renamed
+    # .tif, by its content
+    driver = "VRT" if uri.lower().endswith(".vrt") else "GTiff"
+    with raster_env(uri), rasterio.open(uri, driver=driver,
                                         opener=None if native else filesystem(uri)[0]) as ds:
         yield ds
 

@@ -12,7 +12,7 @@ import fsspec
 
 from segflow.tasks.errors import io_error
 from segflow.tasks.runtime.storage import filesystem
-from segflow.tasks.sources.registry import image_suffixes
+from segflow.tasks.sources.registry import image_suffixes, reader_for
 
 
 def normal_uri(uri: str) -> str:
@@ -26,9 +26,10 @@ def normal_uri(uri: str) -> str:
 
 def image_id(uri: str) -> str:
     """A path-safe id, stable for a source URI: the file stem (less any image suffix a reader
-    claims, ``.nii.gz`` and ``.ome.tif`` whole, and ``.ome`` of ``.ome.zarr``) plus a short
-    hash of the URI."""
-    stem = uri.rstrip("/").rsplit("/", 1)[-1]
+    claims, ``.nii.gz`` and ``.ome.tif`` whole, and ``.ome`` of ``.ome.zarr``; a STAC item's
+    id) plus a short hash of the URI."""
+    base, _, item = uri.partition("#")  # one item of a STAC ItemCollection: its id
+    stem = item or base.rstrip("/").rsplit("/", 1)[-1]
     for ext in sorted(image_suffixes(), key=len, reverse=True):
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
@@ -42,11 +43,18 @@ def image_id(uri: str) -> str:
 def source_checksum(uri: str) -> str:
     """What identifies the source's bytes: it changes whenever the source is replaced.
 
-    On an object store that lists ETags (S3): ``etag:<ETag>:<size>``, from the object's
-    metadata, nothing downloaded. Elsewhere: ``sha256:`` of the bytes, streamed in 8 MiB blocks
-    (memory does not grow with size). A directory store (Zarr) hashes every object's relative
-    path and ETag + size (or bytes), in sorted order.
+    A STAC item (or ItemCollection, or one item of it): ``stac:sha256:`` of the items without
+    their links. On an object store that lists ETags (S3): ``etag:<ETag>:<size>``, from the
+    object's metadata, nothing downloaded. Elsewhere: ``sha256:`` of the bytes, streamed in
+    8 MiB blocks (memory does not grow with size). A directory store (Zarr) hashes every
+    object's relative path and ETag + size (or bytes), in sorted order.
     """
+    if reader_for(uri).name == "stac":  # STAC items: their content, whatever the links say
+        from segflow.tasks.sources.stac_items import item_checksum
+
+        content = item_checksum(uri)
+        if content is not None:
+            return content
     try:
         fs, root = filesystem(uri)
         fs.invalidate_cache(root)  # another process may have replaced it since we last looked

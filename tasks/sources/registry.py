@@ -16,6 +16,7 @@ imports GDAL, tifffile or nibabel.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -44,6 +45,16 @@ class Reader:
     claims: str | None = None
     #: the reader for its modality when no suffix says (a forced ``input.modality``)
     fallback: bool = False
+    #: regular expressions for URIs without a suffix that are this format (a STAC API's
+    #: ``/collections/<id>/items/<id>``)
+    patterns: tuple[str, ...] = ()
+    #: a file with one of ``suffixes`` is this format only when ``claims`` says so (.json):
+    #: listings and ``reader_for`` ask it even where no other reader shares the suffix
+    sniff: bool = False
+
+    def names(self, uri: str) -> bool:
+        """Whether ``uri`` matches one of ``patterns``."""
+        return any(re.search(p, uri) for p in self.patterns)
 
     def open(self, uri: str, cfg: InputConfig) -> SourceBase:
         source: SourceBase = _load(self.opener)(uri, cfg)
@@ -59,8 +70,12 @@ NIFTI = Reader("nifti", "volume", (".nii", ".nii.gz"), f"{_MOD}.volume:open_nift
 SLIDE = Reader("slide", "slide", (".svs", ".ndpi", ".scn", ".qptiff", ".ome.tif", ".ome.tiff",
                                   ".tif", ".tiff"),
                f"{_MOD}.slide:open_slide", claims=f"{_MOD}.slide:is_slide", fallback=True)
-GEOTIFF = Reader("geotiff", "raster", (".tif", ".tiff"), f"{_MOD}.raster:open_raster",
+GEOTIFF = Reader("geotiff", "raster", (".tif", ".tiff", ".vrt"), f"{_MOD}.raster:open_raster",
                  fallback=True)
+#: a STAC Item or ItemCollection (.json, claimed by content), or a STAC API item URL
+STAC = Reader("stac", "raster", (".json",), f"{_MOD}.stac:open_stac",
+              claims=f"{_MOD}.stac:is_stac", sniff=True,
+              patterns=(r"^https?://.*/collections/[^/]+/items/[^/?#]+$",))
 #: with ``input.modality: auto``, a file no suffix claims goes to GDAL, which reads most rasters
 DEFAULT = "geotiff"
 
@@ -99,12 +114,15 @@ def _suffix_length(reader: Reader, name: str) -> int:
 def reader_for(uri: str, modality: str = "auto") -> Reader:
     """The reader for ``uri``: among those of ``modality`` (all for ``auto``), the ones whose
     suffix matches, longest suffix first, that claim the file; else the modality's fallback."""
-    name = uri.rstrip("/").lower()
+    name = uri.rstrip("/").lower().partition("#")[0]
     candidates = [r for r in readers().values() if modality in ("auto", r.modality)]
+    named = [r for r in candidates if r.names(uri)]
+    if named:
+        return named[0]
     matching = sorted((r for r in candidates if _suffix_length(r, name)),
                       key=lambda r: (-_suffix_length(r, name), r.claims is None))
     for reader in matching:
-        if len(matching) == 1 or reader.claim(uri):
+        if (len(matching) == 1 and not reader.sniff) or reader.claim(uri):
             return reader
     if modality == "auto":
         return readers()[DEFAULT]
@@ -117,7 +135,10 @@ def modality_of(uri: str, cfg: InputConfig) -> str:
     reader's ``modality`` is the final word."""
     if cfg.modality != "auto":
         return cfg.modality
-    name = uri.rstrip("/").lower()
+    named = [r for r in readers().values() if r.names(uri)]
+    if named:
+        return named[0].modality
+    name = uri.rstrip("/").lower().partition("#")[0]
     matching = [r for r in readers().values() if _suffix_length(r, name)]
     longest = max((_suffix_length(r, name) for r in matching), default=0)
     best = {r.modality for r in matching if _suffix_length(r, name) == longest}
@@ -126,9 +147,18 @@ def modality_of(uri: str, cfg: InputConfig) -> str:
 
 def open_source(uri: str, cfg: InputConfig) -> SourceBase:
     """Open ``uri`` lazily (header only) with the reader for it."""
-    return reader_for(uri, cfg.modality).open(uri, cfg)
+    reader = reader_for(uri, cfg.modality)
+    stac = cfg.stac_keys()
+    if stac and reader.name != STAC.name:
+        raise UserError(uri, f"{', '.join(stac)} apply to STAC items; this is read by the "
+                             f"{reader.name} reader")
+    return reader.open(uri, cfg)
 
 
 def is_image(uri: str) -> bool:
-    """True when some reader opens files named like ``uri``."""
-    return uri.rstrip("/").lower().endswith(image_suffixes())
+    """True when some reader opens files named like ``uri`` (or URIs like it)."""
+    name = uri.rstrip("/").lower().partition("#")[0]
+    if any(r.names(uri) for r in readers().values()):
+        return True
+    matching = [r for r in readers().values() if _suffix_length(r, name)]
+    return any(not r.sniff or r.claim(uri) for r in matching)

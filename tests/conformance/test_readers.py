@@ -10,15 +10,19 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pytest
 import rasterio
 import tifffile
 import zarr
 from nibabel.affines import apply_affine
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from segflow.tasks.sources.registry import readers
 from segflow.testing import ReaderContract
+from segflow.testing.readers import upload
 from tests.conftest import DATA
+from tests.data.stac.make_stac import make_scene
 
 SCENE = DATA / "rgb_byte.tif"  # real Landsat RGB, nodata 0 around a rotated footprint
 SLIDE = DATA / "cmu1_pyramid.tif"  # real H&E (CMU-1), pyramidal, 0.499 µm/px
@@ -164,8 +168,47 @@ class _ZarrVolume(ReaderContract):
         return bad
 
 
+class _Stac(ReaderContract):
+    """A STAC item of per-band COGs at two resolutions (tests/data/stac/make_stac.py), its
+    relative asset hrefs beside it, locally or on S3; the truth is each asset warped whole
+    onto the finest band's grid by rasterio (nearest)."""
+
+    reader_name = "stac"
+    suffix = ".json"
+    windows = [(slice(10, 90), slice(30, 200)), (slice(301, 442), slice(0, 488))]
+
+    def make(self, folder: Path) -> Path:
+        return make_scene(folder)
+
+    def _place(self, path: Path, request: pytest.FixtureRequest) -> str:
+        if self.location == "local":
+            return str(path)
+        bucket = request.getfixturevalue("s3_bucket")
+        return f"{upload(bucket, path.parent.name, path.parent)}/{path.name}"
+
+    def expected(self, path: Path) -> dict[str, Any]:
+        item = json.loads(path.read_text())
+        files = [path.parent / a["href"] for k, a in item["assets"].items() if k != "scl"]
+        with rasterio.open(files[0]) as grid:
+            crs, transform, width, height = grid.crs, grid.transform, grid.width, grid.height
+        pixels, valid = [], np.ones((height, width), bool)
+        for file in files:
+            with rasterio.open(file) as ds, WarpedVRT(ds, crs=crs, transform=transform,
+                                                      width=width, height=height) as vrt:
+                pixels.append(vrt.read(1))
+                valid &= vrt.read_masks(1) > 0
+        centre = transform @ (0.5, 0.5), transform @ (487.5, 441.5)
+        return {"pixels": np.stack(pixels), "valid": valid,
+                "physical": {(0, 0): centre[0], (441, 487): centre[1]}}
+
+    def corrupt(self, path: Path, folder: Path) -> Path:
+        bad = folder / path.name
+        bad.write_text(path.read_text()[: len(path.read_text()) // 2])
+        return bad
+
+
 IMPLEMENTATIONS: list[type[ReaderContract]] = [_GeoTiff, _Cog, _Slide, _Nifti, _NiftiGz,
-                                               _ZarrVolume]
+                                               _ZarrVolume, _Stac]
 
 
 # every implementation, on local disk and on the moto S3 server: TestGeoTiff, TestGeoTiffOnS3, ...
