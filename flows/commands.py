@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
@@ -58,13 +59,18 @@ class Job:
         import_module(self.module)
 
     def __call__(self, args: dict[str, Any], scheduler: str | None) -> Any:
-        """Run the job. Its flow runs send no heartbeats: Prefect's heartbeat thread sleeps in
-        1 s steps and every flow run waits for it to end (~1 s per run); heartbeats find
-        crashed runs of deployments, which ``segflow serve`` keeps."""
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        """Run the job, its flow runs without heartbeats (``no_heartbeats``)."""
+        with no_heartbeats():
             return self.run(args, scheduler)
+
+
+def no_heartbeats() -> AbstractContextManager[Any]:
+    """Flow runs started here send no heartbeats: Prefect's heartbeat thread sleeps in 1 s
+    steps and every flow run waits for it to end (~1 s per run); heartbeats find crashed runs
+    of deployments, which ``segflow serve`` keeps."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 JOBS = {"segment": Job(segment_job, "segflow.flows.segment"),

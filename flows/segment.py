@@ -23,8 +23,6 @@ from segflow.tasks.catalog.done import done
 from segflow.tasks.catalog.tables import new_run, record_failed, record_run
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import SegflowError, TransientError, UserError, first_line, output_error
-from segflow.tasks.export.outputs import write_outputs
-from segflow.tasks.export.stac import write_stac_item
 from segflow.tasks.mask.lease import hold
 from segflow.tasks.mask.pyramid import build_levels, ome_metadata
 from segflow.tasks.mask.quicklook import (
@@ -157,6 +155,11 @@ def measure(outcome: Outcome, objects: Instances | None, scheduler: str) -> Meas
 def export(outcome: Outcome, found: Measurements, scheduler: str) -> list[dict[str, Any]]:
     """Files for other tools (polygons, a label file; ``output.*``) and the run's STAC item,
     as ``outputs`` rows."""
+    # imported here: polygons and label files cost a second of imports that a run writing
+    # none of them, and every CLI start, would pay
+    from segflow.tasks.export.outputs import write_outputs
+    from segflow.tasks.export.stac import write_stac_item
+
     job = outcome.job
     if job.reader.modality == "volume" and (job.config.output.vectors or
                                             job.config.output.qupath):

@@ -106,11 +106,20 @@ def s3_bucket(s3_endpoint, request) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server(s3_endpoint):
-    """One temporary Prefect API for the whole session; yields its URL for subprocesses."""
-    from prefect.settings import PREFECT_API_URL
+    """One temporary Prefect API for the whole session; yields its URL for subprocesses.
+
+    Flow runs in this process send no heartbeats, as the CLI's and ``segflow.segment_image``'s
+    do not (flows/commands.py): Prefect's heartbeat thread sleeps in 1 s steps and each flow
+    run waits for it to end, about a second per run of the suite's hundreds."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=120), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield PREFECT_API_URL.value()
 
 
