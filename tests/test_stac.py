@@ -184,6 +184,16 @@ def test_qa_bits_flag_cells_as_numpy_says(data):
     np.testing.assert_array_equal(valid, unmasked & ~flagged)
 
 
+def test_resampling_per_asset_by_key_or_band_name(data):
+    """``input.resampling`` as a mapping: by asset key (B11), by a band's common name (nir),
+    else ``default``."""
+    cfg = InputConfig(assets=ASSETS, resampling={"B11": "average", "nir": "bilinear",
+                                                 "default": "cubic"})
+    source = open_source(str(data["scene"]), cfg)
+    assert [layer.resampling for layer in source.tiles[0].layers] == [  # type: ignore[attr-defined]
+        "cubic", "cubic", "bilinear", "average"]
+
+
 def test_stac_keys_on_a_geotiff_are_one_line(tmp_path):
     with pytest.raises(UserError) as error:
         open_source(str(REPO / "samples" / "nc_lsat7_2000_b12345.tif"),

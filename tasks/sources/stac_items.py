@@ -199,12 +199,15 @@ def _choose(item: pystac.Item, names: list[str] | None, uri: str
     return chosen
 
 
-def _resampling(cfg: InputConfig, key: str, name: str | None) -> str:
+def _resampling(cfg: InputConfig, key: str, names: set[str]) -> str:
+    """The resampling for an asset: one name for all, or by asset key, then by any of the
+    band's names (``red``, ``B04``), then ``default``; nearest when none is given."""
     if isinstance(cfg.resampling, str):
         return cfg.resampling
-    for k in (key, name, "default"):
-        if k is not None and k in cfg.resampling:
-            return cfg.resampling[k]
+    by_name = {k.lower(): v for k, v in cfg.resampling.items()}
+    for k in (key.lower(), *sorted(names), "default"):
+        if k in by_name:
+            return by_name[k]
     return "nearest"
 
 
@@ -238,12 +241,13 @@ def tiles_of(uri: str, items: list[pystac.Item], cfg: InputConfig
             href = _resolve(item, item.assets[key].href, uri)
             head = header(href)
             footprint.append((head.crs_wkt, head.bounds))
-            requested = key if band is None else next(iter(_names(desc)), None)
             numbers = range(1, head.count + 1) if band is None else [band]
             descs = _bands_of(item.assets[key])
             for b in numbers:
-                scale, offset = _scale(descs[b - 1] if b - 1 < len(descs) else {})
-                layers.append(Layer(href, b, _resampling(cfg, key, requested), scale, offset))
+                described = descs[b - 1] if b - 1 < len(descs) else desc
+                scale, offset = _scale(described)
+                layers.append(Layer(href, b, _resampling(cfg, key, _names(described)), scale,
+                                    offset))
         mask = None
         if cfg.mask is not None:
             if cfg.mask.asset not in item.assets:
