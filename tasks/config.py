@@ -110,7 +110,7 @@ class InputConfig(_Strict):
     assets: list[str] | None = None
     # one grid for assets of several resolutions and for mosaics: its CRS (default: the first
     # chosen asset's), cell size in CRS units (default: the finest chosen asset's) and the
-    # resampling onto it, one name or one per asset key ({scl: nearest, default: bilinear})
+    # resampling onto it, one name or one per asset key or band name (default: the rest)
     crs: str | None = None
     resolution: float | None = Field(None, gt=0)
     resampling: ResamplingName | dict[str, ResamplingName] = "nearest"
