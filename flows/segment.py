@@ -143,7 +143,7 @@ def measure(outcome: Outcome, objects: Instances | None, scheduler: str) -> Meas
     """Class statistics, objects and quality metrics, streamed over the written mask."""
     client = client_for(scheduler)
     found = replace(measure_mask(client, outcome.job, outcome.store, objects),
-                    cells_masked=masked_cells(client, outcome.job))
+                    cells_masked=masked_cells(client, outcome.job, outcome.store))
     if found.unknown_truth:
         get_run_logger().warning("%s: %d valid ground-truth cells hold no class id of the "
                                  "model; left out of the metrics",

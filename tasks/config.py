@@ -92,6 +92,11 @@ class MaskSpec(_Strict):
         return self
 
 
+#: the ``input`` keys only the STAC reader reads (tasks/sources/stac.py)
+STAC_KEYS = ("assets", "crs", "resolution", "resampling", "mask", "bbox", "bbox_crs", "mosaic",
+             "apply_scale")
+
+
 class InputConfig(_Strict):
     modality: Literal["auto", "raster", "slide", "volume"] = "auto"  # auto: from the file
     bands: list[int] | None = None  # 1-based band indexes; None = all bands
@@ -126,8 +131,7 @@ class InputConfig(_Strict):
     def stac_keys(self) -> list[str]:
         """The STAC-only keys set away from their defaults (other readers refuse them)."""
         defaults = InputConfig()
-        return [f"input.{k}" for k in _HASHED_WHEN_SET["input"]
-                if getattr(self, k) != getattr(defaults, k)]
+        return [f"input.{k}" for k in STAC_KEYS if getattr(self, k) != getattr(defaults, k)]
 
     @field_validator("bbox")
     @classmethod
@@ -274,8 +278,7 @@ class JobConfig(_Strict):
 
 #: keys added after configs were first hashed: left out of the hash at their defaults, so a
 #: catalog written before they existed still finds its runs done
-_HASHED_WHEN_SET = {"input": ("assets", "crs", "resolution", "resampling", "mask", "bbox",
-                              "bbox_crs", "mosaic", "apply_scale")}
+_HASHED_WHEN_SET = {"input": STAC_KEYS}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -32,6 +32,7 @@ from segflow.tasks.measure.summary import Measurements
 from segflow.tasks.plan.job import Job
 from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.runtime.storage import filesystem, staged
+from segflow.tasks.sources.stac_items import union
 
 STAC_VERSION = "1.1.0"
 COLLECTION_ID = "segflow-results"
@@ -173,10 +174,8 @@ def _collection(existing: dict[str, Any] | None, item: dict[str, Any], href: str
         "license": "other", "extent": {"spatial": {"bbox": [item["bbox"]]},
                                        "temporal": {"interval": [[None, None]]}},
         "links": [{"rel": "root", "href": "./collection.json", "type": "application/json"}]}
-    box = doc["extent"]["spatial"]["bbox"][0]
-    new = item["bbox"]
-    doc["extent"]["spatial"]["bbox"][0] = [min(box[0], new[0]), min(box[1], new[1]),
-                                           max(box[2], new[2]), max(box[3], new[3])]
+    extent = doc["extent"]["spatial"]["bbox"]
+    extent[0] = list(union([extent[0], item["bbox"]]))
     when = item["properties"]["datetime"]
     start, end = doc["extent"]["temporal"]["interval"][0]
     doc["extent"]["temporal"]["interval"][0] = [min(filter(None, (start, when))),

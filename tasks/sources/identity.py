@@ -12,7 +12,7 @@ import fsspec
 
 from segflow.tasks.errors import io_error
 from segflow.tasks.runtime.storage import filesystem
-from segflow.tasks.sources.registry import image_suffixes, reader_for
+from segflow.tasks.sources.registry import STAC, image_suffixes
 
 
 def normal_uri(uri: str) -> str:
@@ -49,7 +49,8 @@ def source_checksum(uri: str) -> str:
     8 MiB blocks (memory does not grow with size). A directory store (Zarr) hashes every
     object's relative path and ETag + size (or bytes), in sorted order.
     """
-    if reader_for(uri).name == "stac":  # STAC items: their content, whatever the links say
+    if STAC.may_open(uri):  # STAC items: their content, whatever the links say (by name:
+        # asking reader_for would open every .tif to tell a slide from a GeoTIFF)
         from segflow.tasks.sources.stac_items import item_checksum
 
         content = item_checksum(uri)

@@ -56,6 +56,11 @@ class Reader:
         """Whether ``uri`` matches one of ``patterns``."""
         return any(re.search(p, uri) for p in self.patterns)
 
+    def may_open(self, uri: str) -> bool:
+        """Whether ``uri``'s name (suffix or pattern) is this format's, without reading it."""
+        return self.names(uri) or bool(_suffix_length(self, uri.rstrip("/").lower()
+                                                      .partition("#")[0]))
+
     def open(self, uri: str, cfg: InputConfig) -> SourceBase:
         source: SourceBase = _load(self.opener)(uri, cfg)
         return source

@@ -142,22 +142,18 @@ class StacScene(SourceBase):
                                        f"{window.col_off + window.width}", exc) from exc
         return band, mask > 0
 
-    def masked_cells(self, box: Box) -> int:
-        """Cells of ``box`` that an item's mask asset flags (of a mosaic: and no other item
-        fills): what ``input.mask`` took out, for the run's summary. One item reads its mask
-        asset alone."""
+    def flagged(self, box: Box) -> np.ndarray:
+        """Cells of ``box`` that some item's mask asset flags (its mask assets alone are
+        read): with the written mask, what ``input.mask`` took out (tasks/measure/masked.py)."""
         rows, cols = box
         shape = (rows.stop - rows.start, cols.stop - cols.start)
         window = Window.from_slices(rows, cols)
-        flagged = np.zeros(shape, bool)
+        hit = np.zeros(shape, bool)
         for tile in self.tiles:
             if tile.mask is not None:
                 flags, known = self._warped(tile.mask, window, shape, False)
-                flagged |= known & self._flagged(flags)
-        if len(self.tiles) == 1:
-            return int(flagged.sum())
-        _, valid = self._composite(window, shape)
-        return int((flagged & ~valid).sum())
+                hit |= known & self._flagged(flags)
+        return hit
 
 
 @contextmanager

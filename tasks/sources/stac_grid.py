@@ -18,7 +18,7 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 
 from segflow.tasks.config import InputConfig
 from segflow.tasks.errors import UserError
-from segflow.tasks.sources.stac_items import Bounds, Header
+from segflow.tasks.sources.stac_items import Header, union
 
 #: a bound within this fraction of a cell of a grid line is on it (float noise in affines)
 _SNAP = 1e-6
@@ -49,11 +49,6 @@ def _cell_in(head: Header, crs: CRS) -> float:
     return min(abs(Affine(*transform[:6]).a), abs(Affine(*transform[:6]).e))
 
 
-def _union(boxes: list[Bounds]) -> Bounds:
-    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-            max(b[3] for b in boxes))
-
-
 def grid_for(uri: str, headers: list[Header], cfg: InputConfig) -> Grid:
     data = [h for h in headers if not h.is_mask]
     crs = _crs(uri, cfg.crs, "input.crs") if cfg.crs else CRS.from_wkt(data[0].crs_wkt)
@@ -62,7 +57,7 @@ def grid_for(uri: str, headers: list[Header], cfg: InputConfig) -> Grid:
         area = transform_bounds(_crs(uri, cfg.bbox_crs, "input.bbox_crs"), crs, *cfg.bbox,
                                 densify_pts=21)
     else:
-        area = _union([transform_bounds(h.crs_wkt, crs, *h.bounds, densify_pts=21)
+        area = union([transform_bounds(h.crs_wkt, crs, *h.bounds, densify_pts=21)
                        for h in data])
     # cell edges: on the finest native asset's own edges, else on multiples of the cell
     native = [h for h in data if CRS.from_wkt(h.crs_wkt) == crs and

@@ -9,7 +9,9 @@ import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from affine import Affine
 from rasterio.errors import RasterioError
+from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 
 from segflow.tasks.config import InputConfig
@@ -25,6 +27,12 @@ Bounds = tuple[float, float, float, float]  # west, south, east, north
 #: asset roles that are never image data to segment
 _NOT_DATA = {"thumbnail", "overview", "visual", "metadata", "cloud", "cloud-shadow",
              "snow-ice", "water-mask", "land-water", "data-mask", "saturation"}
+
+
+def union(boxes: list[Bounds]) -> Bounds:
+    """The bounds of all ``boxes``."""
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+            max(b[3] for b in boxes))
 
 
 @dataclass(frozen=True)
@@ -54,9 +62,9 @@ class Header:
 
     @property
     def bounds(self) -> Bounds:
-        a, _, c, _, e, f = self.transform[:6]
-        xs, ys = (c, c + a * self.width), (f, f + e * self.height)
-        return min(xs), min(ys), max(xs), max(ys)
+        west, south, east, north = array_bounds(self.height, self.width,
+                                                Affine(*self.transform[:6]))
+        return min(west, east), min(south, north), max(west, east), max(south, north)
 
     @property
     def cell(self) -> float:
@@ -75,10 +83,9 @@ class Tile:
     bounds: Bounds | None = None
 
     def in_grid(self, grid: Grid) -> Tile:
-        boxes = [transform_bounds(crs, grid.crs_wkt, *b, densify_pts=21)
-                 for crs, b in self.footprint]
-        return replace(self, bounds=(min(b[0] for b in boxes), min(b[1] for b in boxes),
-                                     max(b[2] for b in boxes), max(b[3] for b in boxes)))
+        return replace(self, bounds=union([transform_bounds(crs, grid.crs_wkt, *b,
+                                                            densify_pts=21)
+                                           for crs, b in self.footprint]))
 
     def touches(self, area: Bounds) -> bool:
         """Whether the item may hold cells of ``area`` (grid CRS); unknown: yes."""
