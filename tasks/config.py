@@ -127,6 +127,9 @@ class InputConfig(_Strict):
     # given (first), or least cloudy first (eo:cloud_cover)
     mosaic: Literal["first", "least_cloudy"] = "first"
     apply_scale: bool = False  # raster:bands scale and offset applied (float32 pixels)
+    # DICOM: the series to read where a folder holds several (its SeriesInstanceUID or
+    # SeriesDescription); None: the folder's only series
+    series: str | None = None
 
     def stac_keys(self) -> list[str]:
         """The STAC-only keys set away from their defaults (other readers refuse them)."""
@@ -278,7 +281,7 @@ class JobConfig(_Strict):
 
 #: keys added after configs were first hashed: left out of the hash at their defaults, so a
 #: catalog written before they existed still finds its runs done
-_HASHED_WHEN_SET = {"input": STAC_KEYS}
+_HASHED_WHEN_SET = {"input": (*STAC_KEYS, "series")}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

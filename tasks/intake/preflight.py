@@ -40,11 +40,11 @@ def check_files(cfg: JobConfig) -> None:
 def check_image(source: str, cfg: JobConfig) -> None:
     """One image: it exists, and a local one opens (its header: a file that is no image ends
     here, not on a worker)."""
-    from segflow.tasks.sources.registry import is_image, open_source
+    from segflow.tasks.sources.registry import is_folder_image, is_image, open_source
 
     check_local(source, "file or folder")
     if Path(source).exists():
-        if Path(source).is_dir() and not is_image(source):
+        if Path(source).is_dir() and not (is_image(source) or is_folder_image(source)):
             raise UserError(source, "a folder, not an image (segflow batch takes folders)")
         open_source(source, cfg.input)
 

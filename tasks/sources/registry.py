@@ -51,6 +51,9 @@ class Reader:
     #: a file with one of ``suffixes`` is this format only when ``claims`` says so (.json):
     #: listings and ``reader_for`` ask it even where no other reader shares the suffix
     sniff: bool = False
+    #: the format is a folder or prefix of files (a DICOM series): a URI no suffix or pattern
+    #: names is this format when ``claims`` says so
+    folders: bool = False
 
     def names(self, uri: str) -> bool:
         """Whether ``uri`` matches one of ``patterns``."""
@@ -81,6 +84,9 @@ GEOTIFF = Reader("geotiff", "raster", (".tif", ".tiff", ".vrt"), f"{_MOD}.raster
 STAC = Reader("stac", "raster", (".json",), f"{_MOD}.stac:open_stac",
               claims=f"{_MOD}.stac:is_stac", sniff=True,
               patterns=(r"^https?://.*/collections/[^/]+/items/[^/?#]+$",))
+#: a DICOM image series (MR, CT): a folder or prefix, or a .zip of one
+DICOM = Reader("dicom", "volume", (".zip",), f"{_MOD}.dicom_series:open_dicom_series",
+               claims=f"{_MOD}.dicom_series:is_dicom_series", sniff=True, folders=True)
 #: with ``input.modality: auto``, a file no suffix claims goes to GDAL, which reads most rasters
 DEFAULT = "geotiff"
 
@@ -129,9 +135,23 @@ def reader_for(uri: str, modality: str = "auto") -> Reader:
     for reader in matching:
         if (len(matching) == 1 and not reader.sniff) or reader.claim(uri):
             return reader
+    folder = _folder_reader(uri, candidates)
+    if folder is not None:
+        return folder
     if modality == "auto":
         return readers()[DEFAULT]
     return next(r for r in candidates if r.fallback)
+
+
+def _folder_reader(uri: str, candidates: list[Reader]) -> Reader | None:
+    """The folder format (``Reader.folders``) that claims ``uri``, if any."""
+    return next((r for r in candidates if r.folders and r.claim(uri)), None)
+
+
+def is_folder_image(uri: str) -> bool:
+    """True when ``uri`` is a folder or prefix that one image format claims whole (a DICOM
+    series). Listings do not ask: a batch takes such images by name (.zip) or one by one."""
+    return _folder_reader(uri, list(readers().values())) is not None
 
 
 def modality_of(uri: str, cfg: InputConfig) -> str:
@@ -147,7 +167,16 @@ def modality_of(uri: str, cfg: InputConfig) -> str:
     matching = [r for r in readers().values() if _suffix_length(r, name)]
     longest = max((_suffix_length(r, name) for r in matching), default=0)
     best = {r.modality for r in matching if _suffix_length(r, name) == longest}
-    return best.pop() if len(best) == 1 else readers()[DEFAULT].modality
+    if len(best) == 1:
+        return best.pop()
+    if not matching:  # no suffix: a folder format, as its header says
+        try:
+            folder = _folder_reader(uri, list(readers().values()))
+        except UserError:
+            folder = None
+        if folder is not None:
+            return folder.modality
+    return readers()[DEFAULT].modality
 
 
 def open_source(uri: str, cfg: InputConfig) -> SourceBase:

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import rasterio
+import SimpleITK as sitk
 import tifffile
 import zarr
 from nibabel.affines import apply_affine
@@ -22,6 +23,7 @@ from segflow.tasks.sources.registry import readers
 from segflow.testing import ReaderContract
 from segflow.testing.readers import upload
 from tests.conftest import DATA
+from tests.data.dicom.make_dicom import ras_image, read_series, write_series
 from tests.data.stac.make_stac import make_scene
 
 SCENE = DATA / "rgb_byte.tif"  # real Landsat RGB, nodata 0 around a rotated footprint
@@ -207,8 +209,54 @@ class _Stac(ReaderContract):
         return bad
 
 
+class _DicomSeries(ReaderContract):
+    """The real T1 as an MR series written by SimpleITK (int16, rescaled, shuffled names),
+    checked against SimpleITK's own reading of the series."""
+
+    reader_name = "dicom"
+    suffix = ""  # a folder (an S3 prefix)
+    windows = [(slice(5, 20), slice(10, 30), slice(0, 25)), (slice(30, 33), slice(0, 41),
+                                                           slice(3, 4))]
+
+    def make(self, folder: Path) -> Path:
+        img = nib.load(HEAD)
+        voxels = np.asarray(img.dataobj, np.float64)
+        path = folder / "head"
+        write_series(ras_image(voxels, img.affine), path / "series")
+        if self.suffix == ".zip":
+            return Path(shutil.make_archive(str(path), "zip", path))
+        return path
+
+    def expected(self, path: Path) -> dict[str, Any]:
+        if self.suffix == ".zip":
+            shutil.unpack_archive(path, path.with_suffix(""))
+            path = path.with_suffix("")
+        image = read_series(path / "series")
+        lps = np.eye(4)
+        lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+        lps[:3, 3] = image.GetOrigin()
+        voxels = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # (column, row, slice)
+        img = nib.as_closest_canonical(nib.Nifti1Image(voxels, np.diag([-1, -1, 1, 1]) @ lps))
+        cells = [(0, 0, 0), (32, 40, 24), (10, 3, 17)]
+        return {"pixels": np.asarray(img.dataobj)[None],
+                "valid": np.ones(voxels.shape, bool),
+                "physical": {c: apply_affine(img.affine, c) for c in cells}}
+
+    def corrupt(self, path: Path, folder: Path) -> Path:
+        if self.suffix == ".zip":
+            return _truncated(path, folder)
+        bad = Path(shutil.copytree(path, folder / path.name))
+        victim = sorted((bad / "series").iterdir())[3]
+        _truncated(victim, victim.parent)
+        return bad
+
+
+class _DicomZip(_DicomSeries):
+    suffix = ".zip"
+
+
 IMPLEMENTATIONS: list[type[ReaderContract]] = [_GeoTiff, _Cog, _Slide, _Nifti, _NiftiGz,
-                                               _ZarrVolume, _Stac]
+                                               _ZarrVolume, _Stac, _DicomSeries, _DicomZip]
 
 
 # every implementation, on local disk and on the moto S3 server: TestGeoTiff, TestGeoTiffOnS3, ...
