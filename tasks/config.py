@@ -185,6 +185,11 @@ class TilingConfig(_Strict):
         return self
 
 
+#: label-file formats (tasks/export/labels.py) by modality, the modality's default first
+EXPORT_FORMATS = {"raster": ("cog",), "slide": ("ome-tiff",), "volume": ("nifti", "dicom-seg")}
+ExportFormat = Literal["cog", "ome-tiff", "nifti", "dicom-seg"]
+
+
 class OutputConfig(_Strict):
     pyramid: bool = True  # OME-Zarr multiscale levels 1.. (nearest, halving) after level 0
     # one writer per mask (tasks/mask/lease.py): seconds to wait for another run of the same
@@ -194,12 +199,29 @@ class OutputConfig(_Strict):
     # outputs for other tools, written after the mask (tasks/export/)
     vectors: bool = False  # ROOT/vectors/<image_id>.parquet: GeoParquet polygons
     qupath: bool = False  # slides: ROOT/vectors/<image_id>.geojson for QuPath
-    export: bool = False  # ROOT/exports/: COG (rasters), OME-TIFF (slides), NIfTI (volumes)
+    # ROOT/exports/: label files for desktop tools; true: the modality's own (COG for
+    # rasters, OME-TIFF for slides, NIfTI for volumes), or formats by name (dicom-seg:
+    # volumes read from a DICOM series)
+    export: bool | ExportFormat | list[ExportFormat] = False
     probabilities: bool = False  # per-class scores in the store (`probabilities` array)
     probabilities_dtype: Literal["uint8", "float16"] = "uint8"
     # georeferenced rasters: ROOT/stac/<image_id>/<image_id>.json, a STAC Item of the run's
     # outputs, linked from the ROOT/stac/collection.json Collection (tasks/export/stac.py)
     stac: bool = True
+
+    def export_formats(self, modality: str) -> list[str]:
+        """The label files to write for an image of ``modality``; a format that is not the
+        modality's is a one-line error."""
+        if self.export is False:
+            return []
+        wanted = ([EXPORT_FORMATS[modality][0]] if self.export is True else
+                  [self.export] if isinstance(self.export, str) else list(self.export))
+        wrong = [f for f in wanted if f not in EXPORT_FORMATS[modality]]
+        if wrong:
+            raise UserError("output.export", f"{', '.join(wrong)} is not written for a "
+                                             f"{modality}: use "
+                                             f"{' or '.join(EXPORT_FORMATS[modality])}")
+        return list(dict.fromkeys(wanted))
 
 
 class StatsConfig(_Strict):

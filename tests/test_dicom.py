@@ -4,6 +4,7 @@ NIfTI conversion of the same series; series that have no affine fail in one line
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from segflow.flows.segment import segment_image
 from segflow.tasks.catalog.query import run_query
 from segflow.tasks.config import InputConfig, load_config
 from segflow.tasks.errors import UserError
+from segflow.tasks.mask.store import open_store_group
 from segflow.tasks.sources.registry import open_source
 from tests.data.dicom.make_dicom import ras_image, to_nifti, write_series
 from tests.mni import template
@@ -90,3 +92,63 @@ def test_a_folder_of_several_series_needs_input_series(t1, tmp_path):
     assert chosen.dims == ("y", "z", "x") and chosen.spatial_shape == (78, 63, 66)
     uid = open_source(str(folder / "a"), InputConfig()).series_uid  # type: ignore[attr-defined]
     assert open_source(str(folder), InputConfig(series=uid)).spatial_shape == (66, 78, 63)
+
+
+def test_label_exports_a_dicom_viewer_and_itk_read_right(scans, tmp_path, dask_address):
+    """A DICOM SEG over the series (read back with highdicom) and a NIfTI label map (read with
+    SimpleITK) with 0 = background and nodata, the tissues 1..3, as every medical tool takes."""
+    import highdicom as hd
+    import pydicom
+    import SimpleITK as sitk
+
+    folder, _ = scans["sagittal"]
+    cfg = load_config(CONFIGS / "mri.yaml", [*SETS, "output.export=[nifti, dicom-seg]"])
+    run = segment_image(str(folder), str(tmp_path / "out"), cfg.model_dump(mode="json"),
+                        dask_address)
+    exports = {r["format"]: r["uri"] for r in run_query(
+        str(tmp_path / "out"), "select format, uri from outputs where output = 'export'"
+    ).to_pylist()}
+    assert set(exports) == {"nifti", "dicom-seg"}
+    store, meta = open_store_group(run["output_uri"])
+    mask = np.asarray(store["0"][:])
+    classes = {c["name"]: c["id"] for c in meta["classes"]}
+    nodata = 255
+    # the store's ids to the medical values: csf 1, grey matter 2, white matter 3, nodata 0
+    medical = np.zeros(256, np.uint8)
+    for value, name in enumerate(["csf", "grey_matter", "white_matter"], start=1):
+        medical[classes[name]] = value
+    medical[nodata] = 0
+
+    # NIfTI, as ITK reads it: the file's own grid is the series' (column, row, slice) grid
+    label = sitk.ReadImage(exports["nifti"])
+    series = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+    np.testing.assert_allclose(label.GetOrigin(), series.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(label.GetDirection(), series.GetDirection(), atol=1e-6)
+    voxels = sitk.GetArrayFromImage(label)
+    assert set(np.unique(voxels)) == {0, 1, 2, 3}
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(label)
+    csf_ml = shape.GetPhysicalSize(1) / 1000
+    [csf] = [r for r in run["class_stats"] if r["class_name"] == "csf"]
+    assert csf_ml == pytest.approx(csf["area"], rel=1e-9)  # CSF is a label, not background
+    assert (voxels == 0).sum() == (mask == nodata).sum()
+    legend = json.loads(Path(exports["nifti"].removesuffix(".nii.gz") + ".json").read_text())
+    assert legend["labels"]["1"]["name"] == "csf" and legend["labels"]["0"]["name"] == \
+        "background"
+
+    # DICOM SEG: segments, labels and frame of reference right, each frame its source slice
+    seg = hd.seg.segread(exports["dicom-seg"])
+    sources = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, folder.iterdir())}
+    any_source = next(iter(sources.values()))
+    assert seg.FrameOfReferenceUID == any_source.FrameOfReferenceUID
+    assert seg.StudyInstanceUID == any_source.StudyInstanceUID
+    assert list(seg.get_segment_numbers()) == [1, 2, 3]
+    assert [seg.get_segment_description(n).segment_label for n in (1, 2, 3)] == \
+        ["csf", "grey_matter", "white_matter"]
+    ordered = sorted(sources, key=lambda uid: float(np.dot(
+        sources[uid].ImagePositionPatient, np.cross(*np.reshape(
+            sources[uid].ImageOrientationPatient, (2, 3))))))
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=ordered,
+                                                combine_segments=True)
+    np.testing.assert_array_equal(frames, voxels)  # ITK's (slice, row, column) of the NIfTI
+    assert (frames == 1).sum() == (mask == classes["csf"]).sum()

@@ -336,9 +336,13 @@ def test_volume_nifti_label_map_overlays_the_scan(tmp_path, head_nii, dask_addre
     # view of the export is the store, voxel for voxel
     np.testing.assert_array_equal(labels.affine, source.affine)
     assert labels.shape == source.shape
+    # the medical convention: 0 background and nodata (Otsu's "background" class included),
+    # the other classes 1..n
+    mask = zarr.open_array(run["output_uri"], path="0", mode="r")[:]
     np.testing.assert_array_equal(np.asarray(nib.as_closest_canonical(labels).dataobj),
-                                  zarr.open_array(run["output_uri"], path="0", mode="r")[:])
+                                  np.where(mask == 1, 1, 0))
     assert labels.header["intent_code"] == 1002  # NIFTI_INTENT_LABEL
+    assert labels.header["descrip"].tobytes().rstrip(b"\0") == b"0 background, 1 foreground"
     assert nib.aff2axcodes(labels.affine) == nib.aff2axcodes(source.affine)
     assert not (root / "vectors").exists()  # volumes are not polygonised
 

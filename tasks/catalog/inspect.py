@@ -17,7 +17,6 @@ from segflow.tasks.runtime.zarr_nodes import array_at
 #: optional parts of a store, and what each holds
 PARTS = {INSTANCES: "object ids (a label image)", "probabilities": "class scores",
          "objects": "owned objects per chunk (instance models)"}
-#: the label file ``output.export`` writes, by modality (tasks/export/labels.py)
 
 
 def _exists(uri: str) -> bool:
@@ -39,8 +38,8 @@ def describe_store(uri: str) -> dict[str, Any]:
     if root is not None:  # a store in a segflow root: the files for other tools
         beside.update({what: root.vectors(image, suffix)
                        for what, suffix in VECTOR_SUFFIX.items()})
-        beside.update({f"export ({suffix})": root.export(image, modality)
-                       for modality, suffix in EXPORT_SUFFIX.items()})
+        beside.update({f"export ({suffix})": root.export(image, fmt)
+                       for fmt, suffix in EXPORT_SUFFIX.items()})
     complete = bool(meta.get("complete", False))
     return {
         "store": uri,

@@ -1,6 +1,11 @@
-"""``output.export``: the mask as the label file desktop tools open, by modality, under
-``ROOT/exports/``: rasters a Cloud-Optimized GeoTIFF (QGIS), slides a pyramidal OME-TIFF
-(QuPath, Fiji/Bio-Formats), volumes a NIfTI label map (ITK-SNAP, 3D Slicer).
+"""``output.export``: the mask as the label file desktop tools open, under ``ROOT/exports/``:
+rasters a Cloud-Optimized GeoTIFF (QGIS), slides a pyramidal OME-TIFF (QuPath,
+Fiji/Bio-Formats), volumes a NIfTI label map (ITK-SNAP, 3D Slicer, MRIcron) and, read from a
+DICOM series, a DICOM SEG (PACS, OHIF, 3D Slicer).
+
+Medical label maps follow the medical tools' convention, not the store's: 0 is background and
+nodata, the classes are 1..n in class-id order (a class named ``background`` is 0 too); the
+mapping is in the file's JSON sidecar (``<name>.json``) and its NIfTI description.
 
 Each is written by one task on a worker, streamed from the Zarr store chunk by chunk or tile by
 tile (a single file has a single writer), to a staged local file that appears whole.
@@ -9,6 +14,7 @@ tile (a single file has a single writer), to a staged local file that appears wh
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,27 +36,70 @@ from segflow.tasks.plan.grid import Plan
 from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.runtime.storage import staged, zarr_options
 from segflow.tasks.runtime.zarr_nodes import array_at, read_cells
+from segflow.tasks.sources.base import SourceBase
 from segflow.tasks.sources.spatial import RasterRef, SlideRef, SpatialRef, VolumeRef
 
 COG_BLOCK = 256  # GeoTIFF blocks, and overviews down to one block
 #: OME-TIFF tiles: the store's inner chunk, so each tile reads one chunk, decoded once
 OME_TILE = SHARD_INNER[2]
-#: file name suffix per modality
+#: class names that medical label maps write as 0, with nodata
+BACKGROUND = {"background", "nodata", "none"}
 
 
-def export_labels(store: MaskStore, plan: Plan, modality: str, root: str, image_id: str,
-                  classes: list[ClassSpec], ref: SpatialRef) -> dict[str, Any]:
-    """Write the label file of one mask (runs on a worker); returns its ``outputs`` row."""
-    uri = OutputRoot(root).export(image_id, modality)
-    write = {"raster": _cog, "slide": _ome_tiff, "volume": _nifti}[modality]
+def export_labels(store: MaskStore, plan: Plan, fmt: str, root: str, image_id: str,
+                  classes: list[ClassSpec], source: SourceBase) -> dict[str, Any]:
+    """Write the label file of one mask in format ``fmt`` (runs on a worker); returns its
+    ``outputs`` row."""
+    uri = OutputRoot(root).export(image_id, fmt)
     with staged(uri) as path:
-        on_worker(write, path, store, plan, classes, ref)
-    if modality == "raster":  # GDAL keeps category names in its PAM sidecar; QGIS reads it
+        if fmt == "dicom-seg":
+            from segflow.tasks.export.dicom_seg import write_dicom_seg
+
+            on_worker(write_dicom_seg, path, store, classes, source, medical_labels(classes))
+        else:
+            write = {"cog": _cog, "ome-tiff": _ome_tiff, "nifti": _nifti}[fmt]
+            on_worker(write, path, store, plan, classes, source.spatial_ref())
+    if fmt == "cog":  # GDAL keeps category names in its PAM sidecar; QGIS reads it
         with staged(uri + ".aux.xml") as path:
             path.write_text(_category_names(classes))
-    return {"output": "export", "format": {"raster": "cog", "slide": "ome-tiff",
-                                           "volume": "nifti"}[modality], "uri": uri,
-            "features": None}
+    if fmt == "nifti":  # what each value of the file means
+        with staged(uri.removesuffix(".nii.gz") + ".json") as path:
+            path.write_text(json.dumps(_sidecar(classes), indent=1) + "\n")
+    return {"output": "export", "format": fmt, "uri": uri, "features": None}
+
+
+def medical_labels(classes: list[ClassSpec]) -> dict[int, int]:
+    """Each class id's value in a medical label map: 1..n in id order, 0 for a class named
+    background (nodata is 0 as well)."""
+    values, n = {}, 0
+    for c in sorted(classes, key=lambda c: c.id):
+        if c.name.lower() in BACKGROUND:
+            values[c.id] = 0
+        else:
+            n += 1
+            values[c.id] = n
+    return values
+
+
+def _sidecar(classes: list[ClassSpec]) -> dict[str, Any]:
+    """The label map's legend: value -> name and colour, and the store's class id of each."""
+    values = medical_labels(classes)
+    labels: dict[str, dict[str, Any]] = {"0": {"name": "background",
+                                               "note": "nodata and background"}}
+    for c in classes:
+        if values[c.id]:
+            labels[str(values[c.id])] = {"name": c.name, "colour": c.colour,
+                                         "segflow_class_id": c.id}
+    return {"labels": labels}
+
+
+def relabel(block: np.ndarray, values: dict[int, int], nodata: int) -> np.ndarray:
+    """Store class ids to a medical label map's values (nodata and unknown ids to 0)."""
+    lut = np.zeros(max(nodata, *values) + 1, np.uint16 if max(values.values(), default=0)
+                   > 255 else np.uint8)
+    for cid, value in values.items():
+        lut[cid] = value
+    return lut[block]
 
 
 def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
@@ -142,16 +191,20 @@ def _nifti(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
     assert isinstance(ref, VolumeRef), "a NIfTI label map is written for volumes"
     affine = np.asarray(ref.source_affine, dtype=np.float64)
     flipped = list(ref.flipped)
+    values = medical_labels(classes)
+    dtype = relabel(np.zeros(1, np.uint8), values, store.nodata).dtype
     header = nib.Nifti1Header()
     header.set_data_shape(labels.shape)
-    header.set_data_dtype(np.dtype(store.dtype))
+    header.set_data_dtype(dtype)
     header.set_sform(affine, code="scanner")
     header.set_qform(affine, code="scanner")
     header.set_xyzt_units("mm")
     header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
     header["intent_name"] = b"segflow labels"
     header["vox_offset"] = 352
-    header["cal_min"], header["cal_max"] = 0, max(c.id for c in classes)
+    header["cal_min"], header["cal_max"] = 0, max(values.values(), default=0)
+    legend = ", ".join(f"{values[c.id]} {c.name}" for c in classes if values[c.id])
+    header["descrip"] = f"0 background, {legend}"[:79].encode()
     depth = labels.shape[2]
     step = plan.chunk
     with gzip.open(path, "wb", compresslevel=6) as out:
@@ -161,6 +214,7 @@ def _nifti(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
             stop = min(k + step, depth)
             slab = (np.flip(read_cells(labels, np.s_[:, :, depth - stop:depth - k]), 2)
                     if flipped[2] else read_cells(labels, np.s_[:, :, k:stop]))
-            slab = np.flip(slab, tuple(a for a in (0, 1) if flipped[a]))
+            slab = relabel(np.flip(slab, tuple(a for a in (0, 1) if flipped[a])), values,
+                           store.nodata)
             for z in range(slab.shape[2]):
                 out.write(np.ascontiguousarray(slab[:, :, z].T).tobytes())

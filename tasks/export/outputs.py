@@ -29,8 +29,7 @@ def write_outputs(client: Client, job: Job, store: MaskStore,
         unit = report_unit(job.reader, row_areas, job.config.stats)
         rows += write_vectors(client, job, store, row_areas, unit, instance_rows, out.vectors,
                               out.qupath)
-    if out.export:
-        rows.append(client.submit(export_labels, store, job.plan, job.reader.modality, job.root,
-                                  job.image_id, job.model.classes, job.reader.spatial_ref(),
-                                  pure=False).result())
+    for fmt in out.export_formats(job.reader.modality):
+        rows.append(client.submit(export_labels, store, job.plan, fmt, job.root, job.image_id,
+                                  job.model.classes, job.reader, pure=False).result())
     return rows

@@ -90,6 +90,9 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
     if config.stats.zones and reader.georef is None:
         raise UserError(config.stats.zones, f"stats.zones needs a georeferenced raster; "
                                             f"{source} is a {reader.modality}")
+    if "dicom-seg" in config.output.export_formats(reader.modality) and reader.reader != "dicom":
+        raise UserError(source, "output.export dicom-seg references the source DICOM series; "
+                                f"this is read by the {reader.reader} reader (use nifti)")
     halo = config.tiling.halo
     if config.stats.split != "none" or model.instance:
         model = _instance_model(model, config, reader, source)

@@ -4,7 +4,7 @@ goes, so a folder is named once (later outputs add a method here, not a path els
     ROOT/masks/<image_id>.zarr      the mask store (and <image_id>.png, its quick look)
     ROOT/catalog/<table>/           the catalog's Parquet tables
     ROOT/vectors/<image_id>.*       polygons (GeoParquet, QuPath GeoJSON)
-    ROOT/exports/<image_id>.*       label files for desktop viewers (COG, OME-TIFF, NIfTI)
+    ROOT/exports/<image_id>.*       label files for viewers (COG, OME-TIFF, NIfTI, DICOM SEG)
     ROOT/stac/collection.json       the STAC Collection of the results, and per image
     ROOT/stac/<image_id>/<image_id>.json  its STAC Item
 """
@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MASKS, CATALOG, VECTORS, EXPORTS, STAC = "masks", "catalog", "vectors", "exports", "stac"
-#: the export file's suffix for each modality
-EXPORT_SUFFIX = {"raster": ".tif", "slide": ".ome.tif", "volume": ".nii.gz"}
+#: the export file's suffix for each format (``output.export``)
+EXPORT_SUFFIX = {"cog": ".tif", "ome-tiff": ".ome.tif", "nifti": ".nii.gz",
+                 "dicom-seg": ".seg.dcm"}
 #: the polygon files' suffixes and what each is for
 VECTOR_SUFFIX = {"polygons": ".parquet", "QuPath GeoJSON": ".geojson"}
 
@@ -54,8 +55,8 @@ class OutputRoot:
     def vectors(self, image_id: str, suffix: str) -> str:
         return f"{self.uri}/{VECTORS}/{image_id}{suffix}"
 
-    def export(self, image_id: str, modality: str) -> str:
-        return f"{self.uri}/{EXPORTS}/{image_id}{EXPORT_SUFFIX[modality]}"
+    def export(self, image_id: str, fmt: str) -> str:
+        return f"{self.uri}/{EXPORTS}/{image_id}{EXPORT_SUFFIX[fmt]}"
 
     def stac_collection(self) -> str:
         return f"{self.uri}/{STAC}/collection.json"
