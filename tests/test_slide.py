@@ -86,3 +86,36 @@ def test_background_chunks_are_skipped_and_the_mask_is_unchanged(sparse_slide, t
     agreement = (masks[0] == masks[1]).mean()
     assert agreement >= 0.9999
     assert (masks[0] == 1).sum() > 1e5  # there is tissue, and it was segmented
+
+
+def test_a_ventana_bif_reads_through_openslide_and_segments_as_its_tiff(tmp_path, dask_address):
+    """A BIF (OpenSlide's) and a tifffile pyramid holding the same real H&E levels give the
+    same pixels, the same level for ``target_mpp``, the same mask and the same mm²."""
+    from segflow.tasks.sources.registry import open_source
+    from tests.data.slides.make_bif import half, make_bif
+
+    bif = tmp_path / "crop.bif"
+    crop = make_bif(str(DATA / "cmu1_pyramid.tif"), str(bif), size=1024, tile=256,
+                    compression="deflate")
+    levels = [crop, half(crop), half(half(crop))]
+    tif = tmp_path / "crop.tif"
+    with tifffile.TiffWriter(tif) as out:  # the same levels as a generic pyramid
+        out.write(crop, tile=(256, 256), subifds=2, photometric="rgb", compression="zlib",
+                  resolution=(1e4 / 0.499, 1e4 / 0.499), resolutionunit="CENTIMETER")
+        for level in levels[1:]:
+            out.write(level, tile=(256, 256), subfiletype=1, photometric="rgb",
+                      compression="zlib")
+    assert reader_for(str(bif)).name == "openslide" and reader_for(str(tif)).name == "slide"
+    assert reader_for(str(bif.rename(tmp_path / "crop_bif.tif"))).name == "openslide"
+    bif = tmp_path / "crop_bif.tif"  # BIFs are also named .tif: told apart by content
+    source = open_source(str(bif), InputConfig())
+    np.testing.assert_array_equal(np.moveaxis(source.read((slice(0, 1024),) * 2)[0], 0, -1),
+                                  crop)
+    cfg = load_config(CONFIGS / "pathology.yaml", ["tiling.chunk=256"]).model_dump(mode="json")
+    runs = [segment_image(str(path), str(tmp_path / name), cfg, dask_address)
+            for path, name in ((bif, "bif"), (tif, "tif"))]
+    masks = [zarr.open_array(r["output_uri"], path="0", mode="r")[:] for r in runs]
+    assert masks[0].shape == (512, 512)  # level 1: 0.998 µm/px for a 1 µm target
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert [r["area"] for r in runs[0]["class_stats"]] == pytest.approx(
+        [r["area"] for r in runs[1]["class_stats"]], rel=1e-12)

@@ -78,6 +78,11 @@ NIFTI = Reader("nifti", "volume", (".nii", ".nii.gz"), f"{_MOD}.volume:open_nift
 SLIDE = Reader("slide", "slide", (".svs", ".ndpi", ".scn", ".qptiff", ".ome.tif", ".ome.tiff",
                                   ".tif", ".tiff"),
                f"{_MOD}.slide:open_slide", claims=f"{_MOD}.slide:is_slide", fallback=True)
+#: vendor formats OpenSlide reads and tifffile does not (BIF, MIRAX, VMS, Sakura)
+OPENSLIDE = Reader("openslide", "slide", (".bif", ".mrxs", ".vms", ".vmu", ".svslide", ".tif",
+                                          ".tiff"),
+                   f"{_MOD}.vendor_slide:open_vendor_slide",
+                   claims=f"{_MOD}.vendor_slide:is_vendor_slide")
 GEOTIFF = Reader("geotiff", "raster", (".tif", ".tiff", ".vrt"), f"{_MOD}.raster:open_raster",
                  fallback=True)
 #: a STAC Item or ItemCollection (.json, claimed by content), or a STAC API item URL

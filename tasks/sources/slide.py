@@ -32,7 +32,7 @@ def is_slide(uri: str) -> bool:
     on any URL): what tells a slide from a raster when both readers match the name."""
     try:
         with open_input(uri) as fh, tifffile.TiffFile(fh) as tif:
-            if tif.is_geotiff:
+            if tif.is_geotiff or tif.is_bif:  # a Ventana BIF's tiles overlap: OpenSlide's
                 return False
             return bool(tif.is_svs or tif.is_ome or len(tif.series[0].levels) > 1)
     except Exception as exc:
@@ -124,6 +124,15 @@ def base_mpp(tif: tifffile.TiffFile) -> float | None:
     return None
 
 
+def pick_level(downsamples: list[float], mpp: float | None, target_mpp: float | None) -> int:
+    """The coarsest pyramid level still at least as fine as ``target_mpp`` (10 % tolerance);
+    level 0 without a target or a pixel size."""
+    if not (target_mpp and mpp):
+        return 0
+    fine_enough = [i for i, d in enumerate(downsamples) if mpp * d <= target_mpp * 1.1]
+    return fine_enough[-1] if fine_enough else 0
+
+
 def open_slide(uri: str, cfg: InputConfig | None = None) -> Slide:
     """Open a slide's header, pick the pyramid level for ``input.target_mpp`` (``input.mpp``
     overrides the file's pixel size), return a lazy handle."""
@@ -145,11 +154,7 @@ def open_slide(uri: str, cfg: InputConfig | None = None) -> Slide:
         warnings.warn(f"{uri}: no pixel size in the file and no input.mpp: areas in pixels",
                       stacklevel=2)
     downsamples = [shapes[0][1] / s[1] for s in shapes]
-    level = 0
-    if target_mpp and full:
-        # the coarsest level that is still at least as fine as the target (10 % tolerance)
-        fine_enough = [i for i, d in enumerate(downsamples) if full * d <= target_mpp * 1.1]
-        level = fine_enough[-1] if fine_enough else 0
+    level = pick_level(downsamples, full, target_mpp)
     count = shapes[level][2] if len(shapes[level]) == 3 else 1
     chosen = select_bands(uri, cfg.bands, count, "slide", default=3)
     coarser = tuple((i, downsamples[i] / downsamples[level])

@@ -24,6 +24,7 @@ from segflow.testing import ReaderContract
 from segflow.testing.readers import upload
 from tests.conftest import DATA
 from tests.data.dicom.make_dicom import ras_image, read_series, write_series
+from tests.data.slides.make_bif import make_bif
 from tests.data.stac.make_stac import make_scene
 
 SCENE = DATA / "rgb_byte.tif"  # real Landsat RGB, nodata 0 around a rotated footprint
@@ -91,6 +92,32 @@ class _Slide(ReaderContract):
             mpp = 1e4 * denominator / numerator
         cells = [(0, 0), (2966, 2219), (100, 7)]
         return {"pixels": pixels, "valid": np.ones(pixels.shape[1:], bool),
+                "physical": {c: ((c[1] + 0.5) * mpp, (c[0] + 0.5) * mpp) for c in cells}}
+
+    def corrupt(self, path: Path, folder: Path) -> Path:
+        return _truncated(path, folder)
+
+
+class _VendorSlide(ReaderContract):
+    """A Ventana BIF written from the real H&E (lossless tiles), read as OpenSlide reads it."""
+
+    reader_name = "openslide"
+    suffix = ".bif"
+    windows = [(slice(100, 300), slice(250, 400)), (slice(500, 512), slice(0, 512))]
+
+    def make(self, folder: Path) -> Path:
+        path = folder / "slide.bif"
+        make_bif(str(SLIDE), str(path), size=512, tile=128, compression="deflate")
+        return path
+
+    def expected(self, path: Path) -> dict[str, Any]:
+        import openslide
+
+        with openslide.OpenSlide(path) as slide:
+            rgba = np.asarray(slide.read_region((0, 0), 0, slide.level_dimensions[0]))
+            mpp = float(slide.properties["openslide.mpp-x"])
+        cells = [(0, 0), (511, 511), (100, 7)]
+        return {"pixels": np.moveaxis(rgba[..., :3], -1, 0), "valid": rgba[..., 3] > 0,
                 "physical": {c: ((c[1] + 0.5) * mpp, (c[0] + 0.5) * mpp) for c in cells}}
 
     def corrupt(self, path: Path, folder: Path) -> Path:
@@ -255,8 +282,9 @@ class _DicomZip(_DicomSeries):
     suffix = ".zip"
 
 
-IMPLEMENTATIONS: list[type[ReaderContract]] = [_GeoTiff, _Cog, _Slide, _Nifti, _NiftiGz,
-                                               _ZarrVolume, _Stac, _DicomSeries, _DicomZip]
+IMPLEMENTATIONS: list[type[ReaderContract]] = [_GeoTiff, _Cog, _Slide, _VendorSlide, _Nifti,
+                                               _NiftiGz, _ZarrVolume, _Stac, _DicomSeries,
+                                               _DicomZip]
 
 
 # every implementation, on local disk and on the moto S3 server: TestGeoTiff, TestGeoTiffOnS3, ...
