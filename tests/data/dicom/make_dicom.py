@@ -8,8 +8,11 @@ conversion by SimpleITK (the independent reading segflow's DICOM reader is compa
 
 from __future__ import annotations
 
+import locale
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,20 @@ def ras_image(volume: np.ndarray, affine: np.ndarray) -> sitk.Image:
     image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
     image.SetOrigin([float(v) for v in lps[:3, 3]])
     return image
+
+
+@contextmanager
+def _locale_kept() -> Iterator[None]:
+    """GDCM's DICOM writer sets the process's C locale (LC_CTYPE "C": Python then reads text
+    as ASCII); put back what it found."""
+    categories = (locale.LC_CTYPE, locale.LC_NUMERIC, locale.LC_COLLATE, locale.LC_TIME,
+                  locale.LC_MONETARY, locale.LC_MESSAGES)
+    saved = {c: locale.setlocale(c) for c in categories}
+    try:
+        yield
+    finally:
+        for category, value in saved.items():
+            locale.setlocale(category, value)
 
 
 def write_series(image: sitk.Image, folder: Path, orientation: str = "LPS",
@@ -76,7 +93,8 @@ def write_series(image: sitk.Image, folder: Path, orientation: str = "LPS",
         plane.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
         path = folder / names[k]
         writer.SetFileName(str(path))
-        writer.Execute(plane)
+        with _locale_kept():
+            writer.Execute(plane)
         _rescaled(path, oriented.GetSpacing()[2])
         written.append(path)
     return written
