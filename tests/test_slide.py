@@ -88,34 +88,34 @@ def test_background_chunks_are_skipped_and_the_mask_is_unchanged(sparse_slide, t
     assert (masks[0] == 1).sum() > 1e5  # there is tissue, and it was segmented
 
 
-def test_a_ventana_bif_reads_through_openslide_and_segments_as_its_tiff(tmp_path, dask_address):
-    """A BIF (OpenSlide's) and a tifffile pyramid holding the same real H&E levels give the
-    same pixels, the same level for ``target_mpp``, the same mask and the same mm²."""
+def test_one_slide_as_bif_dicom_and_tiff_gives_the_same_mask_and_mm2(tmp_path, dask_address):
+    """The same real H&E levels as a Ventana BIF (OpenSlide), as its DICOM conversion by
+    wsidicomizer (wsidicom) and as a tifffile pyramid: the same pixels, the same level for
+    ``target_mpp``, the same ``configs/pathology.yaml`` mask and the same mm²."""
     from segflow.tasks.sources.registry import open_source
     from tests.data.slides.make_bif import half, make_bif
+    from tests.data.slides.make_dicom_wsi import tiff_pyramid, to_dicom_wsi
 
-    bif = tmp_path / "crop.bif"
+    bif = tmp_path / "crop_bif.tif"  # BIFs are also named .tif: told apart by content
     crop = make_bif(str(DATA / "cmu1_pyramid.tif"), str(bif), size=1024, tile=256,
                     compression="deflate")
-    levels = [crop, half(crop), half(half(crop))]
-    tif = tmp_path / "crop.tif"
-    with tifffile.TiffWriter(tif) as out:  # the same levels as a generic pyramid
-        out.write(crop, tile=(256, 256), subifds=2, photometric="rgb", compression="zlib",
-                  resolution=(1e4 / 0.499, 1e4 / 0.499), resolutionunit="CENTIMETER")
-        for level in levels[1:]:
-            out.write(level, tile=(256, 256), subfiletype=1, photometric="rgb",
-                      compression="zlib")
-    assert reader_for(str(bif)).name == "openslide" and reader_for(str(tif)).name == "slide"
-    assert reader_for(str(bif.rename(tmp_path / "crop_bif.tif"))).name == "openslide"
-    bif = tmp_path / "crop_bif.tif"  # BIFs are also named .tif: told apart by content
-    source = open_source(str(bif), InputConfig())
-    np.testing.assert_array_equal(np.moveaxis(source.read((slice(0, 1024),) * 2)[0], 0, -1),
-                                  crop)
+    tif = tiff_pyramid(tmp_path / "crop.tif", [crop, half(crop), half(half(crop))], mpp=0.499)
+    dicom = tmp_path / "crop_dicom"
+    to_dicom_wsi(tif, dicom)
+    slides = {"openslide": bif, "dicom-wsi": dicom, "slide": tif}
+    for name, path in slides.items():
+        assert reader_for(str(path)).name == name
+        source = open_source(str(path), InputConfig())
+        np.testing.assert_array_equal(
+            np.moveaxis(source.read((slice(0, 1024),) * 2)[0], 0, -1), crop)
     cfg = load_config(CONFIGS / "pathology.yaml", ["tiling.chunk=256"]).model_dump(mode="json")
-    runs = [segment_image(str(path), str(tmp_path / name), cfg, dask_address)
-            for path, name in ((bif, "bif"), (tif, "tif"))]
-    masks = [zarr.open_array(r["output_uri"], path="0", mode="r")[:] for r in runs]
-    assert masks[0].shape == (512, 512)  # level 1: 0.998 µm/px for a 1 µm target
-    np.testing.assert_array_equal(masks[0], masks[1])
-    assert [r["area"] for r in runs[0]["class_stats"]] == pytest.approx(
-        [r["area"] for r in runs[1]["class_stats"]], rel=1e-12)
+    runs = {name: segment_image(str(path), str(tmp_path / name), cfg, dask_address)
+            for name, path in slides.items()}
+    masks = {name: zarr.open_array(r["output_uri"], path="0", mode="r")[:]
+             for name, r in runs.items()}
+    assert masks["slide"].shape == (512, 512)  # level 1: 0.998 µm/px for a 1 µm target
+    assert len(np.unique(masks["slide"])) == 3  # glass, tissue, haematoxylin-positive
+    for name in ("openslide", "dicom-wsi"):
+        np.testing.assert_array_equal(masks[name], masks["slide"])
+        assert [r["area"] for r in runs[name]["class_stats"]] == pytest.approx(
+            [r["area"] for r in runs["slide"]["class_stats"]], rel=1e-12)

@@ -30,7 +30,8 @@ def write_dicom_seg(path: Path, store: MaskStore, classes: list[ClassSpec],
 
     from segflow import __version__
     from segflow.tasks.export.labels import relabel
-    from segflow.tasks.sources.dicom_series import DicomSeries, _member
+    from segflow.tasks.sources.dicom_files import member
+    from segflow.tasks.sources.dicom_series import DicomSeries
 
     if not isinstance(source, DicomSeries):
         raise UserError(source.uri, "a DICOM SEG needs a DICOM series source")
@@ -39,7 +40,7 @@ def write_dicom_seg(path: Path, store: MaskStore, classes: list[ClassSpec],
     frames = np.ascontiguousarray(relabel(raw, values, store.nodata).transpose(2, 1, 0))
     images = []
     for name in source.files:  # in slice order, as the frames
-        with _member(source.uri, name) as fh:
+        with member(source.uri, name) as fh:
             images.append(pydicom.dcmread(fh))
     algorithm = hd.AlgorithmIdentificationSequence(
         name="segflow", family=codes.cid7162.ArtificialIntelligence, version=__version__)

@@ -13,21 +13,22 @@ A window reads only its slices' files, on the worker, each opened for that read.
 
 from __future__ import annotations
 
-import io
-import posixpath
-import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from segflow.tasks.config import InputConfig
 from segflow.tasks.errors import UserError, io_error, is_transient
-from segflow.tasks.runtime.storage import filesystem, open_input
 from segflow.tasks.sources.base import select_bands
+from segflow.tasks.sources.dicom_files import (
+    SLIDE_CLASSES,
+    is_dicom_file,
+    load_pydicom,
+    member,
+    members,
+)
 from segflow.tasks.sources.volume import Volume
 
 #: header fields the geometry and the choice of series need (pixels are read per window)
@@ -37,52 +38,15 @@ _TAGS = ("SOPClassUID", "SeriesInstanceUID", "SeriesDescription", "ImagePosition
          "NumberOfFrames")
 #: mm: positions off the slice normal, or spacings, that differ by more are refused
 _TOLERANCE_MM = 1e-3
-_ZIP = ".zip"
-
-
-def _members(uri: str) -> list[str]:
-    """Every file of a folder, prefix or .zip, as paths relative to ``uri``, sorted."""
-    if uri.lower().endswith(_ZIP):
-        with open_input(uri) as fh, zipfile.ZipFile(fh) as archive:
-            return sorted(n for n in archive.namelist() if not n.endswith("/"))
-    fs, root = filesystem(uri)
-    root = root.rstrip("/")
-    return sorted(p[len(root) + 1:] for p in fs.find(root) if p != root)
-
-
-@contextmanager
-def _member(uri: str, name: str) -> Iterator[IO[bytes]]:
-    """One file of the series, opened for one read (no handle outlives it)."""
-    if uri.lower().endswith(_ZIP):
-        with open_input(uri) as fh, zipfile.ZipFile(fh) as archive:
-            yield io.BytesIO(archive.read(name))
-        return
-    with open_input(posixpath.join(uri.rstrip("/"), name)) as fh:
-        yield fh
-
-
-def _pydicom() -> Any:
-    try:
-        import pydicom
-    except ImportError as exc:
-        raise UserError("input", "DICOM needs the dicom extra: pip install 'segflow[dicom]'"
-                        ) from exc
-    return pydicom
-
-
-def _is_dicom_file(uri: str, name: str) -> bool:
-    """DICOM Part 10: 128 bytes of preamble, then ``DICM``."""
-    with _member(uri, name) as fh:
-        return fh.read(132)[128:] == b"DICM"
 
 
 def _header(uri: str, name: str) -> Any | None:
     """The file's header (no pixels), or None when it is no DICOM image (DICOMDIR, notes)."""
-    pydicom = _pydicom()
+    pydicom = load_pydicom()
     from pydicom.errors import InvalidDicomError
 
     try:
-        with _member(uri, name) as fh:
+        with member(uri, name) as fh:
             ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=list(_TAGS))
     except InvalidDicomError:
         return None
@@ -96,17 +60,13 @@ def _header(uri: str, name: str) -> Any | None:
 def is_dicom_series(uri: str) -> bool:
     """A folder, prefix or .zip whose first file is a DICOM image that is not a slide."""
     try:
-        names = [n for n in _members(uri)[:8] if _is_dicom_file(uri, n)]
+        names = [n for n in members(uri)[:8] if is_dicom_file(uri, n)]
     except Exception as exc:
         if is_transient(exc):
             raise io_error(uri, "cannot list the series", exc) from exc
         return False
     first = next((h for h in map(partial(_header, uri), names) if h is not None), None)
-    return first is not None and str(first.get("SOPClassUID", "")) not in _SLIDE_CLASSES
-
-
-#: VL Whole Slide Microscopy Image Storage: a slide, read by the DICOM WSI reader
-_SLIDE_CLASSES = {"1.2.840.10008.5.1.4.1.1.77.1.6"}
+    return first is not None and str(first.get("SOPClassUID", "")) not in SLIDE_CLASSES
 
 
 @dataclass(frozen=True)
@@ -121,12 +81,12 @@ class DicomSeries(Volume):
     reader: ClassVar[str] = "dicom"
 
     def _slab(self, index: tuple[slice, ...]) -> np.ndarray:
-        pydicom = _pydicom()
+        pydicom = load_pydicom()
         cols, rows, slices = index
         planes = []
         try:
             for k in range(len(self.files))[slices]:
-                with _member(self.uri, self.files[k]) as fh:
+                with member(self.uri, self.files[k]) as fh:
                     stored = pydicom.dcmread(fh).pixel_array
                 slope, intercept = self.rescale[k]
                 plane = stored.T[cols, rows]
@@ -209,7 +169,7 @@ def open_dicom_series(uri: str, cfg: InputConfig | None = None) -> DicomSeries:
     """Read every file's header, keep one series, order and check its slices."""
     cfg = cfg or InputConfig()
     try:
-        names = _members(uri)
+        names = members(uri)
     except Exception as exc:
         raise io_error(uri, "cannot list the series", exc) from exc
     headers = [(n, h) for n in names if (h := _header(uri, n)) is not None]

@@ -92,6 +92,9 @@ STAC = Reader("stac", "raster", (".json",), f"{_MOD}.stac:open_stac",
 #: a DICOM image series (MR, CT): a folder or prefix, or a .zip of one
 DICOM = Reader("dicom", "volume", (".zip",), f"{_MOD}.dicom_series:open_dicom_series",
                claims=f"{_MOD}.dicom_series:is_dicom_series", sniff=True, folders=True)
+#: a DICOM whole-slide image: a folder or prefix of VL WSI instances
+DICOM_WSI = Reader("dicom-wsi", "slide", (), f"{_MOD}.dicom_wsi:open_dicom_slide",
+                   claims=f"{_MOD}.dicom_wsi:is_dicom_slide", folders=True)
 #: with ``input.modality: auto``, a file no suffix claims goes to GDAL, which reads most rasters
 DEFAULT = "geotiff"
 
