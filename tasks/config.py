@@ -95,6 +95,8 @@ class MaskSpec(_Strict):
 #: the ``input`` keys only the STAC reader reads (tasks/sources/stac.py)
 STAC_KEYS = ("assets", "crs", "resolution", "resampling", "mask", "bbox", "bbox_crs", "mosaic",
              "apply_scale")
+#: the ``input`` keys only one reader reads, by reader name; others refuse them
+READER_KEYS = {"stac": STAC_KEYS, "dicom": ("series",), "bioio": ("channels", "scene", "t", "z")}
 
 
 class InputConfig(_Strict):
@@ -130,11 +132,26 @@ class InputConfig(_Strict):
     # DICOM: the series to read where a folder holds several (its SeriesInstanceUID or
     # SeriesDescription); None: the folder's only series
     series: str | None = None
+    # microscopy (bioio): channels by name, in the model's band order (None: input.bands, or
+    # all); one scene by index or name; the time point; Z: a plane index or max (projection)
+    channels: list[str] | None = None
+    scene: int | str | None = None
+    t: int = Field(0, ge=0)
+    z: int | Literal["max"] = 0
 
-    def stac_keys(self) -> list[str]:
-        """The STAC-only keys set away from their defaults (other readers refuse them)."""
+    @field_validator("z")
+    @classmethod
+    def _plane(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a plane index (0, 1 ...) or max")
+        return v
+
+    def reader_keys(self, reader: str) -> list[str]:
+        """The keys of readers other than ``reader`` set away from their defaults (the reader
+        refuses them)."""
         defaults = InputConfig()
-        return [f"input.{k}" for k in STAC_KEYS if getattr(self, k) != getattr(defaults, k)]
+        return [f"input.{k}" for name, keys in READER_KEYS.items() if name != reader
+                for k in keys if getattr(self, k) != getattr(defaults, k)]
 
     @field_validator("bbox")
     @classmethod
@@ -303,7 +320,7 @@ class JobConfig(_Strict):
 
 #: keys added after configs were first hashed: left out of the hash at their defaults, so a
 #: catalog written before they existed still finds its runs done
-_HASHED_WHEN_SET = {"input": (*STAC_KEYS, "series")}
+_HASHED_WHEN_SET = {"input": (*STAC_KEYS, *READER_KEYS["dicom"], *READER_KEYS["bioio"])}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

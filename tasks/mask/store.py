@@ -105,6 +105,8 @@ def store_attrs(job: Job) -> dict[str, Any]:
             "config_hash": job.config.output_hash(),
             "classes": [c.model_dump() for c in job.model.classes],
             "chunks_total": len(job.plan.chunks),
+            # the input's bands by name where the format names them (microscopy channels)
+            **({"channels": names} if (names := job.reader.band_names()) else {}),
         },
         "spatial": job.reader.spatial_ref().to_attrs(),
     }

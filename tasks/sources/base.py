@@ -62,6 +62,11 @@ class SourceBase(ABC):
         """CRS and affine, for georeferenced formats; else None."""
         return None
 
+    def band_names(self) -> list[str] | None:
+        """The chosen bands' names where the format names them (microscopy channels), in
+        band order; else None."""
+        return None
+
     def unwritten(self, boxes: list[Box]) -> list[bool]:
         """For each box, whether the file holds no data there at all, known from its header
         (every cell reads as nodata). Default: not known, so False."""

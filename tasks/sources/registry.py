@@ -23,6 +23,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from segflow.tasks.config import READER_KEYS
 from segflow.tasks.errors import UserError
 
 if TYPE_CHECKING:
@@ -92,6 +93,9 @@ STAC = Reader("stac", "raster", (".json",), f"{_MOD}.stac:open_stac",
 #: a DICOM image series (MR, CT): a folder or prefix, or a .zip of one
 DICOM = Reader("dicom", "volume", (".zip",), f"{_MOD}.dicom_series:open_dicom_series",
                claims=f"{_MOD}.dicom_series:is_dicom_series", sniff=True, folders=True)
+#: multi-channel microscopy (bioio): CZI, ND2, LIF, and OME-TIFF that is not RGB
+BIOIO = Reader("bioio", "slide", (".ome.tif", ".ome.tiff", ".czi", ".nd2", ".lif"),
+               f"{_MOD}.microscopy:open_microscopy", claims=f"{_MOD}.microscopy:is_multichannel")
 #: a DICOM whole-slide image: a folder or prefix of VL WSI instances
 DICOM_WSI = Reader("dicom-wsi", "slide", (), f"{_MOD}.dicom_wsi:open_dicom_slide",
                    claims=f"{_MOD}.dicom_wsi:is_dicom_slide", folders=True)
@@ -190,9 +194,12 @@ def modality_of(uri: str, cfg: InputConfig) -> str:
 def open_source(uri: str, cfg: InputConfig) -> SourceBase:
     """Open ``uri`` lazily (header only) with the reader for it."""
     reader = reader_for(uri, cfg.modality)
-    stac = cfg.stac_keys()
-    if stac and reader.name != STAC.name:
-        raise UserError(uri, f"{', '.join(stac)} apply to STAC items; this is read by the "
+    foreign = cfg.reader_keys(reader.name)
+    if foreign:
+        owners = {"stac": "STAC items", "dicom": "DICOM series", "bioio": "microscopy files"}
+        whose = next(owners[name] for name, keys in READER_KEYS.items()
+                     if foreign[0].removeprefix("input.") in keys)
+        raise UserError(uri, f"{', '.join(foreign)} apply to {whose}; this is read by the "
                              f"{reader.name} reader")
     return reader.open(uri, cfg)
 

@@ -34,7 +34,9 @@ def is_slide(uri: str) -> bool:
         with open_input(uri) as fh, tifffile.TiffFile(fh) as tif:
             if tif.is_geotiff or tif.is_bif:  # a Ventana BIF's tiles overlap: OpenSlide's
                 return False
-            return bool(tif.is_svs or tif.is_ome or len(tif.series[0].levels) > 1)
+            if tif.is_ome:  # RGB; other OME images are microscopy, bioio's
+                return tif.series[0].axes.endswith("S")
+            return bool(tif.is_svs or len(tif.series[0].levels) > 1)
     except Exception as exc:
         if is_transient(exc):  # the header could not be fetched: no answer, so retry
             raise io_error(uri, "cannot read the TIFF header", exc) from exc

@@ -24,6 +24,7 @@ from segflow.testing import ReaderContract
 from segflow.testing.readers import upload
 from tests.conftest import DATA
 from tests.data.dicom.make_dicom import ras_image, read_series, write_series
+from tests.data.microscopy.make_ome import read as read_ome
 from tests.data.slides.make_bif import half, make_bif
 from tests.data.slides.make_dicom_wsi import tiff_pyramid, to_dicom_wsi
 from tests.data.stac.make_stac import make_scene
@@ -31,6 +32,7 @@ from tests.data.stac.make_stac import make_scene
 SCENE = DATA / "rgb_byte.tif"  # real Landsat RGB, nodata 0 around a rotated footprint
 SLIDE = DATA / "cmu1_pyramid.tif"  # real H&E (CMU-1), pyramidal, 0.499 µm/px
 HEAD = DATA / "nibabel_anatomical.nii"  # real T1, big-endian, LAS
+FLUORESCENCE = DATA / "vectra_crop.ome.tif"  # real DAPI, FITC, Cy3 (Vectra), 0.4965 µm/px
 WINDOW = Window(0, 100, 240, 200)  # a crop of the scene: 46 % nodata outside the footprint
 
 
@@ -157,6 +159,27 @@ class _DicomWsi(ReaderContract):
         base = max(bad.iterdir(), key=lambda f: f.stat().st_size)  # level 0
         _truncated(base, bad)
         return bad
+
+
+class _Microscopy(ReaderContract):
+    """Three real fluorescence channels (DAPI, FITC, Cy3) in a tiled OME-TIFF, read by bioio;
+    pixels and pixel size as tifffile reads them."""
+
+    reader_name = "bioio"
+    suffix = ".ome.tif"
+    windows = [(slice(100, 200), slice(250, 384)), (slice(0, 256), slice(128, 129))]
+
+    def make(self, folder: Path) -> Path:
+        return Path(shutil.copy(FLUORESCENCE, folder / "cells.ome.tif"))
+
+    def expected(self, path: Path) -> dict[str, Any]:
+        pixels, _, um = read_ome(path)
+        cells = [(0, 0), (255, 383), (100, 7)]
+        return {"pixels": pixels, "valid": np.ones(pixels.shape[1:], bool),
+                "physical": {c: ((c[1] + 0.5) * um, (c[0] + 0.5) * um) for c in cells}}
+
+    def corrupt(self, path: Path, folder: Path) -> Path:
+        return _truncated(path, folder)
 
 
 class _Nifti(ReaderContract):
@@ -318,8 +341,8 @@ class _DicomZip(_DicomSeries):
 
 
 IMPLEMENTATIONS: list[type[ReaderContract]] = [_GeoTiff, _Cog, _Slide, _VendorSlide, _DicomWsi,
-                                               _Nifti, _NiftiGz, _ZarrVolume, _Stac,
-                                               _DicomSeries, _DicomZip]
+                                               _Microscopy, _Nifti, _NiftiGz, _ZarrVolume,
+                                               _Stac, _DicomSeries, _DicomZip]
 
 
 # every implementation, on local disk and on the moto S3 server: TestGeoTiff, TestGeoTiffOnS3, ...
