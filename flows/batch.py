@@ -26,6 +26,7 @@ from segflow.flows.segment import run_image
 from segflow.tasks.catalog.done import completed, recorded
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import SegflowError, first_line, retry_transient
+from segflow.tasks.intake.bids import bids_images
 from segflow.tasks.intake.inventory import inventory
 from segflow.tasks.intake.queue import acknowledge, receive
 from segflow.tasks.runtime.cluster import dask_cluster
@@ -99,9 +100,13 @@ def segment_batch(sources: str | list[str], out: str, config: dict[str, Any] | N
     The run ends ``Failed`` when any image failed (a scheduled run shows it in the UI), still
     carrying the summary: call it through ``run_batch`` to get the rows either way."""
     out = normal_uri(out)
-    listed = inventory(sources, exclude=out) if isinstance(sources, str) else sources
-    uris = list(dict.fromkeys(normal_uri(u) for u in listed))  # one entry per file
     cfg = JobConfig.model_validate(config or {})
+    if isinstance(sources, str):
+        listed = (bids_images(sources, cfg.input.bids) if cfg.input.bids else
+                  inventory(sources, exclude=out))
+    else:
+        listed = sources
+    uris = list(dict.fromkeys(normal_uri(u) for u in listed))  # one entry per file
     todo, skipped = _pending(uris, out, cfg)
     rows = {r["uri"]: r for r in skipped}
     if todo:

@@ -99,6 +99,23 @@ STAC_KEYS = ("assets", "crs", "resolution", "resampling", "mask", "bbox", "bbox_
 READER_KEYS = {"stac": STAC_KEYS, "dicom": ("series",), "bioio": ("channels", "scene", "t", "z")}
 
 
+class BidsFilter(_Strict):
+    """Which images of a BIDS dataset a batch takes (tasks/intake/bids.py): entities as in
+    the file names (``session: "01"`` for ``ses-01``); unset entities match anything."""
+
+    datatype: str = "anat"
+    suffix: str = "T1w"
+    session: str | None = None
+    acquisition: str | None = None
+    run: str | None = None
+    task: str | None = None
+
+    def entities(self) -> dict[str, str]:
+        """The entities an image must have, by full name (suffix included)."""
+        wanted = self.model_dump(exclude={"datatype"}, exclude_none=True)
+        return {k: str(v) for k, v in wanted.items()}
+
+
 class InputConfig(_Strict):
     modality: Literal["auto", "raster", "slide", "volume"] = "auto"  # auto: from the file
     bands: list[int] | None = None  # 1-based band indexes; None = all bands
@@ -135,6 +152,8 @@ class InputConfig(_Strict):
     # microscopy (bioio): channels by name, in the model's band order (None: input.bands, or
     # all); one scene by index or name; the time point; Z: a plane index or max (projection)
     channels: list[str] | None = None
+    # a batch over a BIDS dataset root: the images these entities select
+    bids: BidsFilter | None = None
     scene: int | str | None = None
     t: int = Field(0, ge=0)
     z: int | Literal["max"] = 0
@@ -306,7 +325,7 @@ class JobConfig(_Strict):
         relevant = self.model_dump(mode="json", exclude={
             "cluster": True, "tiling": {"batch"},
             "output": {"wait", "lease_seconds", "vectors", "qupath", "export", "stac"},
-            "input": {"max_pixels"},
+            "input": {"max_pixels", "bids"},
             "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth", "zones",
                       "zone_id", "on_cut", "ground_truth_instances"}})
         for section, keys in _HASHED_WHEN_SET.items():  # hashes of older configs still hold

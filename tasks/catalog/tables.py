@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segflow.tasks.intake.bids import entities
 from segflow.tasks.runtime.crash import crash_point
 from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.runtime.storage import staged
@@ -35,6 +36,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("started_at", _TS), ("finished_at", _TS), ("seconds", pa.float64()),
         ("chunks_total", pa.int64()), ("chunks_skipped", pa.int64()),
         ("output_uri", pa.string()),
+        # BIDS entities of the source's file name (None for other names)
+        ("subject", pa.string()), ("session", pa.string()), ("acquisition", pa.string()),
+        ("bids_run", pa.string()),
     ]),
     "class_stats": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("class_id", pa.int64()),
@@ -97,9 +101,12 @@ def table_dir(root: str, table: str) -> str:
 def new_run(run_id: str, source: str, cfg: JobConfig) -> dict[str, Any]:
     """A ``runs`` row as a run starts (the modality from the name until a reader opens the
     file); the run fills in the rest."""
+    bids = entities(source) or {}
     return {"run_id": run_id, "image_id": image_id(source), "source_uri": source,
             "modality": modality_of(source, cfg.input), "model": cfg.model.kind,
-            "config_hash": cfg.output_hash(), "started_at": datetime.now(UTC)}
+            "config_hash": cfg.output_hash(), "started_at": datetime.now(UTC),
+            "subject": bids.get("subject"), "session": bids.get("session"),
+            "acquisition": bids.get("acquisition"), "bids_run": bids.get("run")}
 
 
 def record_failed(root: str, run: dict[str, Any], reason: str, seconds: float) -> None:
