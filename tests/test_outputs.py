@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import geopandas as gpd
 import nibabel as nib
@@ -32,6 +33,7 @@ from segflow.tasks.config import load_config
 from segflow.tasks.errors import SegflowError
 from segflow.tasks.export.polygons import Frames, Merger, polygonise_chunk
 from segflow.tasks.export.vectors import regions
+from segflow.tasks.mask.store import open_store_group
 from segflow.tasks.measure.instances import label_instances
 from segflow.tasks.models.instance import thing_ids
 from segflow.tasks.sources.georef import through
@@ -39,6 +41,7 @@ from tests.conftest import DATA, smooth_noise, write_geotiff, write_pyramid_tiff
 from tests.test_instances import CLASSES, THINGS, shapes_2d, write_mask
 
 LANDSAT = Path(__file__).parents[1] / "samples" / "nc_lsat7_2000_b12345.tif"
+OME_NS = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
 
 
 IDENTITY = Affine.identity()
@@ -323,6 +326,12 @@ def test_slide_polygons_qupath_geojson_and_ome_tiff(tmp_path, dask_address):
         assert len(levels) == len([k for k in group.array_keys() if k.isdigit()]) > 1
         pixels = tif.ome_metadata
         assert 'PhysicalSizeX="1.0"' in pixels and 'PhysicalSizeXUnit="µm"' in pixels
+        image = ElementTree.fromstring(pixels).find(f"{OME_NS}Image")
+        legend = json.loads(image.find(f"{OME_NS}Description").text)  # type: ignore[union-attr]
+    classes = {c["id"]: c for c in open_store_group(run["output_uri"])[1]["classes"]}
+    assert legend == {"labels": {str(i): {"name": c["name"], "colour": c["colour"]}
+                                 for i, c in classes.items()}, "nodata": 255}
+    assert legend["labels"]["1"]["name"] == "foreground" and legend["labels"]["1"]["colour"]
 
 
 def test_volume_nifti_label_map_overlays_the_scan(tmp_path, head_nii, dask_address):

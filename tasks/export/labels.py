@@ -167,7 +167,12 @@ def _ome_tiff(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec]
     ``output.pyramid`` is off) with the physical pixel size of the level that was read."""
     levels = _levels(store)
     mpp = ref.mpp if isinstance(ref, SlideRef) else None
-    metadata: dict[str, Any] = {"axes": "YX", "Name": "segflow labels"}
+    # the legend in the OME Image's Description: class id -> name and colour, and nodata
+    legend = {"labels": {str(c.id): {"name": c.name, "colour": c.colour} for c in classes},
+              "nodata": store.nodata}
+    metadata: dict[str, Any] = {"axes": "YX", "Name": "segflow labels",
+                                "Description": json.dumps(legend),
+                                "Channel": {"Name": ["class id"]}}
     if mpp:
         metadata.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm",
                         PhysicalSizeYUnit="µm")
