@@ -14,13 +14,13 @@ import re
 from segflow.tasks.config import BidsFilter
 from segflow.tasks.errors import UserError, io_error
 from segflow.tasks.runtime.storage import filesystem
+from segflow.tasks.sources.registry import NIFTI
 
 #: entity keys as BIDS abbreviates them in file names, and their full names
 ENTITIES = {"sub": "subject", "ses": "session", "task": "task", "acq": "acquisition",
             "ce": "ceagent", "rec": "reconstruction", "dir": "direction", "run": "run",
             "echo": "echo", "part": "part"}
 _PAIR = re.compile(r"([a-zA-Z]+)-([a-zA-Z0-9]+)")
-_IMAGE = (".nii.gz", ".nii")
 _SKIP = {"derivatives", "sourcedata", "code", "stimuli"}
 
 
@@ -28,7 +28,8 @@ def entities(uri: str) -> dict[str, str] | None:
     """The entities (full names) and ``suffix`` of a BIDS image's file name; None when the
     name is not one (it must start with ``sub-``)."""
     name = uri.rstrip("/").rsplit("/", 1)[-1]
-    stem = next((name[: -len(e)] for e in _IMAGE if name.endswith(e)), None)
+    stem = next((name[: -len(e)] for e in sorted(NIFTI.suffixes, key=len, reverse=True)
+                 if name.endswith(e)), None)
     if stem is None or not stem.startswith("sub-"):
         return None
     *pairs, suffix = stem.split("_")

@@ -87,7 +87,9 @@ class DicomSeries(Volume):
         try:
             for k in range(len(self.files))[slices]:
                 with member(self.uri, self.files[k]) as fh:
-                    stored = pydicom.dcmread(fh).pixel_array
+                    # the function, not Dataset.pixel_array: that one fails once another
+                    # package (wsidicomizer) turns on pydicom's future behaviour
+                    stored = pydicom.pixels.pixel_array(fh)
                 slope, intercept = self.rescale[k]
                 plane = stored.T[cols, rows]
                 if (slope, intercept) != (1.0, 0.0):
