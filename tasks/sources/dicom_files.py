@@ -40,11 +40,12 @@ def member(uri: str, name: str) -> Iterator[IO[bytes]]:
         yield fh
 
 
-def load_pydicom() -> Any:
+def load_pydicom(uri: str) -> Any:
+    """pydicom, or a one-line error naming ``uri`` when the dicom extra is missing."""
     try:
         import pydicom
     except ImportError as exc:
-        raise UserError("input", "DICOM needs the dicom extra: pip install 'segflow[dicom]'"
+        raise UserError(uri, "DICOM needs the dicom extra: pip install 'segflow[dicom]'"
                         ) from exc
     return pydicom
 

@@ -42,7 +42,7 @@ _TOLERANCE_MM = 1e-3
 
 def _header(uri: str, name: str) -> Any | None:
     """The file's header (no pixels), or None when it is no DICOM image (DICOMDIR, notes)."""
-    pydicom = load_pydicom()
+    pydicom = load_pydicom(uri)
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -81,7 +81,7 @@ class DicomSeries(Volume):
     reader: ClassVar[str] = "dicom"
 
     def _slab(self, index: tuple[slice, ...]) -> np.ndarray:
-        pydicom = load_pydicom()
+        pydicom = load_pydicom(self.uri)
         cols, rows, slices = index
         planes = []
         try:

@@ -40,22 +40,22 @@ def is_dicom_slide(uri: str) -> bool:
     if not names:
         return False
     with member(uri, names[0]) as fh:
-        ds = load_pydicom().dcmread(fh, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        ds = load_pydicom(uri).dcmread(fh, stop_before_pixels=True, specific_tags=["SOPClassUID"])
     return str(ds.get("SOPClassUID", "")) in SLIDE_CLASSES
 
 
-def _wsidicom() -> Any:
+def _wsidicom(uri: str) -> Any:
     try:
         import wsidicom
     except ImportError as exc:
-        raise UserError("input", "DICOM slides need the dicom extra: pip install "
+        raise UserError(uri, "DICOM slides need the dicom extra: pip install "
                                  "'segflow[dicom]'") from exc
     return wsidicom
 
 
 @lru_cache(maxsize=8)
 def _opened(uri: str) -> Any:
-    return _wsidicom().WsiDicom.open(uri)
+    return _wsidicom(uri).WsiDicom.open(uri)
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,11 @@ def is_multichannel(uri: str) -> bool:
         return False
 
 
-def _bioio() -> Any:
+def _bioio(uri: str) -> Any:
     try:
         import bioio
     except ImportError as exc:
-        raise UserError("input", "microscopy files need the microscopy extra: pip install "
+        raise UserError(uri, "microscopy files need the microscopy extra: pip install "
                                  "'segflow[microscopy]'") from exc
     return bioio
 
@@ -54,7 +54,7 @@ def _bioio() -> Any:
 def _image(uri: str, scene: int) -> Any:
     """The file opened by bioio (planes as chunks, so one Z plane reads alone) at one scene;
     a few per worker process."""
-    image = _bioio().BioImage(uri, chunk_dims=["Y", "X"])
+    image = _bioio(uri).BioImage(uri, chunk_dims=["Y", "X"])
     image.set_scene(scene)
     return image
 
@@ -130,7 +130,7 @@ def open_microscopy(uri: str, cfg: InputConfig | None = None) -> Fluorescence:
     """Read the header (dimensions, channel names, pixel size) and choose what to read."""
     cfg = cfg or InputConfig()
     try:
-        image = _bioio().BioImage(uri)
+        image = _bioio(uri).BioImage(uri)
         scene = _scene(uri, image, cfg.scene)
         image.set_scene(scene)
         dims = image.dims

@@ -40,11 +40,11 @@ from segflow.tasks.sources.slide import Slide, pick_level
 VENDORS = {"ventana", "mirax", "sakura", "hamamatsu"}
 
 
-def _openslide() -> Any:
+def _openslide(uri: str) -> Any:
     try:
         import openslide
     except ImportError as exc:
-        raise UserError("input", "vendor slides need the openslide extra: pip install "
+        raise UserError(uri, "vendor slides need the openslide extra: pip install "
                                  "'segflow[openslide]'") from exc
     return openslide
 
@@ -84,7 +84,7 @@ def is_vendor_slide(uri: str) -> bool:
     try:
         if name.endswith((".tif", ".tiff")) and not _tiff_is_bif(uri):
             return False
-        vendor = _openslide().OpenSlide.detect_format(local_copy(uri))
+        vendor = _openslide(uri).OpenSlide.detect_format(local_copy(uri))
     except UserError:
         raise
     except Exception as exc:
@@ -100,7 +100,7 @@ def is_vendor_slide(uri: str) -> bool:
 def _opened(path: str, stamp: float) -> Any:
     """An open slide per worker process (``stamp``: the file's mtime, so a replaced file is
     opened anew)."""
-    return _openslide().OpenSlide(path)
+    return _openslide(path).OpenSlide(path)
 
 
 def _slide(uri: str) -> Any:
