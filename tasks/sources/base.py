@@ -6,6 +6,7 @@ sample, and what one cell measures); the mechanics that global fits and Dask nee
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,16 @@ if TYPE_CHECKING:  # dask.array costs a second to import: the CLI's checks open 
     import dask.array as da
 
 Box = tuple[slice, ...]  # spatial window, in cell coordinates of the source
+
+
+def needs(module: str, extra: str, uri: str, what: str) -> Any:
+    """``module`` imported, or a one-line error naming ``uri`` and the extra that installs it
+    (a reader's library that the base install leaves out)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(uri, f"{what} need the {extra} extra: pip install "
+                             f"'segflow[{extra}]'") from exc
 
 
 def select_bands(uri: str, bands: Sequence[int] | None, count: int, what: str,

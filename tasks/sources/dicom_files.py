@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from segflow.tasks.errors import UserError
+from segflow.tasks.errors import io_error, is_transient
 from segflow.tasks.runtime.storage import filesystem, open_input
+from segflow.tasks.sources.base import needs
 
 _ZIP = ".zip"
 
@@ -42,15 +43,28 @@ def member(uri: str, name: str) -> Iterator[IO[bytes]]:
 
 def load_pydicom(uri: str) -> Any:
     """pydicom, or a one-line error naming ``uri`` when the dicom extra is missing."""
-    try:
-        import pydicom
-    except ImportError as exc:
-        raise UserError(uri, "DICOM needs the dicom extra: pip install 'segflow[dicom]'"
-                        ) from exc
-    return pydicom
+    return needs("pydicom", "dicom", uri, "DICOM files")
 
 
 def is_dicom_file(uri: str, name: str) -> bool:
     """DICOM Part 10: 128 bytes of preamble, then ``DICM``."""
     with member(uri, name) as fh:
         return fh.read(132)[128:] == b"DICM"
+
+
+def first_image(uri: str, tags: list[str]) -> Any | None:
+    """The header (``tags`` only) of the first DICOM image among the first files of a folder,
+    prefix or .zip (a DICOMDIR or a report is no image); None when there is none."""
+    try:
+        names = [n for n in members(uri)[:8] if is_dicom_file(uri, n)]
+    except Exception as exc:
+        if is_transient(exc):
+            raise io_error(uri, "cannot list the DICOM files", exc) from exc
+        return None
+    pydicom = load_pydicom(uri)
+    for name in names:
+        with member(uri, name) as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=[*tags, "Rows"])
+        if "Rows" in ds:
+            return ds
+    return None

@@ -14,7 +14,6 @@ A window reads only its slices' files, on the worker, each opened for that read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,7 +23,7 @@ from segflow.tasks.errors import UserError, io_error, is_transient
 from segflow.tasks.sources.base import select_bands
 from segflow.tasks.sources.dicom_files import (
     SLIDE_CLASSES,
-    is_dicom_file,
+    first_image,
     load_pydicom,
     member,
     members,
@@ -58,15 +57,11 @@ def _header(uri: str, name: str) -> Any | None:
 
 
 def is_dicom_series(uri: str) -> bool:
-    """A folder, prefix or .zip whose first file is a DICOM image that is not a slide."""
-    try:
-        names = [n for n in members(uri)[:8] if is_dicom_file(uri, n)]
-    except Exception as exc:
-        if is_transient(exc):
-            raise io_error(uri, "cannot list the series", exc) from exc
-        return False
-    first = next((h for h in map(partial(_header, uri), names) if h is not None), None)
-    return first is not None and str(first.get("SOPClassUID", "")) not in SLIDE_CLASSES
+    """A folder, prefix or .zip whose first DICOM image is a slice with a position (not a
+    slide)."""
+    first = first_image(uri, ["SOPClassUID", "ImagePositionPatient"])
+    return (first is not None and "ImagePositionPatient" in first
+            and str(first.get("SOPClassUID", "")) not in SLIDE_CLASSES)
 
 
 @dataclass(frozen=True)

@@ -17,45 +17,21 @@ from typing import Any, ClassVar
 import numpy as np
 
 from segflow.tasks.config import InputConfig
-from segflow.tasks.errors import UserError, io_error, is_transient
-from segflow.tasks.sources.base import Box, select_bands
-from segflow.tasks.sources.dicom_files import (
-    SLIDE_CLASSES,
-    is_dicom_file,
-    load_pydicom,
-    member,
-    members,
-)
+from segflow.tasks.errors import UserError, io_error
+from segflow.tasks.sources.base import Box, needs, select_bands
+from segflow.tasks.sources.dicom_files import SLIDE_CLASSES, first_image, is_dicom_file, members
 from segflow.tasks.sources.slide import Slide, pick_level
 
 
 def is_dicom_slide(uri: str) -> bool:
-    """A folder or prefix whose first DICOM file is a VL whole-slide image."""
-    try:
-        names = [n for n in members(uri)[:8] if is_dicom_file(uri, n)]
-    except Exception as exc:
-        if is_transient(exc):
-            raise io_error(uri, "cannot list the slide", exc) from exc
-        return False
-    if not names:
-        return False
-    with member(uri, names[0]) as fh:
-        ds = load_pydicom(uri).dcmread(fh, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    return str(ds.get("SOPClassUID", "")) in SLIDE_CLASSES
-
-
-def _wsidicom(uri: str) -> Any:
-    try:
-        import wsidicom
-    except ImportError as exc:
-        raise UserError(uri, "DICOM slides need the dicom extra: pip install "
-                                 "'segflow[dicom]'") from exc
-    return wsidicom
+    """A folder or prefix whose first DICOM image is a VL whole-slide image."""
+    first = first_image(uri, ["SOPClassUID"])
+    return first is not None and str(first.get("SOPClassUID", "")) in SLIDE_CLASSES
 
 
 @lru_cache(maxsize=8)
 def _opened(uri: str) -> Any:
-    return _wsidicom(uri).WsiDicom.open(uri)
+    return needs("wsidicom", "dicom", uri, "DICOM slides").WsiDicom.open(uri)
 
 
 @dataclass(frozen=True)

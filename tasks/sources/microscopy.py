@@ -22,7 +22,7 @@ import tifffile
 from segflow.tasks.config import InputConfig
 from segflow.tasks.errors import UserError, io_error, is_transient
 from segflow.tasks.runtime.storage import open_input
-from segflow.tasks.sources.base import Box, SourceBase, select_bands
+from segflow.tasks.sources.base import Box, SourceBase, needs, select_bands
 from segflow.tasks.sources.spatial import SlideRef
 
 _OME = (".ome.tif", ".ome.tiff")
@@ -41,20 +41,15 @@ def is_multichannel(uri: str) -> bool:
         return False
 
 
-def _bioio(uri: str) -> Any:
-    try:
-        import bioio
-    except ImportError as exc:
-        raise UserError(uri, "microscopy files need the microscopy extra: pip install "
-                                 "'segflow[microscopy]'") from exc
-    return bioio
+def _bioimage(uri: str, **options: Any) -> Any:
+    return needs("bioio", "microscopy", uri, "microscopy files").BioImage(uri, **options)
 
 
 @lru_cache(maxsize=8)
 def _image(uri: str, scene: int) -> Any:
     """The file opened by bioio (planes as chunks, so one Z plane reads alone) at one scene;
     a few per worker process."""
-    image = _bioio(uri).BioImage(uri, chunk_dims=["Y", "X"])
+    image = _bioimage(uri, chunk_dims=["Y", "X"])
     image.set_scene(scene)
     return image
 
@@ -130,7 +125,7 @@ def open_microscopy(uri: str, cfg: InputConfig | None = None) -> Fluorescence:
     """Read the header (dimensions, channel names, pixel size) and choose what to read."""
     cfg = cfg or InputConfig()
     try:
-        image = _bioio(uri).BioImage(uri)
+        image = _bioimage(uri)
         scene = _scene(uri, image, cfg.scene)
         image.set_scene(scene)
         dims = image.dims

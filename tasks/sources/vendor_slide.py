@@ -33,7 +33,7 @@ import tifffile
 from segflow.tasks.config import InputConfig
 from segflow.tasks.errors import UserError, io_error, is_transient
 from segflow.tasks.runtime.storage import filesystem, is_local, open_input
-from segflow.tasks.sources.base import Box, select_bands
+from segflow.tasks.sources.base import Box, needs, select_bands
 from segflow.tasks.sources.slide import Slide, pick_level
 
 #: OpenSlide's vendors that tifffile does not read as slides (Hamamatsu: its VMS/VMU only)
@@ -41,12 +41,7 @@ VENDORS = {"ventana", "mirax", "sakura", "hamamatsu"}
 
 
 def _openslide(uri: str) -> Any:
-    try:
-        import openslide
-    except ImportError as exc:
-        raise UserError(uri, "vendor slides need the openslide extra: pip install "
-                                 "'segflow[openslide]'") from exc
-    return openslide
+    return needs("openslide", "openslide", uri, "vendor slides")
 
 
 def local_copy(uri: str) -> str:
