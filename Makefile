@@ -14,13 +14,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# --no-compile: Python compiles what it imports, when it imports it; compiling every module of
-# every package at install cost 43 of a fresh install's 97 s
 install: $(BIN)/python
-	$(BIN)/pip install -q --no-compile $(TORCH) -e .
+	$(BIN)/pip install -q $(TORCH) -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q --no-compile $(TORCH) -e '.[test]'
+	$(BIN)/pip install -q $(TORCH) -e '.[test]'
 
 demo: install
 	$(BIN)/segflow demo --out segflow-demo
