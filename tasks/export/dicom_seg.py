@@ -30,7 +30,7 @@ def write_dicom_seg(path: Path, store: MaskStore, classes: list[ClassSpec],
 
     from segflow import __version__
     from segflow.tasks.export.labels import relabel
-    from segflow.tasks.sources.dicom_files import member
+    from segflow.tasks.sources.dicom_files import opener
     from segflow.tasks.sources.dicom_series import DicomSeries
 
     if not isinstance(source, DicomSeries):
@@ -39,9 +39,10 @@ def write_dicom_seg(path: Path, store: MaskStore, classes: list[ClassSpec],
     raw = np.flip(mask, tuple(a for a, f in enumerate(source.flipped) if f))  # file grid
     frames = np.ascontiguousarray(relabel(raw, values, store.nodata).transpose(2, 1, 0))
     images = []
-    for name in source.files:  # in slice order, as the frames
-        with member(source.uri, name) as fh:
-            images.append(pydicom.dcmread(fh))
+    with opener(source.uri) as open_one:
+        for name in source.files:  # in slice order, as the frames
+            with open_one(name) as fh:
+                images.append(pydicom.dcmread(fh))
     algorithm = hd.AlgorithmIdentificationSequence(
         name="segflow", family=codes.cid7162.ArtificialIntelligence, version=__version__)
     segments = [hd.seg.SegmentDescription(

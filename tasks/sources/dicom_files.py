@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import posixpath
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -31,13 +31,20 @@ def members(uri: str) -> list[str]:
 
 
 @contextmanager
-def member(uri: str, name: str) -> Iterator[IO[bytes]]:
-    """One file of the series, opened for one read (no handle outlives it)."""
+def opener(uri: str) -> Iterator[Callable[[str], IO[bytes]]]:
+    """A function opening one file of the folder, prefix or .zip for one read (use each in a
+    ``with``); a .zip is opened once for all the files read through it."""
     if uri.lower().endswith(_ZIP):
         with open_input(uri) as fh, zipfile.ZipFile(fh) as archive:
-            yield io.BytesIO(archive.read(name))
+            yield lambda name: io.BytesIO(archive.read(name))
         return
-    with open_input(posixpath.join(uri.rstrip("/"), name)) as fh:
+    yield lambda name: open_input(posixpath.join(uri.rstrip("/"), name))
+
+
+@contextmanager
+def member(uri: str, name: str) -> Iterator[IO[bytes]]:
+    """One file of the folder, prefix or .zip, opened for one read."""
+    with opener(uri) as open_one, open_one(name) as fh:
         yield fh
 
 

@@ -13,8 +13,9 @@ A window reads only its slices' files, on the worker, each opened for that read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import numpy as np
 
@@ -25,8 +26,8 @@ from segflow.tasks.sources.dicom_files import (
     SLIDE_CLASSES,
     first_image,
     load_pydicom,
-    member,
     members,
+    opener,
 )
 from segflow.tasks.sources.volume import Volume
 
@@ -39,13 +40,13 @@ _TAGS = ("SOPClassUID", "SeriesInstanceUID", "SeriesDescription", "ImagePosition
 _TOLERANCE_MM = 1e-3
 
 
-def _header(uri: str, name: str) -> Any | None:
+def _header(uri: str, name: str, open_one: Callable[[str], IO[bytes]]) -> Any | None:
     """The file's header (no pixels), or None when it is no DICOM image (DICOMDIR, notes)."""
     pydicom = load_pydicom(uri)
     from pydicom.errors import InvalidDicomError
 
     try:
-        with member(uri, name) as fh:
+        with open_one(name) as fh:
             ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=list(_TAGS))
     except InvalidDicomError:
         return None
@@ -79,17 +80,19 @@ class DicomSeries(Volume):
         pydicom = load_pydicom(self.uri)
         cols, rows, slices = index
         planes = []
+        k = 0
         try:
-            for k in range(len(self.files))[slices]:
-                with member(self.uri, self.files[k]) as fh:
-                    # the function, not Dataset.pixel_array: that one fails once another
-                    # package (wsidicomizer) turns on pydicom's future behaviour
-                    stored = pydicom.pixels.pixel_array(fh)
-                slope, intercept = self.rescale[k]
-                plane = stored.T[cols, rows]
-                if (slope, intercept) != (1.0, 0.0):
-                    plane = (plane.astype(np.float64) * slope + intercept).astype(self.dtype)
-                planes.append(plane.astype(self.dtype, copy=False))
+            with opener(self.uri) as open_one:
+                for k in range(len(self.files))[slices]:
+                    with open_one(self.files[k]) as fh:
+                        # the function, not Dataset.pixel_array: that one fails once another
+                        # package (wsidicomizer) turns on pydicom's future behaviour
+                        stored = pydicom.pixels.pixel_array(fh)
+                    slope, intercept = self.rescale[k]
+                    plane = stored.T[cols, rows]
+                    if (slope, intercept) != (1.0, 0.0):
+                        plane = plane.astype(np.float64) * slope + intercept
+                    planes.append(plane.astype(self.dtype, copy=False))
         except Exception as exc:
             raise io_error(self.uri, f"cannot read slice {k + 1} of the series", exc) from exc
         return np.stack(planes, axis=-1)[None]
@@ -169,7 +172,8 @@ def open_dicom_series(uri: str, cfg: InputConfig | None = None) -> DicomSeries:
         names = members(uri)
     except Exception as exc:
         raise io_error(uri, "cannot list the series", exc) from exc
-    headers = [(n, h) for n in names if (h := _header(uri, n)) is not None]
+    with opener(uri) as open_one:
+        headers = [(n, h) for n in names if (h := _header(uri, n, open_one)) is not None]
     if not headers:
         raise UserError(uri, "no DICOM images here")
     files, affine = _geometry(uri, _choose(uri, headers, cfg.series))
