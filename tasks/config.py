@@ -58,6 +58,16 @@ class ModelConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     normalize: Normalize | None = None
     amp: bool = False  # deep models on CUDA: float16 autocast (ignored on CPU)
+    # a model card (YAML/JSON: bands, normalisation, pixel size, classes) checked against the
+    # input before any pixel is read; it overrides what the model's own files say, key by key
+    card: str | None = None
+    # test-time augmentation of deep models: the mean softmax over flipped (flips) or flipped
+    # and rotated (d4) views of each tile
+    tta: Literal["none", "flips", "d4"] = "none"
+    # more deep models whose probabilities are averaged with this one's (same classes)
+    ensemble: list[ModelConfig] = Field(default_factory=list)
+    # nnU-Net checkpoints that hold pickled Python objects are refused unless this is set
+    trust_checkpoint: bool = False
 
     @model_validator(mode="after")
     def _params_of_the_kind(self) -> ModelConfig:
@@ -67,6 +77,9 @@ class ModelConfig(_Strict):
             model_params(self.kind, self.params)
         except UserError as exc:
             raise PydanticCustomError("segflow", "{reason}", {"reason": exc.reason}) from None
+        if any(member.ensemble for member in self.ensemble):
+            raise PydanticCustomError("segflow", "model.ensemble members cannot have their "
+                                                 "own ensemble", {})
         return self
 
 
@@ -339,7 +352,8 @@ class JobConfig(_Strict):
 
 #: keys added after configs were first hashed: left out of the hash at their defaults, so a
 #: catalog written before they existed still finds its runs done
-_HASHED_WHEN_SET = {"input": (*STAC_KEYS, *READER_KEYS["dicom"], *READER_KEYS["bioio"])}
+_HASHED_WHEN_SET = {"input": (*STAC_KEYS, *READER_KEYS["dicom"], *READER_KEYS["bioio"]),
+                    "model": ("card", "tta", "ensemble", "trust_checkpoint")}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -353,8 +367,15 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 #: config keys that name files: a relative one is relative to the config file's folder
-FILE_KEYS = (("model", "weights"), ("cluster", "spec"), ("stats", "zones"),
+FILE_KEYS = (("model", "weights"), ("model", "card"), ("cluster", "spec"), ("stats", "zones"),
              ("input", "prompts"), ("stats", "ground_truth_instances"))
+
+
+def _beside(value: Any, folder: Path) -> Any:
+    """``value`` resolved against ``folder`` when it is a relative local path."""
+    if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+        return str((folder / value).resolve())
+    return value
 
 
 def _paths_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -362,10 +383,13 @@ def _paths_beside(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
     config, not in the CWD, so a shipped config works from any directory."""
     for section, key in FILE_KEYS:
         node = tree.get(section)
-        value = node.get(key) if isinstance(node, dict) else None
-        if (isinstance(node, dict) and isinstance(value, str) and "://" not in value
-                and not Path(value).is_absolute()):
-            tree = {**tree, section: {**node, key: str((folder / value).resolve())}}
+        if isinstance(node, dict) and node.get(key) is not None:
+            tree = {**tree, section: {**node, key: _beside(node[key], folder)}}
+    model = tree.get("model")
+    if isinstance(model, dict) and isinstance(model.get("ensemble"), list):
+        members = [{**m, **{k: _beside(m[k], folder) for k in ("weights", "card") if m.get(k)}}
+                   if isinstance(m, dict) else m for m in model["ensemble"]]
+        tree = {**tree, "model": {**model, "ensemble": members}}
     return tree
 
 

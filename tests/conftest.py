@@ -246,6 +246,23 @@ class DilatedNet(torch.nn.Module):
         return self.body(x)
 
 
+def export_onnx(net: torch.nn.Module, path: Path, bands: int, ndim: int = 2,
+                fixed: int | None = None) -> Path:
+    """``net`` exported by torch's TorchScript-based ONNX exporter (no onnxscript needed),
+    with dynamic batch and sides unless ``fixed`` gives the side."""
+    import warnings
+
+    side = fixed or 32
+    example = torch.zeros(1, bands, *(side,) * ndim)
+    axes = {0: "n", **{2 + i: f"s{i}" for i in range(ndim)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notes
+        torch.onnx.export(net, (example,), str(path), dynamo=False, input_names=["image"],
+                          output_names=["logits"],
+                          dynamic_axes=None if fixed else {"image": axes, "logits": axes})
+    return path
+
+
 def normalized(data: np.ndarray, valid: np.ndarray | None = None) -> str:
     """``model.normalize`` set to the per-band mean and std of ``data`` (bands, ...) over its
     ``valid`` cells. The seeded nets below give one class nearly everywhere on 0..1 input;

@@ -18,6 +18,10 @@ def model_class(kind: str) -> type[SegmentationModel]:
 
 def build_model(cfg: JobConfig, spec: InputSpec, source: str) -> SegmentationModel:
     """Construct and validate the configured model for the input described by ``spec``."""
+    if cfg.model.ensemble:
+        from segflow.tasks.models.ensemble import EnsembleModel
+
+        return EnsembleModel.from_config(cfg, spec, source)
     return model_class(cfg.model.kind).from_config(cfg, spec, source)
 
 

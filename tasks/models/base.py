@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from segflow.tasks.config import ClassSpec, JobConfig
+from segflow.tasks.models.card import ModelCard
 from segflow.tasks.models.params import ModelParams
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class SegmentationModel(ABC):
     accelerated: ClassVar[bool] = False
     #: True for methods with a per-class score (``predict_scores``, ``output.probabilities``)
     soft: ClassVar[bool] = False
+    #: the input the model was trained on, checked against the image when it is planned
+    card: ModelCard | None = None
 
     def __init__(self, classes: list[ClassSpec], params: ModelParams) -> None:
         self.classes = classes

@@ -25,3 +25,9 @@ TORCHVISION = ModelKind("torchvision", p.TorchvisionParams,
 SMP = ModelKind("smp", p.SMPParams, f"{_M}.smp_models:SMPModel")
 MASKRCNN = ModelKind("maskrcnn", p.MaskRCNNParams, f"{_M}.maskrcnn:MaskRCNNModel")
 SAM = ModelKind("sam", p.SamParams, f"{_M}.sam:SamModel")
+ONNX = ModelKind("onnx", p.OnnxParams, f"{_M}.onnx_model:OnnxModel")
+HF = ModelKind("hf", p.HFParams, f"{_M}.hf_model:HFModel")
+TORCHGEO = ModelKind("torchgeo", p.TorchGeoParams, f"{_M}.torchgeo_model:TorchGeoModel")
+NNUNET = ModelKind("nnunet", p.NnUNetParams, f"{_M}.nnunet_model:NnUNetModel")
+MONAI_BUNDLE = ModelKind("monai_bundle", p.MonaiBundleParams,
+                         f"{_M}.monai_bundle:MonaiBundleModel")

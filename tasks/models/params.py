@@ -240,3 +240,51 @@ class SamParams(ModelParams):
         return self.model_dump(exclude_none=True, include={
             "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
             "box_nms_thresh"})
+
+
+class OnnxParams(TorchScriptParams):
+    """An ONNX file run by onnxruntime: its receptive field and stride stated here."""
+
+    output: str | None = Field(None, description="the output holding the logits; null: the "
+                                                  "first")
+
+
+class HFParams(ModelParams):
+    """A local Hugging Face folder (config.json + model.safetensors)."""
+
+    output: Literal["semantic", "instance"] = Field(
+        "semantic", description="universal models (Mask2Former, OneFormer): class "
+                                "probabilities, or one object per query (instance)")
+    threshold: float = Field(0.5, ge=0, le=1, description="instance: queries kept above this "
+                                                          "score")
+    context: int = Field(32, ge=0, description="instance: px of context around each object")
+
+
+class TorchGeoParams(ModelParams):
+    """A TorchGeo segmentation model built for one of its weights enums, from a local file."""
+
+    weights: str = Field(description="the weights enum member, e.g. "
+                                     "Unet_Weights.SENTINEL2_2CLASS_FTW")
+    receptive_field: int = ReceptiveField
+
+
+class NnUNetParams(ModelParams):
+    """An nnU-Net v2 trained folder (plans.json, dataset.json, fold_N/)."""
+
+    configuration: str | None = Field(None, description="2d, 3d_fullres ...; null: the "
+                                                        "folder's (it names it in its path)")
+    folds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="folds averaged (an ensemble of their softmax)")
+    checkpoint: str = Field("checkpoint_final.pth", description="file name in each fold")
+    receptive_field: int = ReceptiveField
+
+
+class MonaiBundleParams(ModelParams):
+    """A local MONAI bundle folder (configs/, models/)."""
+
+    config: str = Field("configs/inference.json", description="the bundle config that "
+                                                              "defines the network")
+    network: str = Field("network_def", description="the config id of the network")
+    weights: str = Field("models/model.pt", description="state_dict file in the bundle")
+    receptive_field: int = ReceptiveField
+    stride: int = Stride

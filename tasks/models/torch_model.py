@@ -17,15 +17,18 @@ import warnings
 from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from segflow.tasks.config import ClassSpec, JobConfig, Normalize, class_table
+from segflow.tasks.config import ClassSpec, JobConfig, class_table
 from segflow.tasks.errors import UserError, first_line
+from segflow.tasks.models.augment import augmented, views
 from segflow.tasks.models.base import InputSpec, SegmentationModel, label_dtype
+from segflow.tasks.models.card import ModelCard, check_bands, read_card
+from segflow.tasks.models.intensity import Intensity
 from segflow.tasks.models.params import ModelParams
 from segflow.tasks.models.sizing import (
     auto_sizes,
@@ -34,6 +37,11 @@ from segflow.tasks.models.sizing import (
     worker_threads_and_limit,
 )
 from segflow.tasks.models.tiling import blended_scores, predict_blended, predict_tiled
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from segflow.tasks.sources.base import SourceBase
 
 _CACHE: dict[tuple[str, str], nn.Module] = {}
 _LOCK = threading.Lock()
@@ -86,7 +94,7 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return staged.to(device, non_blocking=True)
 
 
-def _worker_threads() -> int:
+def worker_torch_threads() -> int:
     """Torch threads per Dask thread, so a worker's threads do not oversubscribe the cores."""
     return max(1, (os.cpu_count() or 1) // worker_threads_and_limit()[0])
 
@@ -153,7 +161,7 @@ def cached_module(key: tuple[str, str], device: str,
     with _LOCK:
         if key not in _CACHE:
             if device == "cpu":
-                torch.set_num_threads(_worker_threads())
+                torch.set_num_threads(worker_torch_threads())
             _CACHE[key] = build().to(device)
         return _CACHE[key]
 
@@ -173,12 +181,13 @@ class TorchModel(SegmentationModel):
     global_context: ClassVar[bool] = False
 
     def __init__(self, classes: list[ClassSpec], params: ModelParams, weights: str,
-                 bands: int, ndim: int, normalize: Normalize | None, scale: float | None,
-                 cfg: JobConfig) -> None:
+                 bands: int, ndim: int, intensity: Intensity, cfg: JobConfig,
+                 card: ModelCard | None = None) -> None:
         super().__init__(classes, params)
         self.weights, self.bands, self.ndim = weights, bands, ndim
-        self.digest = file_digest(weights)
-        self.normalize, self.scale = normalize, scale
+        self.digest = self.digest_of(weights)
+        self.intensity, self.card = intensity, card
+        self.tta = cfg.model.tta
         self.receptive_field, self.stride = self.geometry(params)
         t = cfg.tiling
         # tiles start on multiples of the stride, so every tile sees the whole image's phase;
@@ -204,21 +213,54 @@ class TorchModel(SegmentationModel):
         return int(getattr(params, "receptive_field", 0)), int(getattr(params, "stride", 1))
 
     @classmethod
+    def weights_path(cls, cfg: JobConfig, source: str) -> str:
+        """``model.weights`` resolved: a file here; a folder for the forms that are folders."""
+        return weights_file(cfg, source)
+
+    @classmethod
+    def digest_of(cls, path: str) -> str:
+        """A short hash of the weights, so a changed file is never served from a cache."""
+        return file_digest(path)
+
+    @classmethod
+    def own_card(cls, path: str, params: ModelParams) -> ModelCard | None:
+        """The card the model's own files carry (None: they carry none)."""
+        return None
+
+    @classmethod
+    def intensity_of(cls, path: str, params: ModelParams, card: ModelCard | None,
+                     cfg: JobConfig, spec: InputSpec) -> Intensity:
+        """How raw pixels become the model's input: ``model.normalize``, else the card's, else
+        integers scaled by their dtype's maximum."""
+        norm = cfg.model.normalize or (card.normalize if card else None)
+        integer = np.dtype(spec.dtype).kind in "iu"
+        scale = float(np.iinfo(spec.dtype).max) if integer and norm is None else None
+        return Intensity(normalize=norm, scale=scale)
+
+    @classmethod
     def from_config(cls, cfg: JobConfig, spec: InputSpec, source: str) -> TorchModel:
-        path = weights_file(cfg, source)
-        norm = cfg.model.normalize
+        path = cls.weights_path(cfg, source)
+        params = cls.Params.model_validate(cfg.model.params)
+        card = cls.own_card(path, params)
+        if cfg.model.card:
+            card = (card or ModelCard()).merged(read_card(cfg.model.card))
+        if card is not None:  # the band count now; names and pixel size once the input is open
+            check_bands(card, spec.bands, None, source, f"{cls.kind}({Path(path).name})")
+        intensity = cls.intensity_of(path, params, card, cfg, spec)
+        norm = intensity.normalize
         if norm is not None and not len(norm.mean) == len(norm.std) == spec.bands:
             raise UserError(source, f"model.normalize needs {spec.bands} means and stds")
-        params = cls.Params.model_validate(cfg.model.params)
-        declared = len(cfg.model.classes) or getattr(params, "num_classes", None)
+        named = card.classes if card and card.classes else None
+        declared = len(cfg.model.classes) or getattr(params, "num_classes", None) or (
+            len(named) if named else None)
         module = cls.build(path, params, spec.bands, spec.ndim,
                            int(declared) if declared else None)
         n_classes = cls._probe(module, path, spec, params)
-        classes = class_table(cfg.model, [f"class_{i}" for i in range(n_classes)])
+        classes = class_table(cfg.model, named or [f"class_{i}" for i in range(n_classes)])
         if len(classes) != n_classes:
             raise UserError(path, f"model outputs {n_classes} classes, "
                                         f"config names {len(classes)}")
-        norms = global_norms(module)
+        norms = cls.whole_tile_layers(module)
         if norms or cls.global_context:
             reason = (f"has {', '.join(sorted(norms))} layers" if norms
                       else "pools over the whole tile")
@@ -226,10 +268,12 @@ class TorchModel(SegmentationModel):
                           " whole tile: tiled output cannot equal a whole-image pass whatever "
                           "the halo; prefer tiling.stitch=gaussian with large tiles",
                           TilingWarning, stacklevel=2)
-        # Integers are scaled by their dtype's maximum unless ``normalize`` is given.
-        integer = np.dtype(spec.dtype).kind in "iu"
-        scale = float(np.iinfo(spec.dtype).max) if integer and norm is None else None
-        return cls(classes, params, path, spec.bands, spec.ndim, norm, scale, cfg)
+        return cls(classes, params, path, spec.bands, spec.ndim, intensity, cfg, card)
+
+    @classmethod
+    def whole_tile_layers(cls, module: nn.Module) -> set[str]:
+        """Layers whose output depends on the whole tile (whole-input normalisations)."""
+        return global_norms(module)
 
     @classmethod
     def _probe(cls, module: nn.Module, path: str, spec: InputSpec,
@@ -275,14 +319,7 @@ class TorchModel(SegmentationModel):
             pixels = pixels.astype(np.float32)
         x = to_device(np.ascontiguousarray(pixels), device).float()
         mask = to_device(np.ascontiguousarray(valid), device)
-        if self.normalize is not None:
-            per_band = (-1,) + (1,) * (x.ndim - 1)
-            mean = torch.tensor(self.normalize.mean, device=device).reshape(per_band)
-            std = torch.tensor(self.normalize.std, device=device).reshape(per_band)
-            x = (x - mean) / std
-        elif self.scale:
-            x = x / self.scale
-        return torch.where(mask, x, 0.0)
+        return torch.where(mask, self.intensity.apply(x), 0.0)
 
     def predict(self, pixels: np.ndarray, valid: np.ndarray,
                 core: tuple[slice, ...]) -> np.ndarray:
@@ -306,9 +343,17 @@ class TorchModel(SegmentationModel):
         amp = (torch.autocast("cuda", dtype=amp_dtype(device)) if self.amp
                and device.type == "cuda" else contextlib.nullcontext())
 
-        def forward(batch: torch.Tensor) -> torch.Tensor:
+        chosen = views(self.tta, self.ndim, self.mirror_axes())
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
             with amp:
-                logits = module(batch)
+                return module(batch)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            if len(chosen) > 1:  # the views' mean softmax, all views in one batch
+                probs = augmented(run, batch, chosen, self.stride)
+                return probs if blend or scores else probs.argmax(dim=1).to(ids)
+            logits = run(batch)
             if blend or scores:  # probabilities to blend or keep; crop keeps only the argmax
                 return logits.float().softmax(dim=1)
             return logits.argmax(dim=1).to(ids)
@@ -324,5 +369,16 @@ class TorchModel(SegmentationModel):
             labels = stitch(forward, block, core, tile, self.halo, batch)
             return labels.to(ids).cpu().numpy(), None
 
+    def mirror_axes(self) -> tuple[int, ...] | None:
+        """Spatial axes ``tta: flips`` may mirror (None: all); nnU-Net's checkpoint says."""
+        return None
+
+    def fit(self, source: SourceBase, client: Client) -> None:
+        self.intensity = self.intensity.fitted(source, client)
+
     def identity(self) -> str:
-        return f"{self.kind}({Path(self.weights).name}@{self.digest})"
+        tta = f", tta={self.tta}" if self.tta != "none" else ""
+        return f"{self.kind}({Path(self.weights).name}@{self.digest}{tta})"
+
+    def fitted(self) -> dict[str, Any]:
+        return {**self.intensity.describe(), "tta": self.tta}

@@ -16,8 +16,10 @@ from distributed import Client
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import UserError
 from segflow.tasks.models import InputSpec, SegmentationModel, build_model
+from segflow.tasks.models.card import METRES
 from segflow.tasks.models.instance import InstanceModel, thing_ids
 from segflow.tasks.models.split import DistanceSplit
+from segflow.tasks.plan.card import fit_to_card
 from segflow.tasks.plan.grid import Chunk, Plan, plan_chunks
 from segflow.tasks.runtime.layout import OutputRoot
 from segflow.tasks.sources.base import SourceBase
@@ -87,6 +89,7 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
                                 f"{config.input.max_pixels:,} (raise it if the image is real)")
     spec = InputSpec(bands=len(reader.bands), dtype=reader.dtype, ndim=len(reader.spatial_shape))
     model = build_model(config, spec, source=source)
+    reader = fit_to_card(model, reader, config, source)
     if config.stats.zones and reader.georef is None:
         raise UserError(config.stats.zones, f"stats.zones needs a georeferenced raster; "
                                             f"{source} is a {reader.modality}")
@@ -118,11 +121,6 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
                unwritten=unwritten)
 
 
-#: metres per unit, for ``stats.max_object`` with a unit and for the readers' cell units
-_METRES = {"um": 1e-6, "µm": 1e-6, "micrometer": 1e-6, "mm": 1e-3, "millimeter": 1e-3,
-           "m": 1.0, "meter": 1.0}
-
-
 def object_cells(value: float | str, reader: SourceBase, source: str) -> int:
     """``stats.max_object`` in cells: a number is cells; "12 um", "0.5 mm", "30 m" are
     converted with the reader's finest cell size."""
@@ -140,10 +138,10 @@ def object_cells(value: float | str, reader: SourceBase, source: str) -> int:
     if unit == "px":
         return math.ceil(number)
     units, size = reader.cell_size()
-    if units not in _METRES:
+    if units not in METRES:
         raise UserError(source, f"stats.max_object={value!r} has a unit but the image has no "
                                 "physical cell size: give it in px")
-    return math.ceil(number * _METRES[unit] / (min(size) * _METRES[units]))
+    return math.ceil(number * METRES[unit] / (min(size) * METRES[units]))
 
 
 def _instance_model(model: SegmentationModel, config: JobConfig, reader: SourceBase,

@@ -28,7 +28,7 @@ from segflow.tasks.models.nets import SegNet, UNet
 from segflow.tasks.models.registry import model_kinds
 from segflow.testing import ModelContract
 from tests.conformance.test_instance_models import INSTANCE_CASES
-from tests.conftest import DATA, DilatedNet, write_pyramid_tiff
+from tests.conftest import DATA, DilatedNet, export_onnx, write_pyramid_tiff
 
 LANDSAT = Path(__file__).parents[2] / "samples" / "nc_lsat7_2000_b12345.tif"
 DEMO_UNET = LANDSAT.parent / "landcover_unet.pt"
@@ -232,19 +232,41 @@ class TestSMP(_Torch, Landsat):
     """smp encoders reach hundreds of pixels: the declared reach covers this small image."""
 
     kind = "smp"
+    chunk = 128
     overrides = ("model.weights={smp}", "model.params.num_classes=4",
-                 "model.params.encoder=resnet18", "model.params.receptive_field=256")
+                 "model.params.encoder=resnet18", "model.params.receptive_field=128")
     exact = False
     bad = ((("model.weights={smp}", "model.params.num_classes=4",
              "model.params.arch=NoSuchNet"), "smp cannot build"),)
 
     def files(self, folder: Path) -> dict[str, Path]:
+        from segflow.tasks.models.torchvision_models import import_torchvision
+
+        import_torchvision()  # smp imports torchvision, whose PyPI build needs segflow's shim
         smp = pytest.importorskip("segmentation_models_pytorch", reason=(
             "model.kind=smp needs segmentation-models-pytorch (an optional extra, not in "
             "the test install)"))
         torch.save(smp.create_model("Unet", encoder_name="resnet18", encoder_weights=None,
                                     in_channels=5, classes=4).state_dict(), folder / "smp.pt")
         return {**super().files(folder), "smp": folder / "smp.pt"}
+
+
+class TestOnnx(_Torch, Landsat):
+    """The dilated net (receptive field 7) exported to ONNX by torch, run by onnxruntime."""
+
+    kind = "onnx"
+    overrides = ("model.weights={dilated}", "model.params.receptive_field=7")
+    exact = False
+    many = ("model.weights={onnx_many}",)
+    bad = ((("model.weights={not_torch}",), "not an ONNX model onnxruntime can run"),
+           (("model.weights={dilated}", "model.params.output=probs"), "has no output 'probs'"),
+           (("model.weights={missing}",), "weights file not found"))
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        torch.manual_seed(0)
+        return {**super().files(folder),
+                "dilated": export_onnx(DilatedNet(bands=5).eval(), folder / "dilated.onnx", 5),
+                "onnx_many": export_onnx(_ValueClasses().eval(), folder / "many.onnx", 5)}
 
 
 def test_every_registered_kind_has_a_case():
