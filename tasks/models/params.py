@@ -250,14 +250,8 @@ class OnnxParams(TorchScriptParams):
 
 
 class HFParams(ModelParams):
-    """A local Hugging Face folder (config.json + model.safetensors)."""
-
-    output: Literal["semantic", "instance"] = Field(
-        "semantic", description="universal models (Mask2Former, OneFormer): class "
-                                "probabilities, or one object per query (instance)")
-    threshold: float = Field(0.5, ge=0, le=1, description="instance: queries kept above this "
-                                                          "score")
-    context: int = Field(32, ge=0, description="instance: px of context around each object")
+    """A local Hugging Face folder (config.json + model.safetensors): everything the model
+    needs is in the folder (classes, normalisation, architecture)."""
 
 
 class TorchGeoParams(ModelParams):

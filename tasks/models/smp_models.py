@@ -23,7 +23,7 @@ from segflow.tasks.models.torchvision_models import import_torchvision
 STRIDE = 32
 
 
-class _Padded(nn.Module):
+class Padded(nn.Module):
     """smp encoders need sides divisible by their stride; pad high sides, crop the output."""
 
     def __init__(self, net: nn.Module) -> None:
@@ -68,4 +68,4 @@ class SMPModel(TorchModel):
             raise UserError(weights, f"smp cannot build {arch}/{encoder}: "
                                         f"{first_line(exc)}") from exc
         fill(net, weights, load_state_dict(weights), f"smp {arch}/{encoder} ({classes} classes)")
-        return _Padded(net).eval()
+        return Padded(net).eval()

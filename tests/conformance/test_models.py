@@ -27,6 +27,7 @@ from segflow.tasks.errors import UserError
 from segflow.tasks.models.nets import SegNet, UNet
 from segflow.tasks.models.registry import model_kinds
 from segflow.testing import ModelContract
+from tests import model_forms as forms
 from tests.conformance.test_instance_models import INSTANCE_CASES
 from tests.conftest import DATA, DilatedNet, export_onnx, write_pyramid_tiff
 
@@ -267,6 +268,98 @@ class TestOnnx(_Torch, Landsat):
         return {**super().files(folder),
                 "dilated": export_onnx(DilatedNet(bands=5).eval(), folder / "dilated.onnx", 5),
                 "onnx_many": export_onnx(_ValueClasses().eval(), folder / "many.onnx", 5)}
+
+
+class TestHF(_Torch, Rgb):
+    """A tiny SegFormer saved with ``save_pretrained``: attention sees the whole tile."""
+
+    kind = "hf"
+    overrides = ("model.weights={segformer}",)
+    exact = False
+    global_context = True
+    many = ("model.weights={segformer_many}",)
+    bad = ((("model.weights={pickled}",), "holds no model.safetensors (only "
+                                           "pytorch_model.bin: pickles are never loaded)"),
+           (("model.weights={missing}",), "not a folder"))
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        pickled = folder / "pickled"
+        pickled.mkdir()
+        (pickled / "config.json").write_text("{}")
+        (pickled / "pytorch_model.bin").write_bytes(b"")
+        return {**super().files(folder), "pickled": pickled,
+                "segformer": forms.segformer(folder / "segformer"),
+                "segformer_many": forms.segformer(folder / "many", labels=MANY)}
+
+
+class EightBands(Landsat):
+    """The Landsat crop's 5 bands then its first 3 again: two dates of 4 bands, as TorchGeo's
+    Fields of The World weights take them."""
+
+    def make_image(self, folder: Path) -> Path:
+        data, profile = landsat_crop()
+        path = folder / "eight.tif"
+        with rasterio.open(path, "w", **{**profile, "count": 8}) as dst:
+            dst.write(np.concatenate([data, data[:3]]))
+        return path
+
+
+class TestTorchGeo(_Torch, EightBands):
+    kind = "torchgeo"
+    chunk = 128
+    member = "Unet_Weights.SENTINEL2_2CLASS_FTW"
+    overrides = ("model.weights={ftw}", f"model.params.weights={member}",
+                 "model.params.receptive_field=128")
+    exact = False
+    bad = ((("model.weights={ftw}", "model.params.weights=Unet_Weights.NO_SUCH"),
+            "is not a TorchGeo weights enum member"),
+           (("model.weights={ftw}", "model.params.weights=ResNet18_Weights.SENTINEL2_ALL_MOCO"),
+            "not segmentation weights"),
+           (("model.weights={not_torch}", f"model.params.weights={member}"),
+            "not a torch state_dict"))
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        return {**super().files(folder),
+                "ftw": forms.torchgeo_unet(folder / "ftw.pth", self.member)}
+
+
+class TestNnUNet(_Torch, Head):
+    """nnU-Net's PlainConvUNet (InstanceNorm: each output depends on the whole tile)."""
+
+    kind = "nnunet"
+    chunk = 16
+    overrides = ("model.weights={nnunet}",)
+    exact = False
+    global_context = True
+    bad = ((("model.weights={pickled}",), "holds pickled Python objects beyond tensors and "
+                                          "NumPy scalars"),
+           (("model.weights={nnunet}", "model.params.configuration=2d"),
+            "model.params.configuration='2d' is not in plans.json (3d_fullres)"),
+           (("model.weights={nnunet}", "model.params.folds=[3]"), "checkpoint not found"))
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        import argparse
+
+        return {**super().files(folder),
+                "nnunet": forms.nnunet_folder(folder / "nnunet", spacing=2.0),
+                "pickled": forms.nnunet_folder(folder / "pickled",
+                                               pickled=argparse.Namespace(code=1))}
+
+
+class TestMonaiBundle(_Torch, Head):
+    """A MONAI bundle's UNet (BatchNorm) with its z-score over the whole volume."""
+
+    kind = "monai_bundle"
+    chunk = 16
+    overrides = ("model.weights={bundle}", "model.params.receptive_field=16",
+                 "model.params.stride=2")
+    exact = False
+    bad = ((("model.weights={missing}",), "holds no configs/"),
+           (("model.weights={bundle}", "model.params.network=no_such_net"),
+            "cannot build no_such_net"))
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        return {**super().files(folder), "bundle": forms.monai_bundle(folder / "bundle", 2.0)}
 
 
 def test_every_registered_kind_has_a_case():
