@@ -265,3 +265,41 @@ def test_an_onnx_file_carries_its_card(tmp_path):
     model, _ = _model(LANDSAT, "model.kind=onnx", f"model.weights={path}", *DEMO_CFG[1:])
     assert model.card.bands[-1] == "nir" and [c.name for c in model.classes] == list("abcd")
     assert os.path.exists(path)
+
+
+def test_a_mask2former_folder_gives_its_post_processings_classes(tmp_path):
+    """A universal model's semantic output: segflow's class ids against the image processor's
+    own ``post_process_semantic_segmentation`` on the same normalised input."""
+    transformers = pytest.importorskip("transformers")
+    from segflow.tasks.models.vision_ops import import_torchvision
+
+    import_torchvision()
+    torch.manual_seed(0)
+    names = {i: f"c{i}" for i in range(4)}
+    backbone = transformers.SwinConfig(image_size=64, patch_size=4, embed_dim=8,
+                                       depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                                       window_size=4,
+                                       out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = transformers.Mask2FormerConfig(
+        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
+        encoder_feedforward_dim=32, dim_feedforward=32, encoder_layers=1, decoder_layers=2,
+        num_attention_heads=2, num_queries=8, num_labels=4, id2label=names,
+        label2id={v: k for k, v in names.items()})
+    folder = tmp_path / "m2f"
+    net = transformers.Mask2FormerForUniversalSegmentation(config).eval()
+    net.save_pretrained(folder)
+    image = tmp_path / "rgb.tif"
+    data = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
+    with rasterio.open(image, "w", driver="GTiff", width=64, height=64, count=3,
+                       dtype="uint8") as dst:
+        dst.write(data)
+    model, source = _model(image, "model.kind=hf", f"model.weights={folder}",
+                           "tiling.tile=4096")
+    assert [c.name for c in model.classes] == ["c0", "c1", "c2", "c3"]
+    ids = predict_whole(model, source)
+    with torch.no_grad():
+        out = net(pixel_values=torch.from_numpy(data[None].astype(np.float32) / 255))
+    processor = transformers.Mask2FormerImageProcessor()
+    expected = processor.post_process_semantic_segmentation(out, target_sizes=[(64, 64)])[0]
+    # the processor resizes the mask logits to 384 px before the target size: near ties move
+    assert (ids == expected.numpy()).mean() > 0.95

@@ -7,7 +7,7 @@ Logits at a stride (SegFormer's 1/4) are upsampled bilinearly to the tile, as th
 processors' ``post_process_semantic_segmentation`` does; a universal model's per-class score is
 its post-processing's sum over queries (class softmax without the null class times the mask
 sigmoid), normalised over classes. Tiles are zero-padded on their high side to a multiple of 32
-(the backbones' stride) and cropped back. The folder's ``preprocessor_config.json`` gives the
+(the backbones' stride; at least 64) and cropped back. The folder's ``preprocessor_config.json`` gives the
 normalisation (rescale then mean/std, turned into raw units), ``id2label`` the class names.
 Attention and pyramid pooling see the whole tile: these models warn that tiled output cannot
 equal a whole-image pass (``tiling.stitch: gaussian`` with large tiles hides the seams).
@@ -44,7 +44,9 @@ class _Semantic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2:]
-        padded = F.pad(x, [0, -w % PAD, 0, -h % PAD])
+        # a multiple of the stride, and at least two cells of the coarsest feature map (a
+        # group norm over one cell is undefined)
+        padded = F.pad(x, [0, max(2 * PAD, w + -w % PAD) - w, 0, max(2 * PAD, h + -h % PAD) - h])
         out = self.net(pixel_values=padded)
         size = padded.shape[2:]
         if not self.universal:

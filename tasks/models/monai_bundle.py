@@ -1,5 +1,5 @@
 """A local MONAI bundle folder: the network its config defines (``network_def`` in
-``configs/inference.json``, built by ``monai.bundle.ConfigParser``), weights from
+the bundle's ``inference.json``, built by ``monai.bundle.ConfigParser``), weights from
 ``models/model.pt`` (a state_dict, ``weights_only``), and its per-voxel preprocessing.
 
 Of the bundle's ``preprocessing`` transforms segflow applies the intensity ones, per voxel:
@@ -44,9 +44,9 @@ def _parser(folder: Path, params: MonaiBundleParams) -> Any:
     import_torchvision()  # it imports torchvision, whose PyPI build needs segflow's shim
     bundle = needs("monai.bundle", "monai", str(folder), "model.kind=monai_bundle models")
     parser = bundle.ConfigParser()
-    config = folder / params.config
+    config = folder / "configs" / params.config
     if not config.is_file():
-        raise UserError(str(folder), f"holds no {params.config} (model.params.config)")
+        raise UserError(str(folder), f"holds no configs/{params.config} (model.params.config)")
     try:
         parser.read_config(str(config))
         meta = folder / "configs" / "metadata.json"
@@ -144,10 +144,11 @@ class MonaiBundleModel(TorchModel):
         try:
             net = parser.get_parsed_content(params.network)
         except Exception as exc:
-            raise UserError(str(folder / params.config), f"cannot build {params.network}: "
-                                                         f"{first_line(exc)}") from None
+            raise UserError(str(folder / "configs" / params.config),
+                            f"cannot build {params.network}: {first_line(exc)}") from None
         if not isinstance(net, nn.Module):
-            raise UserError(str(folder / params.config), f"{params.network} is not a network")
+            raise UserError(str(folder / "configs" / params.config),
+                            f"{params.network} is not a network")
         file = folder / params.weights
         if not file.is_file():
             raise UserError(str(folder), f"holds no {params.weights} (model.params.weights)")

@@ -276,8 +276,8 @@ class NnUNetParams(ModelParams):
 class MonaiBundleParams(ModelParams):
     """A local MONAI bundle folder (configs/, models/)."""
 
-    config: str = Field("configs/inference.json", description="the bundle config that "
-                                                              "defines the network")
+    config: str = Field("inference.json", description="the file in the bundle's configs "
+                                                      "folder that defines the network")
     network: str = Field("network_def", description="the config id of the network")
     weights: str = Field("models/model.pt", description="state_dict file in the bundle")
     receptive_field: int = ReceptiveField
