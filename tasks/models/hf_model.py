@@ -7,8 +7,9 @@ Logits at a stride (SegFormer's 1/4) are upsampled bilinearly to the tile, as th
 processors' ``post_process_semantic_segmentation`` does; a universal model's per-class score is
 its post-processing's sum over queries (class softmax without the null class times the mask
 sigmoid), normalised over classes. Tiles are zero-padded on their high side to a multiple of 32
-(the backbones' stride; at least 64) and cropped back. The folder's ``preprocessor_config.json`` gives the
-normalisation (rescale then mean/std, turned into raw units), ``id2label`` the class names.
+(the backbones' stride; at least 64) and cropped back. The folder's
+``preprocessor_config.json`` gives the normalisation (rescale then mean/std, in raw units),
+``id2label`` the class names.
 Attention and pyramid pooling see the whole tile: these models warn that tiled output cannot
 equal a whole-image pass (``tiling.stitch: gaussian`` with large tiles hides the seams).
 """
