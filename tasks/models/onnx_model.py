@@ -90,16 +90,17 @@ class OrtModule(nn.Module):
             x = F.pad(x, [p for s, f in zip(reversed(spatial), reversed(self.fixed))
                           for p in (0, f - s)])
         step = self.fixed_batch or x.shape[0]
+        dtype = np.float16 if self.fp16 else np.float32
         parts = []
         for start in range(0, x.shape[0], step):
-            part = x[start:start + step].cpu().numpy()
+            part = x[start:start + step].cpu().numpy().astype(dtype, copy=False)
             if part.shape[0] < step:  # a fixed batch: fill it, keep the real ones
                 part = np.concatenate([part, np.zeros((step - part.shape[0], *part.shape[1:]),
                                                       part.dtype)])
-            out = self.session.run([self.output], {self.input: part.astype(
-                np.float16 if self.fp16 else np.float32)})[0]
-            parts.append(out[:min(step, x.shape[0] - start)].astype(np.float32))
-        logits = torch.from_numpy(np.concatenate(parts)).to(x.device)
+            out = self.session.run([self.output], {self.input: part})[0]
+            parts.append(out[:min(step, x.shape[0] - start)].astype(np.float32, copy=False))
+        joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        logits = torch.from_numpy(joined).to(x.device)
         crop: tuple[slice, ...] = tuple(slice(0, s) for s in spatial)
         return logits[(..., *crop)]  # type: ignore[index]
 
