@@ -35,7 +35,7 @@ def _free_port() -> int:
 #: instead of ending it, and the short files even out both workers at the end
 LONGEST_FIRST = ("tests/test_wheel.py", "tests/test_load.py", "tests/test_crash.py",
                  "tests/test_outputs.py", "tests/test_lease.py", "tests/test_s3.py",
-                 "tests/test_stac.py",
+                 "tests/test_stac.py", "tests/test_nnunet_monai.py",
                  "tests/test_split.py", "tests/test_distributed.py", "tests/test_corpus.py",
                  "tests/test_deep_models.py", "tests/test_tissue.py", "tests/test_resume.py")
 

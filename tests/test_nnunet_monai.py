@@ -1,4 +1,4 @@
-"""An nnU-Net trained folder and a MONAI bundle on the real MNI template (2 mm) through the
+"""An nnU-Net trained folder and a MONAI bundle on the real MNI template (3 mm) through the
 Prefect flow on the Dask cluster, each against a whole-volume pass of the same model at the
 array level: the MONAI bundle's BatchNorm UNet tiles exactly; nnU-Net's InstanceNorm network
 cannot, and the share of voxels whose class changes is measured and bounded here (the figure
@@ -23,13 +23,13 @@ from tests.mni import template, write
 
 @pytest.fixture(scope="module")
 def mni(tmp_path_factory):
-    volume, _, affine = template(step=2)
+    volume, _, affine = template(step=3)
     return write(tmp_path_factory.mktemp("mni") / "mni.nii.gz", volume, affine)
 
 
 def _flow_and_whole(mni, out, dask_address, overrides):
     """The flow's mask (small chunks and tiles) and the whole-volume pass of the same model."""
-    tiled = load_config(overrides=[*overrides, "tiling.chunk=48", "tiling.tile=32",
+    tiled = load_config(overrides=[*overrides, "tiling.chunk=32", "tiling.tile=16",
                                    "output.pyramid=false"])
     result = segment_image(str(mni), str(out), tiled.model_dump(mode="json"), dask_address)
     assert result["status"] == "succeeded"
@@ -48,7 +48,7 @@ def _flow_and_whole(mni, out, dask_address, overrides):
 
 def test_a_monai_bundle_through_the_flow_equals_a_whole_volume_pass(mni, tmp_path,
                                                                    dask_address):
-    bundle = forms.monai_bundle(tmp_path / "bundle", pixdim=2.0)
+    bundle = forms.monai_bundle(tmp_path / "bundle", pixdim=3.0)
     overrides = ["model.kind=monai_bundle", f"model.weights={bundle}",
                  "model.params.receptive_field=16", "model.params.stride=2",
                  "tiling.halo=16"]
@@ -61,7 +61,7 @@ def test_a_monai_bundle_through_the_flow_equals_a_whole_volume_pass(mni, tmp_pat
 
 def test_an_nnunet_folder_through_the_flow_and_its_tiling_difference(mni, tmp_path,
                                                                       dask_address):
-    folder = forms.nnunet_folder(tmp_path / "Dataset999__nnUNetPlans__3d_fullres", spacing=2.0)
+    folder = forms.nnunet_folder(tmp_path / "Dataset999__nnUNetPlans__3d_fullres", spacing=3.0)
     overrides = ["model.kind=nnunet", f"model.weights={folder}", "tiling.halo=16",
                  "tiling.stitch=gaussian"]
     with pytest.warns(Warning, match="InstanceNorm3d"):
@@ -69,7 +69,7 @@ def test_an_nnunet_folder_through_the_flow_and_its_tiling_difference(mni, tmp_pa
     assert len(np.unique(whole[valid])) >= 2
     differ = (mask[valid] != whole[valid]).mean()
     print(f"nnU-Net (InstanceNorm): tiled vs whole-volume classes differ in {differ:.2%} of "
-          "voxels (48-voxel chunks, 32-voxel tiles, halo 16, gaussian stitching)")
+          "voxels (32-voxel chunks, 16-voxel tiles, halo 16, gaussian stitching)")
     assert differ < 0.25
 
 
@@ -78,5 +78,5 @@ def test_an_nnunet_card_refuses_a_volume_at_another_spacing(mni, tmp_path):
     cfg = load_config(overrides=["model.kind=nnunet", f"model.weights={folder}"])
     with pytest.raises(UserError) as error:
         plan_job(str(mni), str(tmp_path / "out"), cfg)
-    assert "pixel size 0.5 x 0.5 x 0.5 mm (tolerance 25%), the input's is 2 x 2 x 2 millimeter" \
+    assert "pixel size 0.5 x 0.5 x 0.5 mm (tolerance 25%), the input's is 3 x 3 x 3 millimeter" \
         in str(error.value)

@@ -78,7 +78,7 @@ def _fresh_venv(wheel: Path, tmp_path: Path) -> tuple[Path, dict[str, str], Path
     """A fresh venv with the wheel alone installed; its bin folder, a newcomer's environment
     and an empty working folder away from the repository."""
     env_dir = tmp_path / "env"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir, with_pip=False)  # this run's pip installs into it (--python)
     bin_dir = env_dir / "bin"
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("PREFECT_", "AWS_", "VIRTUAL_ENV", "PYTHON"))}  # as a newcomer
@@ -94,7 +94,8 @@ def _fresh_venv(wheel: Path, tmp_path: Path) -> tuple[Path, dict[str, str], Path
                       "print(site.getsitepackages()[0])"], work, env, 60).strip())
     ours = next(p for p in map(Path, sys.path) if p.name == "site-packages" and p.is_dir())
     (site / "zz_shared_deps.pth").write_text(f"{ours}\n")
-    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+    _run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install",
+          "-q", "--no-deps", str(wheel)],
          work, env, 300)
     return bin_dir, env, work
 
@@ -158,7 +159,8 @@ def test_a_plugin_package_adds_a_reader_and_a_model_kind(wheel, tmp_path, prefec
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
           "-w", str(tmp_path / "dist"), str(plugin)], plugin, dict(os.environ), 300)
     [built] = (tmp_path / "dist").glob("segflow_npy-*.whl")
-    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", str(built)],
+    _run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install",
+          "-q", "--no-deps", str(built)],
          work, env, 300)
     contracts = _run([str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
                       "tests"], plugin, env, 600)
