@@ -7,9 +7,9 @@ augmentation (flips: 4 views, d4: 8 views) and of a two-model ensemble, in one r
 The image is the bundled Landsat scene (489 x 443 px, 5 bands); every variant runs on the whole
 scene with the same threads (torch's and onnxruntime's intra-op threads = the machine's cores)
 and the same allocator (the process re-executes itself with the malloc settings segflow's Dask
-workers run with, tasks/runtime/cluster.py), ``REPEATS`` times; the median is reported. segflow's figures are its
-array-level ``predict`` on one tile holding the scene, so they time the model form, not the
-Prefect/Dask run around it (BENCHMARKS.md §1-§2 time that). Writes
+workers run with, tasks/runtime/cluster.py), ``REPEATS`` times; the median is reported.
+segflow's figures are its array-level ``predict`` on one tile holding the scene, so they time
+the model form, not the Prefect/Dask run around it (BENCHMARKS.md §1-§2 time that). Writes
 benchmarks/out/results/model_forms.json.
 """
 

@@ -80,3 +80,35 @@ def test_an_nnunet_card_refuses_a_volume_at_another_spacing(mni, tmp_path):
         plan_job(str(mni), str(tmp_path / "out"), cfg)
     assert "pixel size 0.5 x 0.5 x 0.5 mm (tolerance 25%), the input's is 3 x 3 x 3 millimeter" \
         in str(error.value)
+
+
+@pytest.mark.parametrize("scheme", ["ZScoreNormalization", "CTNormalization"])
+def test_nnunet_normalisation_is_the_plans_scheme_over_the_whole_volume(mni, tmp_path, scheme):
+    """z-score: the mean and std of the whole volume (NumPy here), not of any tile; CT: the
+    dataset's percentile clip, mean and std from the plans. A checkpoint holding another
+    pickled object loads only with ``model.trust_checkpoint``."""
+    import argparse
+
+    import nibabel as nib
+    from distributed import Client
+
+    folder = forms.nnunet_folder(tmp_path / "Dataset999__nnUNetPlans__3d_fullres", spacing=3.0,
+                                 norm=scheme, pickled=argparse.Namespace(code=1))
+    overrides = ["model.kind=nnunet", f"model.weights={folder}"]
+    source = open_source(str(mni), load_config().input)
+    spec = InputSpec(1, source.dtype, 3)
+    with pytest.raises(UserError, match="model.trust_checkpoint: true"):
+        build_model(load_config(overrides=overrides), spec, str(mni))
+    model = build_model(load_config(overrides=[*overrides, "model.trust_checkpoint=true"]),
+                        spec, str(mni))
+    with Client(processes=False, n_workers=1, threads_per_worker=2,
+                dashboard_address=None) as client:
+        model.fit(source, client)
+    norm = model.intensity.normalize
+    if scheme == "CTNormalization":
+        assert model.intensity.clip == (10.0, 900.0)
+        assert norm.mean == [400.0] and norm.std == [150.0]
+    else:
+        volume = np.asarray(nib.load(mni).dataobj, np.float64)
+        assert norm.mean[0] == pytest.approx(volume.mean(), rel=1e-9)
+        assert norm.std[0] == pytest.approx(volume.std(), rel=1e-9)

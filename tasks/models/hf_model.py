@@ -27,7 +27,7 @@ from segflow.tasks.config import JobConfig, Normalize
 from segflow.tasks.errors import UserError, first_line
 from segflow.tasks.models.card import ModelCard, card_from_json
 from segflow.tasks.models.params import HFParams, ModelParams
-from segflow.tasks.models.torch_model import TorchModel, file_digest
+from segflow.tasks.models.torch_model import TorchModel, file_digest, weights_folder
 from segflow.tasks.models.vision_ops import import_torchvision
 from segflow.tasks.sources.base import needs
 
@@ -61,14 +61,8 @@ class _Semantic(nn.Module):
 
 
 def _folder(cfg: JobConfig, source: str) -> Path:
-    if not cfg.model.weights:
-        raise UserError(source, "model.kind=hf needs model.weights: a local Hugging Face folder")
-    folder = Path(cfg.model.weights).expanduser().resolve()
-    if not folder.is_dir():
-        raise UserError(str(folder), "not a folder: model.kind=hf reads a local Hugging Face "
-                                     "folder (config.json, model.safetensors)")
-    if not (folder / "config.json").is_file():
-        raise UserError(str(folder), "holds no config.json: not a Hugging Face model folder")
+    folder = Path(weights_folder(cfg, source, "a local Hugging Face folder (config.json, "
+                                              "model.safetensors)", ("config.json",)))
     if not (folder / "model.safetensors").is_file():
         pickled = [p.name for p in folder.glob("*.bin")]
         hint = f" (only {', '.join(pickled)}: pickles are never loaded)" if pickled else ""

@@ -17,7 +17,6 @@ definition and the items it references are evaluated, as ``monai.bundle`` itself
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,13 @@ from segflow.tasks.models.base import InputSpec
 from segflow.tasks.models.card import ModelCard, card_from_json
 from segflow.tasks.models.intensity import Intensity
 from segflow.tasks.models.params import ModelParams, MonaiBundleParams
-from segflow.tasks.models.torch_model import TorchModel, file_digest, fill, load_state_dict
+from segflow.tasks.models.torch_model import (
+    TorchModel,
+    files_digest,
+    fill,
+    load_state_dict,
+    weights_folder,
+)
 from segflow.tasks.models.vision_ops import import_torchvision
 from segflow.tasks.sources.base import needs
 
@@ -82,19 +87,13 @@ class MonaiBundleModel(TorchModel):
 
     @classmethod
     def weights_path(cls, cfg: JobConfig, source: str) -> str:
-        if not cfg.model.weights:
-            raise UserError(source, "model.kind=monai_bundle needs model.weights: a MONAI "
-                                    "bundle folder (configs/, models/)")
-        folder = Path(cfg.model.weights).expanduser().resolve()
-        if not (folder / "configs").is_dir():
-            raise UserError(str(folder), "holds no configs/: not a MONAI bundle folder")
-        return str(folder)
+        return weights_folder(cfg, source, "a MONAI bundle folder (configs/, models/)",
+                              ("configs",))
 
     @classmethod
     def digest_of(cls, path: str) -> str:
-        files = sorted(Path(path).glob("configs/*")) + sorted(Path(path).glob("models/*.pt"))
-        joined = "".join(file_digest(str(f)) for f in files if f.is_file())
-        return hashlib.sha256(joined.encode()).hexdigest()[:12]
+        return files_digest(sorted(Path(path).glob("configs/*")) +
+                            sorted(Path(path).glob("models/*.pt")))
 
     @classmethod
     def own_card(cls, path: str, params: ModelParams) -> ModelCard | None:

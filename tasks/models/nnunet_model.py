@@ -25,7 +25,6 @@ gaussian``, nnU-Net's own choice; tests/test_nnunet_monai.py measures the differ
 
 from __future__ import annotations
 
-import hashlib
 import math
 import pickle
 import pydoc
@@ -44,7 +43,7 @@ from segflow.tasks.models.base import InputSpec
 from segflow.tasks.models.card import ModelCard, card_from_json
 from segflow.tasks.models.intensity import Intensity
 from segflow.tasks.models.params import ModelParams, NnUNetParams
-from segflow.tasks.models.torch_model import TorchModel, file_digest, fill
+from segflow.tasks.models.torch_model import TorchModel, files_digest, fill, weights_folder
 from segflow.tasks.models.vision_ops import import_torchvision
 from segflow.tasks.sources.base import needs
 
@@ -189,20 +188,14 @@ class NnUNetModel(TorchModel):
 
     @classmethod
     def weights_path(cls, cfg: JobConfig, source: str) -> str:
-        if not cfg.model.weights:
-            raise UserError(source, "model.kind=nnunet needs model.weights: an nnU-Net trained "
-                                    "folder (dataset.json, plans.json, fold_0/ ...)")
-        folder = Path(cfg.model.weights).expanduser().resolve()
-        for name in ("dataset.json", "plans.json"):
-            if not (folder / name).is_file():
-                raise UserError(str(folder), f"holds no {name}: not an nnU-Net trained folder")
-        return str(folder)
+        return weights_folder(cfg, source, "an nnU-Net trained folder (dataset.json, "
+                                           "plans.json, fold_0/ ...)",
+                              ("dataset.json", "plans.json"))
 
     @classmethod
     def digest_of(cls, path: str) -> str:
-        files = [Path(path) / "plans.json", *sorted(Path(path).glob("fold_*/*.pth"))]
-        joined = "".join(file_digest(str(f)) for f in files)
-        return hashlib.sha256(joined.encode()).hexdigest()[:12]
+        return files_digest([Path(path) / "plans.json",
+                             *sorted(Path(path).glob("fold_*/*.pth"))])
 
     @classmethod
     def geometry(cls, params: ModelParams) -> tuple[int, int]:

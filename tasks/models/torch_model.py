@@ -118,6 +118,27 @@ def weights_file(cfg: JobConfig, source: str) -> str:
     return str(path)
 
 
+def weights_folder(cfg: JobConfig, source: str, what: str, required: tuple[str, ...]) -> str:
+    """``model.weights`` as an absolute path to a folder holding ``required`` (``what`` it is,
+    for the one-line errors): the model forms that are folders."""
+    kind = cfg.model.kind
+    if not cfg.model.weights:
+        raise UserError(source, f"model.kind={kind} needs model.weights: {what}")
+    folder = Path(cfg.model.weights).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(str(folder), f"not a folder: model.kind={kind} reads {what}")
+    for name in required:
+        if not (folder / name).exists():
+            raise UserError(str(folder), f"holds no {name}: not {what}")
+    return str(folder)
+
+
+def files_digest(files: list[Path]) -> str:
+    """One short hash of several weight and config files (a folder form's version)."""
+    joined = "".join(file_digest(str(f)) for f in files if f.is_file())
+    return hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors saved with ``torch.save(module.state_dict(), path)``; never unpickles objects."""
     try:
