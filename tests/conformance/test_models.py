@@ -354,7 +354,8 @@ class TestMonaiBundle(_Torch, Head):
     overrides = ("model.weights={bundle}", "model.params.receptive_field=16",
                  "model.params.stride=2")
     exact = False
-    bad = ((("model.weights={missing}",), "not a folder: model.kind=monai_bundle reads a MONAI bundle folder"),
+    bad = ((("model.weights={missing}",), "not a folder: model.kind=monai_bundle reads a "
+                                          "MONAI bundle folder"),
            (("model.weights={bundle}", "model.params.network=no_such_net"),
             "cannot build no_such_net"))
 
