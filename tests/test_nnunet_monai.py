@@ -27,9 +27,10 @@ def mni(tmp_path_factory):
     return write(tmp_path_factory.mktemp("mni") / "mni.nii.gz", volume, affine)
 
 
-def _flow_and_whole(mni, out, dask_address, overrides):
-    """The flow's mask (small chunks and tiles) and the whole-volume pass of the same model."""
-    tiled = load_config(overrides=[*overrides, "tiling.chunk=32", "tiling.tile=16",
+def _flow_and_whole(mni, out, dask_address, overrides, chunk, tile):
+    """The flow's mask (``chunk`` and ``tile`` sides) and the whole-volume pass of the same
+    model."""
+    tiled = load_config(overrides=[*overrides, f"tiling.chunk={chunk}", f"tiling.tile={tile}",
                                    "output.pyramid=false"])
     result = segment_image(str(mni), str(out), tiled.model_dump(mode="json"), dask_address)
     assert result["status"] == "succeeded"
@@ -52,7 +53,7 @@ def test_a_monai_bundle_through_the_flow_equals_a_whole_volume_pass(mni, tmp_pat
     overrides = ["model.kind=monai_bundle", f"model.weights={bundle}",
                  "model.params.receptive_field=16", "model.params.stride=2",
                  "tiling.halo=16"]
-    mask, whole, valid = _flow_and_whole(mni, tmp_path / "out", dask_address, overrides)
+    mask, whole, valid = _flow_and_whole(mni, tmp_path / "out", dask_address, overrides, 32, 32)
     assert len(np.unique(whole[valid])) >= 2
     differ = (mask[valid] != whole[valid]).mean()
     print(f"MONAI bundle: tiled vs whole-volume classes differ in {differ:.4%} of voxels")
@@ -65,11 +66,12 @@ def test_an_nnunet_folder_through_the_flow_and_its_tiling_difference(mni, tmp_pa
     overrides = ["model.kind=nnunet", f"model.weights={folder}", "tiling.halo=16",
                  "tiling.stitch=gaussian"]
     with pytest.warns(Warning, match="InstanceNorm3d"):
-        mask, whole, valid = _flow_and_whole(mni, tmp_path / "out", dask_address, overrides)
+        mask, whole, valid = _flow_and_whole(mni, tmp_path / "out", dask_address, overrides,
+                                             48, 48)
     assert len(np.unique(whole[valid])) >= 2
     differ = (mask[valid] != whole[valid]).mean()
     print(f"nnU-Net (InstanceNorm): tiled vs whole-volume classes differ in {differ:.2%} of "
-          "voxels (32-voxel chunks, 16-voxel tiles, halo 16, gaussian stitching)")
+          "voxels (48-voxel chunks and tiles, halo 16, gaussian stitching)")
     assert differ < 0.25
 
 
