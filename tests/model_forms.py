@@ -60,7 +60,7 @@ def torchgeo_unet(path: Path, member: str) -> Path:
 
 
 def nnunet_folder(folder: Path, spacing: float = 1.0, norm: str = "ZScoreNormalization",
-                  logged: bool = True, pickled: object | None = None) -> Path:
+                  logged: bool = True, pickled: object | None = None, dims: int = 3) -> Path:
     """An nnU-Net v2 trained folder of a 3-stage 3-D PlainConvUNet (InstanceNorm, as nnU-Net
     plans it) for one T1 channel and four labels; its checkpoint in the layout
     ``nnUNetTrainer.save_checkpoint`` writes, the training log holding NumPy scalars as a
@@ -68,17 +68,18 @@ def nnunet_folder(folder: Path, spacing: float = 1.0, norm: str = "ZScoreNormali
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     arch_kwargs = {
-        "n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        "n_stages": 3, "features_per_stage": [8, 16, 32],
+        "conv_op": f"torch.nn.modules.conv.Conv{dims}d", "kernel_sizes": [[3] * dims] * 3,
+        "strides": [[1] * dims, [2] * dims, [2] * dims],
         "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
         "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
         "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
         "nonlin_kwargs": {"inplace": True}}
     configuration = {
         "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": 2, "patch_size": [32, 32, 32], "spacing": [spacing] * 3,
-        "median_image_size_in_voxels": [64, 64, 64], "normalization_schemes": [norm],
+        "batch_size": 2, "patch_size": [32] * dims, "spacing": [spacing] * dims,
+        "median_image_size_in_voxels": [64] * dims, "normalization_schemes": [norm],
         "use_mask_for_norm": [False],
         "architecture": {"network_class_name":
                          "dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -86,7 +87,8 @@ def nnunet_folder(folder: Path, spacing: float = 1.0, norm: str = "ZScoreNormali
                          "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
     plans = {"dataset_name": "Dataset999_MNI", "plans_name": "nnUNetPlans",
              "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2],
-             "transpose_backward": [0, 1, 2], "configurations": {"3d_fullres": configuration},
+             "transpose_backward": [0, 1, 2],
+             "configurations": {"3d_fullres" if dims == 3 else "2d": configuration},
              "foreground_intensity_properties_per_channel": {"0": {
                  "max": 1000.0, "mean": 400.0, "median": 400.0, "min": 0.0,
                  "percentile_00_5": 10.0, "percentile_99_5": 900.0, "std": 150.0}}}
@@ -96,8 +98,8 @@ def nnunet_folder(folder: Path, spacing: float = 1.0, norm: str = "ZScoreNormali
     (folder / "plans.json").write_text(json.dumps(plans, indent=2))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
     torch.manual_seed(0)
-    kwargs = {**arch_kwargs, "conv_op": torch.nn.Conv3d, "norm_op": torch.nn.InstanceNorm3d,
-              "nonlin": torch.nn.LeakyReLU}
+    kwargs = {**arch_kwargs, "conv_op": getattr(torch.nn, f"Conv{dims}d"),
+              "norm_op": getattr(torch.nn, f"InstanceNorm{dims}d"), "nonlin": torch.nn.LeakyReLU}
     net = PlainConvUNet(input_channels=1, num_classes=len(LABELS), deep_supervision=True,
                         **kwargs)
     log = {"mean_fg_dice": [np.float32(0.5)], "ema_fg_dice": [np.float32(0.5)],
@@ -105,10 +107,11 @@ def nnunet_folder(folder: Path, spacing: float = 1.0, norm: str = "ZScoreNormali
     checkpoint = {"network_weights": net.state_dict(), "optimizer_state": {},
                   "grad_scaler_state": None, "logging": log,
                   "_best_ema": np.float32(0.5) if logged else None, "current_epoch": 1,
-                  "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0,
+                  "init_args": {"plans": plans, "fold": 0,
+                                "configuration": "3d_fullres" if dims == 3 else "2d",
                                 "dataset_json": dataset, "device": torch.device("cpu")},
                   "trainer_name": "nnUNetTrainer",
-                  "inference_allowed_mirroring_axes": (0, 1, 2)}
+                  "inference_allowed_mirroring_axes": tuple(range(dims))}
     if pickled is not None:
         checkpoint["extra"] = pickled
     torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")

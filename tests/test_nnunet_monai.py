@@ -114,3 +114,45 @@ def test_nnunet_normalisation_is_the_plans_scheme_over_the_whole_volume(mni, tmp
         volume = np.asarray(nib.load(mni).dataobj, np.float64)
         assert norm.mean[0] == pytest.approx(volume.mean(), rel=1e-9)
         assert norm.std[0] == pytest.approx(volume.std(), rel=1e-9)
+
+
+def test_a_2d_nnunet_configuration_runs_slice_by_slice_in_nnunets_axis_order(mni, tmp_path):
+    """A 2-D configuration on a volume: each slice along nnU-Net's first axis (SimpleITK's z,
+    the NIfTI's last voxel axis) through the network, computed here with the network itself
+    on NumPy slices of the z-scored volume."""
+    import nibabel as nib
+    from distributed import Client
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    folder = forms.nnunet_folder(tmp_path / "Dataset999__nnUNetPlans__2d", spacing=3.0, dims=2)
+    cfg = load_config(overrides=["model.kind=nnunet", f"model.weights={folder}",
+                                 "tiling.tile=4096", "tiling.chunk=4096"])
+    source = open_source(str(mni), cfg.input)
+    model = build_model(cfg, InputSpec(1, source.dtype, 3), str(mni))
+    with Client(processes=False, n_workers=1, threads_per_worker=2,
+                dashboard_address=None) as client:
+        model.fit(source, client)
+    got = predict_whole(model, source)
+
+    import torch
+
+    volume = np.asarray(nib.load(mni).dataobj, np.float64)
+    z = ((volume - volume.mean()) / volume.std()).astype(np.float32)
+    state = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    net = PlainConvUNet(input_channels=1, num_classes=4, deep_supervision=False, n_stages=3,
+                        features_per_stage=[8, 16, 32], conv_op=torch.nn.Conv2d,
+                        kernel_sizes=[[3, 3]] * 3, strides=[[1, 1], [2, 2], [2, 2]],
+                        n_conv_per_stage=[2, 2, 2], n_conv_per_stage_decoder=[2, 2],
+                        conv_bias=True, norm_op=torch.nn.InstanceNorm2d,
+                        norm_op_kwargs={"eps": 1e-5, "affine": True},
+                        nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+    net.load_state_dict(state["network_weights"])
+    net.eval()
+    sitk = np.transpose(z, (2, 1, 0))  # SimpleITK's (z, y, x) array of the NIfTI
+    h, w = sitk.shape[1:]
+    padded = np.pad(sitk, ((0, 0), (0, -h % 4), (0, -w % 4)))
+    with torch.no_grad():
+        logits = net(torch.from_numpy(padded[:, None]))[:, :, :h, :w]
+    expected = np.transpose(logits.argmax(1).numpy(), (2, 1, 0))
+    assert len(np.unique(expected)) >= 2
+    assert (got == expected).mean() > 0.999  # float32 near-ties only
