@@ -295,6 +295,10 @@ class StatsConfig(_Strict):
     # ("12 um", "0.5 mm", "30 m"); instance models read every chunk with halo >= reach + this
     max_object: float | str = 64.0
     on_cut: Literal["warn", "error"] = "warn"  # an owned object reaching its read window's edge
+    # per-object measurements into the object_measurements table: shape (area, perimeter,
+    # axes, solidity ...) and intensity (per band: mean, std, min, max, median, integrated);
+    # implies instances (tasks/measure/features.py)
+    measure: list[Literal["shape", "intensity"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _zone_id_needs_zones(self) -> StatsConfig:
@@ -353,7 +357,9 @@ class JobConfig(_Strict):
 #: keys added after configs were first hashed: left out of the hash at their defaults, so a
 #: catalog written before they existed still finds its runs done
 _HASHED_WHEN_SET = {"input": (*STAC_KEYS, *READER_KEYS["dicom"], *READER_KEYS["bioio"]),
-                    "model": ("card", "tta", "ensemble", "trust_checkpoint")}
+                    "model": ("card", "tta", "ensemble", "trust_checkpoint"),
+                    # measure implies instances: a store labelled for it is another store
+                    "stats": ("measure",)}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

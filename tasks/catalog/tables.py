@@ -54,6 +54,13 @@ SCHEMAS: dict[str, pa.Schema] = {
         *((f"{part}_{axis}", pa.float64())
           for part in ("centroid", "bbox_min", "bbox_max") for axis in "xyz"),
     ]),
+    # stats.measure: one row per object, measurement and channel (null for shape), long so
+    # that any band names fit one schema (tasks/measure/features.py)
+    "object_measurements": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("instance_id", pa.int64()),
+        ("measurement", pa.string()), ("channel", pa.string()), ("value", pa.float64()),
+        ("unit", pa.string()),
+    ]),
     # one row per class; a ratio whose denominator is 0 is null
     "metrics": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("class_id", pa.int64()),
@@ -135,8 +142,8 @@ def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -
 
 
 #: tables a run writes besides ``runs``, in the order they are written
-RESULT_TABLES = ("class_stats", "instances", "metrics", "instance_metrics", "confusion",
-                 "zone_stats", "outputs", "change")
+RESULT_TABLES = ("class_stats", "instances", "object_measurements", "metrics",
+                 "instance_metrics", "confusion", "zone_stats", "outputs", "change")
 
 
 def record_run(root: str, run: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> None:

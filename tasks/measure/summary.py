@@ -12,6 +12,7 @@ from distributed import Client
 from segflow.tasks.mask.owned import paint_instances
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import class_rows, count_chunk, report_unit
+from segflow.tasks.measure.features import measure_objects
 from segflow.tasks.measure.instances import label_instances, measure_instances
 from segflow.tasks.measure.matching import instance_metrics
 from segflow.tasks.measure.metrics import evaluate, open_ground_truth
@@ -28,6 +29,7 @@ class Measurements:
 
     class_stats: list[dict[str, Any]]
     instances: list[dict[str, Any]] = field(default_factory=list)
+    object_measurements: list[dict[str, Any]] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     confusion: list[dict[str, Any]] = field(default_factory=list)
     zone_stats: list[dict[str, Any]] = field(default_factory=list)
@@ -71,6 +73,8 @@ def measure_mask(client: Client, job: Job, store: MaskStore,
     result = Measurements(class_rows(job.model.classes, counts, unit, per_class))
     if objects is not None:
         result.instances = objects.rows(job.reader, unit)
+        result.object_measurements = measure_objects(client, store, job.plan, job.reader,
+                                                     objects, tuple(want.measure))
     if want.zones:
         georef = job.reader.georef
         assert georef is not None, "plan_job refuses zones without a georeferenced raster"

@@ -68,7 +68,8 @@ class Job:
         """Objects are labelled: asked for (``stats.instances``), or found by the model
         (instance models, ``stats.split``). The config stays as the user gave it, so its hash
         is the same in the catalog and the store."""
-        return self.config.stats.instances or self.model.instance
+        return (self.config.stats.instances or self.model.instance
+                or bool(self.config.stats.measure))
 
     @property
     def unreached_halo(self) -> bool:

@@ -1,0 +1,99 @@
+"""``stats.measure``: every object's shape and intensity measurements through the flow, at
+three chunkings, equal scikit-image's ``regionprops_table`` on the whole image (labelled here
+with ``skimage.measure.label``, face connectivity, as segflow numbers objects), in physical
+units, for a georeferenced raster (30 m cells, two bands) and an anisotropic volume."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from rasterio.transform import from_origin
+from scipy import ndimage
+from skimage.measure import label, regionprops_table
+
+from segflow.flows.segment import segment_image
+from segflow.tasks.catalog.query import run_query
+from segflow.tasks.config import load_config
+from tests.conftest import write_geotiff
+
+SHAPE_2D = {"area": "area", "perimeter": "perimeter", "equivalent_diameter_area":
+            "equivalent_diameter", "axis_major_length": "major_axis", "axis_minor_length":
+            "minor_axis", "eccentricity": "eccentricity", "solidity": "solidity",
+            "extent": "extent", "orientation": "orientation"}
+SHAPE_3D = {"area": "volume", "equivalent_diameter_area": "equivalent_diameter",
+            "axis_major_length": "major_axis", "solidity": "solidity", "extent": "extent"}
+
+
+def _blobs(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Smoothed noise: irregular blobs of many sizes, some crossing any chunk border."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=shape), 3)
+    return ((field - field.min()) / np.ptp(field) * 200).astype(np.uint8)
+
+
+def _same(got: float | None, expected: float) -> bool:
+    """Equal to regionprops' value; an undefined one (NaN, inf: the solidity of a flat
+    object) is null in the table."""
+    if not np.isfinite(expected):
+        return got is None
+    return got == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def _measured(root, run_dir) -> dict[tuple[int, str, str | None], float]:
+    rows = run_query(str(run_dir), "select instance_id, measurement, channel, value "
+                                   "from object_measurements").to_pylist()
+    return {(r["instance_id"], r["measurement"], r["channel"]): r["value"] for r in rows}
+
+
+def _run(path, out, dask_address, chunk):
+    cfg = load_config(overrides=["model.kind=threshold", "model.params.value=120",
+                                 "stats.measure=[shape, intensity]", f"tiling.chunk={chunk}",
+                                 "output.pyramid=false", "tiling.halo=0"])
+    result = segment_image(str(path), str(out), cfg.model_dump(mode="json"), dask_address)
+    assert result["status"] == "succeeded"
+    return _measured(out, out)
+
+
+def test_raster_measurements_equal_regionprops_at_three_chunkings(tmp_path, dask_address):
+    first = _blobs((180, 160), 0)
+    second = _blobs((180, 160), 1)
+    path = write_geotiff(tmp_path / "scene.tif", np.stack([first, second]), "EPSG:32633",
+                         from_origin(500000, 4000000, 30.0, 30.0), blocksize=32)
+    labels = label(first > 120, connectivity=1)
+    expected = regionprops_table(labels, intensity_image=np.stack([first, second], -1)
+                                 .astype(np.float64), spacing=(30.0, 30.0),
+                                 properties=["label", *SHAPE_2D, "intensity_mean",
+                                             "intensity_max"])
+    assert labels.max() > 10
+    for chunk in (48, 64, 256):
+        got = _run(path, tmp_path / f"c{chunk}", dask_address, chunk)
+        for i, object_id in enumerate(expected["label"]):
+            for prop, name in SHAPE_2D.items():
+                assert _same(got[object_id, name, None], expected[prop][i]), (object_id, name)
+            for b in (0, 1):
+                assert got[object_id, "mean", f"band_{b + 1}"] == pytest.approx(
+                    expected[f"intensity_mean-{b}"][i], rel=1e-12)
+                assert got[object_id, "max", f"band_{b + 1}"] == expected[f"intensity_max-{b}"][i]
+            cells = np.where(labels == object_id, first, 0)
+            assert got[object_id, "integrated", "band_1"] == cells.sum()
+        assert len({k[0] for k in got}) == labels.max()
+
+
+def test_volume_measurements_equal_regionprops_at_three_chunkings(tmp_path, dask_address):
+    volume = _blobs((40, 36, 30), 2)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(volume, affine), path)
+    labels = label(volume > 120, connectivity=1)
+    expected = regionprops_table(labels, intensity_image=volume.astype(np.float64),
+                                 spacing=(2.0, 2.0, 3.0),
+                                 properties=["label", *SHAPE_3D, "intensity_mean"])
+    assert labels.max() > 3
+    for chunk in (16, 24, 64):
+        got = _run(path, tmp_path / f"c{chunk}", dask_address, chunk)
+        for i, object_id in enumerate(expected["label"]):
+            for prop, name in SHAPE_3D.items():
+                assert _same(got[object_id, name, None], expected[prop][i]), (object_id, name)
+            assert got[object_id, "mean", "band_1"] == pytest.approx(
+                expected["intensity_mean"][i], rel=1e-12)
