@@ -177,6 +177,7 @@ def record(root: str, run: dict[str, Any], found: Measurements,
     """Append this run's rows to the catalog (the run row last: a run row means it is all in)."""
     record_run(root, run, {"class_stats": found.class_stats, "instances": found.instances,
                            "object_measurements": found.object_measurements,
+                           "region_objects": found.region_objects,
                            "metrics": found.metrics, "confusion": found.confusion,
                            "zone_stats": found.zone_stats, "outputs": outputs,
                            "instance_metrics": found.instance_metrics})

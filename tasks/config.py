@@ -299,6 +299,10 @@ class StatsConfig(_Strict):
     # axes, solidity ...) and intensity (per band: mean, std, min, max, median, integrated);
     # implies instances (tasks/measure/features.py)
     measure: list[Literal["shape", "intensity"]] = Field(default_factory=list)
+    # a label image on the input's grid (a tissue mask, a land-cover map): objects counted per
+    # region under their centroid into the region_objects table; implies instances
+    regions: str | None = None
+    region_names: list[str] | None = None  # region id i is named region_names[i]
 
     @model_validator(mode="after")
     def _zone_id_needs_zones(self) -> StatsConfig:
@@ -344,7 +348,7 @@ class JobConfig(_Strict):
             "output": {"wait", "lease_seconds", "vectors", "qupath", "export", "stac"},
             "input": {"max_pixels", "bids"},
             "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth", "zones",
-                      "zone_id", "on_cut", "ground_truth_instances"}})
+                      "zone_id", "on_cut", "ground_truth_instances", "region_names"}})
         for section, keys in _HASHED_WHEN_SET.items():  # hashes of older configs still hold
             defaults = type(getattr(self, section))().model_dump(mode="json")
             for key in keys:
@@ -359,7 +363,7 @@ class JobConfig(_Strict):
 _HASHED_WHEN_SET = {"input": (*STAC_KEYS, *READER_KEYS["dicom"], *READER_KEYS["bioio"]),
                     "model": ("card", "tta", "ensemble", "trust_checkpoint"),
                     # measure implies instances: a store labelled for it is another store
-                    "stats": ("measure",)}
+                    "stats": ("measure", "regions")}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -374,7 +378,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 #: config keys that name files: a relative one is relative to the config file's folder
 FILE_KEYS = (("model", "weights"), ("model", "card"), ("cluster", "spec"), ("stats", "zones"),
-             ("input", "prompts"), ("stats", "ground_truth_instances"))
+             ("input", "prompts"), ("stats", "ground_truth_instances"), ("stats", "regions"))
 
 
 def _beside(value: Any, folder: Path) -> Any:

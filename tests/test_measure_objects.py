@@ -97,3 +97,42 @@ def test_volume_measurements_equal_regionprops_at_three_chunkings(tmp_path, dask
                 assert _same(got[object_id, name, None], expected[prop][i]), (object_id, name)
             assert got[object_id, "mean", "band_1"] == pytest.approx(
                 expected["intensity_mean"][i], rel=1e-12)
+
+
+def test_region_objects_equal_a_numpy_count_on_the_whole_image(tmp_path, dask_address):
+    """Objects per region under their centroid, and each region's area, against NumPy and
+    ``regionprops`` centroids on the whole image; chunks of 48 cut through objects and
+    regions alike."""
+    first = _blobs((180, 160), 0)
+    transform = from_origin(500000, 4000000, 30.0, 30.0)
+    path = write_geotiff(tmp_path / "scene.tif", first[None], "EPSG:32633", transform,
+                         blocksize=32)
+    regions = np.zeros((180, 160), np.uint8)
+    regions[:, 70:] = 1
+    regions[100:140, :] = 2
+    region_path = write_geotiff(tmp_path / "regions.tif", regions[None], "EPSG:32633",
+                                transform, blocksize=32)
+    cfg = load_config(overrides=["model.kind=threshold", "model.params.value=120",
+                                 f"stats.regions={region_path}",
+                                 "stats.region_names=[west, east, band]", "tiling.chunk=48",
+                                 "tiling.halo=0", "output.pyramid=false"])
+    out = tmp_path / "out"
+    result = segment_image(str(path), str(out), cfg.model_dump(mode="json"), dask_address)
+    assert result["status"] == "succeeded"
+    rows = run_query(str(out), "select region_id, region_name, class_id, objects, "
+                               "region_area, area_unit, density from region_objects"
+                     ).to_pylist()
+
+    labels = label(first > 120, connectivity=1)
+    centroids = regionprops_table(labels, properties=["centroid"])
+    cells = np.floor(np.stack([centroids["centroid-0"], centroids["centroid-1"]], 1) + 0.5)
+    under = regions[cells[:, 0].astype(int), cells[:, 1].astype(int)]
+    ids, counts = np.unique(under, return_counts=True)
+    expected = {int(i): int(c) for i, c in zip(ids, counts)}
+    assert {r["region_id"]: r["objects"] for r in rows} == expected and len(expected) == 3
+    for row in rows:
+        area_ha = (regions == row["region_id"]).sum() * 900 / 1e4
+        assert row["region_area"] == pytest.approx(area_ha) and row["area_unit"] == "ha"
+        assert row["density"] == pytest.approx(row["objects"] / area_ha)
+        assert row["region_name"] == ["west", "east", "band"][row["region_id"]]
+        assert row["class_id"] == 1

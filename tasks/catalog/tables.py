@@ -61,6 +61,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("measurement", pa.string()), ("channel", pa.string()), ("value", pa.float64()),
         ("unit", pa.string()),
     ]),
+    # stats.regions: objects per region (under their centroid) and object class
+    "region_objects": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("region_id", pa.int64()),
+        ("region_name", pa.string()), ("class_id", pa.int64()), ("objects", pa.int64()),
+        ("region_area", pa.float64()), ("area_unit", pa.string()), ("density", pa.float64()),
+    ]),
     # one row per class; a ratio whose denominator is 0 is null
     "metrics": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("class_id", pa.int64()),
@@ -142,7 +148,7 @@ def write_rows(root: str, table: str, run_id: str, rows: list[dict[str, Any]]) -
 
 
 #: tables a run writes besides ``runs``, in the order they are written
-RESULT_TABLES = ("class_stats", "instances", "object_measurements", "metrics",
+RESULT_TABLES = ("class_stats", "instances", "object_measurements", "region_objects", "metrics",
                  "instance_metrics", "confusion", "zone_stats", "outputs", "change")
 
 

@@ -28,10 +28,11 @@ from segflow.tasks.sources.registry import open_source
 GRID_TOLERANCE = 0.25  # cells: how far the truth's grid may sit from the input's
 
 
-def _check_grid(uri: str, truth: Georef, reader: Georef, shape: tuple[int, ...]) -> None:
+def _check_grid(uri: str, truth: Georef, reader: Georef, shape: tuple[int, ...],
+                what: str) -> None:
     """The truth's corners, taken to the input's CRS, must land on the input's corners."""
     if (truth.crs is None) != (reader.crs is None):
-        raise UserError(uri, "ground truth and input must both have a CRS or both have none")
+        raise UserError(uri, f"{what} and input must both have a CRS or both have none")
     height, width = shape
     corners = np.array([[0, 0], [0, width], [height, 0], [height, width]], np.float64)
     x, y = truth.physical(corners).T
@@ -40,18 +41,19 @@ def _check_grid(uri: str, truth: Georef, reader: Georef, shape: tuple[int, ...])
     cols, rows = ~reader.affine @ (np.asarray(x), np.asarray(y))
     shift = float(np.abs(np.stack([rows, cols], axis=1) - corners).max())
     if not shift <= GRID_TOLERANCE:
-        raise UserError(uri, f"ground truth is not on the input's grid: its corners are "
+        raise UserError(uri, f"{what} is not on the input's grid: its corners are "
                              f"{shift:.3g} cells off (different transform or CRS)")
 
 
-def open_ground_truth(uri: str, reader: SourceBase) -> SourceBase:
-    """Open the ground-truth label image (band 1) and check it lies on ``reader``'s grid."""
+def open_ground_truth(uri: str, reader: SourceBase, what: str = "ground truth") -> SourceBase:
+    """Open a label image on the input's grid (band 1: ground truth, regions) and check it
+    lies on ``reader``'s grid."""
     truth = open_source(uri, InputConfig(bands=[1]))
     if truth.spatial_shape != reader.spatial_shape:
-        raise UserError(uri, f"ground truth has shape {truth.spatial_shape} but the input "
+        raise UserError(uri, f"{what} has shape {truth.spatial_shape} but the input "
                              f"has {reader.spatial_shape}")
     if reader.georef is not None and truth.georef is not None:
-        _check_grid(uri, truth.georef, reader.georef, reader.spatial_shape)
+        _check_grid(uri, truth.georef, reader.georef, reader.spatial_shape, what)
     return truth
 
 

@@ -17,6 +17,7 @@ from segflow.tasks.measure.instances import label_instances, measure_instances
 from segflow.tasks.measure.matching import instance_metrics
 from segflow.tasks.measure.metrics import evaluate, open_ground_truth
 from segflow.tasks.measure.objects import Instances
+from segflow.tasks.measure.regions import region_rows
 from segflow.tasks.measure.zones import read_zones, zone_rows
 from segflow.tasks.models.instance import InstanceModel, thing_ids
 from segflow.tasks.plan.job import Job
@@ -30,6 +31,7 @@ class Measurements:
     class_stats: list[dict[str, Any]]
     instances: list[dict[str, Any]] = field(default_factory=list)
     object_measurements: list[dict[str, Any]] = field(default_factory=list)
+    region_objects: list[dict[str, Any]] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     confusion: list[dict[str, Any]] = field(default_factory=list)
     zone_stats: list[dict[str, Any]] = field(default_factory=list)
@@ -75,6 +77,10 @@ def measure_mask(client: Client, job: Job, store: MaskStore,
         result.instances = objects.rows(job.reader, unit)
         result.object_measurements = measure_objects(client, store, job.plan, job.reader,
                                                      objects, tuple(want.measure))
+        if want.regions:
+            result.region_objects = region_rows(
+                client, job.plan, open_ground_truth(want.regions, job.reader, "stats.regions"),
+                objects, areas, unit, want.region_names)
     if want.zones:
         georef = job.reader.georef
         assert georef is not None, "plan_job refuses zones without a georeferenced raster"

@@ -69,7 +69,7 @@ class Job:
         (instance models, ``stats.split``). The config stays as the user gave it, so its hash
         is the same in the catalog and the store."""
         return (self.config.stats.instances or self.model.instance
-                or bool(self.config.stats.measure))
+                or bool(self.config.stats.measure) or self.config.stats.regions is not None)
 
     @property
     def unreached_halo(self) -> bool:

@@ -1,0 +1,79 @@
+"""Objects per region (``stats.regions``): each object counted in the region under its
+centroid (QuPath's rule for placing detections in annotations), with the region's size, so
+densities such as nuclei per mm² of tumour come out of one query.
+
+The regions are a label image on the input's grid (a tissue mask of another run, a land-cover
+map), read chunk by chunk: each chunk returns its cells' size per region and the region under
+the centroids that fall in it; the client adds them up. O(objects + regions) on the client.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from distributed import Client
+
+from segflow.tasks.measure.classes import UNITS
+from segflow.tasks.measure.objects import Instances
+from segflow.tasks.plan.grid import Chunk, Plan
+from segflow.tasks.sources.base import SourceBase
+
+
+def region_chunk(chunk: Chunk, regions: SourceBase, row_areas: np.ndarray | None,
+                 points: np.ndarray) -> tuple[dict[int, float], list[int]]:
+    """Size per region id of one chunk's cells (cells without a physical size count 1), and
+    the region id under each of ``points`` (cell indexes inside the chunk; -1 where the
+    region image has no valid value) (runs on a worker)."""
+    values, valid = regions.read(chunk.core)
+    ids = np.where(valid, values[0], -1).astype(np.int64)
+    weights = np.ones(ids.shape)
+    if row_areas is not None:
+        rows = np.arange(chunk.core[0].start, chunk.core[0].stop)
+        weights = np.broadcast_to(row_areas[rows].reshape((-1,) + (1,) * (ids.ndim - 1)),
+                                  ids.shape)
+    inside = ids >= 0
+    found = np.unique(ids[inside])
+    sizes = {int(r): float(weights[ids == r].sum()) for r in found}
+    origin = np.array([s.start for s in chunk.core])
+    local = [tuple(p) for p in (points - origin).tolist()]
+    return sizes, [int(ids[p]) for p in local]
+
+
+def region_rows(client: Client, plan: Plan, regions: SourceBase, objects: Instances,
+                row_areas: np.ndarray | None, unit: str | None,
+                names: list[str] | None) -> list[dict[str, Any]]:
+    """One row per region and object class: objects whose centroid lies in the region, the
+    region's size, and the density (objects per ``unit`` of the region, per cell without one)."""
+    s = objects.sums
+    # the cell holding the centroid: cell i spans [i, i + 1) and the centroid is mean(i) + 0.5
+    cells = np.floor(s.index_sum / np.maximum(s.pixels, 1)[:, None] + 0.5).astype(np.int64) \
+        if objects.count else np.empty((0, len(plan.shape)), np.int64)
+    by_chunk: dict[tuple[int, ...], list[int]] = {}
+    for i, cell in enumerate(cells.tolist()):
+        by_chunk.setdefault(tuple(c // plan.chunk for c in cell), []).append(i)
+    futures = [client.submit(region_chunk, chunk, regions, row_areas,
+                             cells[by_chunk.get(chunk.index, [])], pure=False)
+               for chunk in plan.chunks]
+    size: Counter[int] = Counter()
+    counts: Counter[tuple[int, int]] = Counter()
+    for chunk, (sizes, found) in zip(plan.chunks, client.gather(futures)):
+        size.update(sizes)
+        for i, region in zip(by_chunk.get(chunk.index, []), found):
+            counts[region, int(objects.class_ids[i])] += 1
+    scale = UNITS[unit] if unit else 1.0
+    rows = []
+    for (region, class_id), n in sorted(counts.items()):
+        area = size.get(region, 0.0) / scale
+        rows.append({"region_id": region,
+                     "region_name": _name(region, names),
+                     "class_id": class_id, "objects": n, "region_area": area,
+                     "area_unit": unit or "px", "density": n / area if area else None})
+    return rows
+
+
+def _name(region: int, names: list[str] | None) -> str | None:
+    if region < 0:
+        return "outside"
+    return names[region] if names and region < len(names) else None
