@@ -5,9 +5,11 @@ units, for a georeferenced raster (30 m cells, two bands) and an anisotropic vol
 
 from __future__ import annotations
 
+import geopandas
 import nibabel as nib
 import numpy as np
 import pytest
+import shapely
 from rasterio.transform import from_origin
 from scipy import ndimage
 from skimage.measure import label, regionprops_table
@@ -112,16 +114,25 @@ def test_region_objects_equal_a_numpy_count_on_the_whole_image(tmp_path, dask_ad
     regions[100:140, :] = 2
     region_path = write_geotiff(tmp_path / "regions.tif", regions[None], "EPSG:32633",
                                 transform, blocksize=32)
+    zones = tmp_path / "zones.geojson"
+    west, north = 500000.0, 4000000.0
+    polygons = {"a": shapely.box(west - 600, north - 3000, west + 2000, north + 300),
+                "b": shapely.box(west + 1500, north - 5400, west + 4800, north - 2400)}
+    geopandas.GeoDataFrame({"name": list(polygons)}, geometry=list(polygons.values()),
+                           crs="EPSG:32633").to_file(zones, driver="GeoJSON")
     cfg = load_config(overrides=["model.kind=threshold", "model.params.value=120",
-                                 f"stats.regions={region_path}",
+                                 f"stats.regions={region_path}", f"stats.zones={zones}",
+                                 "stats.zone_id=name",
                                  "stats.region_names=[west, east, band]", "tiling.chunk=48",
                                  "tiling.halo=0", "output.pyramid=false"])
     out = tmp_path / "out"
     result = segment_image(str(path), str(out), cfg.model_dump(mode="json"), dask_address)
     assert result["status"] == "succeeded"
     rows = run_query(str(out), "select region_id, region_name, class_id, objects, "
-                               "region_area, area_unit, density from region_objects"
-                     ).to_pylist()
+                               "region_area, area_unit, density from region_objects "
+                               "where layer = 'regions'").to_pylist()
+    zone_rows = run_query(str(out), "select region_name, objects, region_area, density "
+                                    "from region_objects where layer = 'zones'").to_pylist()
 
     labels = label(first > 120, connectivity=1)
     centroids = regionprops_table(labels, properties=["centroid"])
@@ -136,3 +147,16 @@ def test_region_objects_equal_a_numpy_count_on_the_whole_image(tmp_path, dask_ad
         assert row["density"] == pytest.approx(row["objects"] / area_ha)
         assert row["region_name"] == ["west", "east", "band"][row["region_id"]]
         assert row["class_id"] == 1
+
+    # zones: centroids in map coordinates inside each polygon (shapely on the CRS's metres),
+    # areas of the polygons clipped to the scene
+    x = west + (centroids["centroid-1"] + 0.5) * 30
+    y = north - (centroids["centroid-0"] + 0.5) * 30
+    scene = shapely.box(west, north - 180 * 30, west + 160 * 30, north)
+    for row in zone_rows:
+        polygon = polygons[row["region_name"]]
+        assert row["objects"] == int(shapely.contains_xy(polygon, x, y).sum())
+        area_ha = shapely.area(shapely.intersection(polygon, scene)) / 1e4
+        assert row["region_area"] == pytest.approx(area_ha)
+        assert row["density"] == pytest.approx(row["objects"] / area_ha)
+    assert {r["region_name"] for r in zone_rows} == {"a", "b"}

@@ -61,9 +61,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("measurement", pa.string()), ("channel", pa.string()), ("value", pa.float64()),
         ("unit", pa.string()),
     ]),
-    # stats.regions: objects per region (under their centroid) and object class
+    # stats.regions (layer "regions") and stats.zones (layer "zones") with instances: objects
+    # per region or zone (under their centroid) and object class
     "region_objects": pa.schema([
-        ("run_id", pa.string()), ("image_id", pa.string()), ("region_id", pa.int64()),
+        ("run_id", pa.string()), ("image_id", pa.string()), ("layer", pa.string()),
+        ("region_id", pa.int64()),
         ("region_name", pa.string()), ("class_id", pa.int64()), ("objects", pa.int64()),
         ("region_area", pa.float64()), ("area_unit", pa.string()), ("density", pa.float64()),
     ]),

@@ -1,6 +1,7 @@
-"""Objects per region (``stats.regions``): each object counted in the region under its
-centroid (QuPath's rule for placing detections in annotations), with the region's size, so
-densities such as nuclei per mm² of tumour come out of one query.
+"""Objects per region (``stats.regions``, a label image) and per zone (``stats.zones``,
+polygons): each object counted in the region or zone under its centroid (QuPath's rule for
+placing detections in annotations), with the region's size, so densities such as nuclei per
+mm² of tumour come out of one query.
 
 The regions are a label image on the input's grid (a tissue mask of another run, a land-cover
 map), read chunk by chunk: each chunk returns its cells' size per region and the region under
@@ -13,10 +14,12 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import shapely
 from distributed import Client
 
 from segflow.tasks.measure.classes import UNITS
 from segflow.tasks.measure.objects import Instances
+from segflow.tasks.measure.zones import Zones
 from segflow.tasks.plan.grid import Chunk, Plan
 from segflow.tasks.sources.base import SourceBase
 
@@ -66,10 +69,37 @@ def region_rows(client: Client, plan: Plan, regions: SourceBase, objects: Instan
     rows = []
     for (region, class_id), n in sorted(counts.items()):
         area = size.get(region, 0.0) / scale
-        rows.append({"region_id": region,
+        rows.append({"layer": "regions", "region_id": region,
                      "region_name": _name(region, names),
                      "class_id": class_id, "objects": n, "region_area": area,
                      "area_unit": unit or "px", "density": n / area if area else None})
+    return rows
+
+
+def zone_object_rows(zones: Zones, objects: Instances, shape: tuple[int, ...],
+                     cell: tuple[str | None, list[float]], unit: str | None
+                     ) -> list[dict[str, Any]]:
+    """One row per zone (``stats.zones``) and object class: objects whose centroid lies in the
+    zone polygon (overlapping zones each count theirs), the zone's area (its polygon's within
+    the image of ``shape``, in ``unit``; null where cells have no size in metres: a geographic
+    CRS) and the density.
+    ``cell``: the reader's ``cell_size()``."""
+    s = objects.sums
+    if not objects.count:
+        return []
+    row, col = (s.index_sum[:, :2] / np.maximum(s.pixels, 1)[:, None] + 0.5).T
+    length, sizes = cell
+    per_cell = sizes[0] * sizes[1] / UNITS[unit] if length == "meter" and unit else None
+    rows = []
+    image = shapely.box(0, 0, shape[1], shape[0])
+    for z, (name, polygon) in enumerate(zip(zones.ids, zones.shapes)):
+        inside = shapely.contains_xy(polygon, col, row)
+        within = float(shapely.area(shapely.intersection(polygon, image)))
+        area = within * per_cell if per_cell else None
+        for class_id, n in sorted(Counter(objects.class_ids[inside].tolist()).items()):
+            rows.append({"layer": "zones", "region_id": z, "region_name": name,
+                         "class_id": int(class_id), "objects": n, "region_area": area,
+                         "area_unit": unit, "density": n / area if area else None})
     return rows
 
 

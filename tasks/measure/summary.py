@@ -17,7 +17,7 @@ from segflow.tasks.measure.instances import label_instances, measure_instances
 from segflow.tasks.measure.matching import instance_metrics
 from segflow.tasks.measure.metrics import evaluate, open_ground_truth
 from segflow.tasks.measure.objects import Instances
-from segflow.tasks.measure.regions import region_rows
+from segflow.tasks.measure.regions import region_rows, zone_object_rows
 from segflow.tasks.measure.zones import read_zones, zone_rows
 from segflow.tasks.models.instance import InstanceModel, thing_ids
 from segflow.tasks.plan.job import Job
@@ -84,9 +84,12 @@ def measure_mask(client: Client, job: Job, store: MaskStore,
     if want.zones:
         georef = job.reader.georef
         assert georef is not None, "plan_job refuses zones without a georeferenced raster"
-        result.zone_stats = zone_rows(client, store, job.plan,
-                                      read_zones(want.zones, want.zone_id, georef),
-                                      job.model.classes, areas, unit)
+        zones = read_zones(want.zones, want.zone_id, georef)
+        result.zone_stats = zone_rows(client, store, job.plan, zones, job.model.classes, areas,
+                                      unit)
+        if objects is not None:
+            result.region_objects += zone_object_rows(
+                zones, objects, job.reader.spatial_shape, job.reader.cell_size(), unit)
     if want.ground_truth:
         evaluation = evaluate(client, store, job.plan,
                               open_ground_truth(want.ground_truth, job.reader), job.model.classes)
