@@ -166,7 +166,7 @@ def export(outcome: Outcome, found: Measurements, scheduler: str) -> list[dict[s
         get_run_logger().warning("%s: volumes are not polygonised (output.vectors and "
                                  "output.qupath are for 2-D images)", job.source)
     rows = write_outputs(client_for(scheduler), job, outcome.store,
-                         found.instances if job.instances else None)
+                         found.instances if job.instances else None, found.object_measurements)
     item = write_stac_item(job, found, rows, found.cells_masked)  # last: it lists the others
     return rows + ([item] if item else [])
 

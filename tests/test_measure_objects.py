@@ -5,9 +5,12 @@ units, for a georeferenced raster (30 m cells, two bands) and an anisotropic vol
 
 from __future__ import annotations
 
+import json
+
 import geopandas
 import nibabel as nib
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import shapely
 from rasterio.transform import from_origin
@@ -48,10 +51,10 @@ def _measured(root, run_dir) -> dict[tuple[int, str, str | None], float]:
     return {(r["instance_id"], r["measurement"], r["channel"]): r["value"] for r in rows}
 
 
-def _run(path, out, dask_address, chunk):
+def _run(path, out, dask_address, chunk, *extra):
     cfg = load_config(overrides=["model.kind=threshold", "model.params.value=120",
                                  "stats.measure=[shape, intensity]", f"tiling.chunk={chunk}",
-                                 "output.pyramid=false", "tiling.halo=0"])
+                                 "output.pyramid=false", "tiling.halo=0", *extra])
     result = segment_image(str(path), str(out), cfg.model_dump(mode="json"), dask_address)
     assert result["status"] == "succeeded"
     return _measured(out, out)
@@ -69,7 +72,8 @@ def test_raster_measurements_equal_regionprops_at_three_chunkings(tmp_path, dask
                                              "intensity_max"])
     assert labels.max() > 10
     for chunk in (48, 64, 256):
-        got = _run(path, tmp_path / f"c{chunk}", dask_address, chunk)
+        vectors = ("output.vectors=true", "output.qupath=true") if chunk == 64 else ()
+        got = _run(path, tmp_path / f"c{chunk}", dask_address, chunk, *vectors)
         for i, object_id in enumerate(expected["label"]):
             for prop, name in SHAPE_2D.items():
                 assert _same(got[object_id, name, None], expected[prop][i]), (object_id, name)
@@ -80,6 +84,16 @@ def test_raster_measurements_equal_regionprops_at_three_chunkings(tmp_path, dask
             cells = np.where(labels == object_id, first, 0)
             assert got[object_id, "integrated", "band_1"] == cells.sum()
         assert len({k[0] for k in got}) == labels.max()
+
+    # the same measurements on each object's polygon: GeoParquet's map, QuPath's measurements
+    folder = tmp_path / "c64" / "vectors"
+    polygons = pq.read_table(next(folder.glob("*.parquet"))).to_pylist()
+    features = json.loads(next(folder.glob("*.geojson")).read_text())
+    for row, feature in zip(polygons, features["features"], strict=True):
+        measured = dict(row["measurements"])
+        assert measured["Perimeter m"] == got[row["instance_id"], "perimeter", None]
+        assert measured["band_2: Mean"] == got[row["instance_id"], "mean", "band_2"]
+        assert "band_1: Integrated" in feature["properties"]["measurements"]
 
 
 def test_volume_measurements_equal_regionprops_at_three_chunkings(tmp_path, dask_address):

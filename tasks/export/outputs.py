@@ -9,16 +9,18 @@ from typing import Any
 from distributed import Client
 
 from segflow.tasks.export.labels import export_labels
-from segflow.tasks.export.vectors import write_vectors
+from segflow.tasks.export.vectors import object_measurements, write_vectors
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import report_unit
 from segflow.tasks.plan.job import Job
 
 
 def write_outputs(client: Client, job: Job, store: MaskStore,
-                  instance_rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """Write the requested files (each appears whole, or not at all) and list them. Volumes
-    are not polygonised: their objects are 3-D."""
+                  instance_rows: list[dict[str, Any]] | None,
+                  measured: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Write the requested files (each appears whole, or not at all) and list them; objects'
+    ``measured`` rows (``object_measurements``) go onto their polygons. Volumes are not
+    polygonised: their objects are 3-D."""
     out = job.config.output
     rows: list[dict[str, Any]] = []
     if out.probabilities:
@@ -28,7 +30,7 @@ def write_outputs(client: Client, job: Job, store: MaskStore,
         row_areas = job.reader.cell_measure()  # geodesic per row: computed once here
         unit = report_unit(job.reader, row_areas, job.config.stats)
         rows += write_vectors(client, job, store, row_areas, unit, instance_rows, out.vectors,
-                              out.qupath)
+                              out.qupath, object_measurements(measured or []))
     for fmt in out.export_formats(job.reader.modality):
         rows.append(client.submit(export_labels, store, job.plan, fmt, job.root, job.image_id,
                                   job.model.classes, job.reader, pure=False).result())

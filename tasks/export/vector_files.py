@@ -86,22 +86,26 @@ class QuPathSink:
     colour."""
 
     def __init__(self, path: Path, object_type: str, names: dict[int, str],
-                 colours: dict[int, str], unit: str | None, scale: float) -> None:
+                 colours: dict[int, str], unit: str | None, scale: float,
+                 measured: dict[int, dict[str, float | None]] | None = None) -> None:
         self.file: IO[str] = open(path, "w")  # noqa: SIM115 (closed by close())
         self.file.write('{"type": "FeatureCollection", "features": [\n')
         self.object_type, self.scale = object_type, scale
         self.area = f"area {unit}" if unit else "area px"
         self.classes = {i: {"name": names[i], "color": list(rgb(colours[i]))} for i in names}
+        self.measured = measured or {}
         self.rows = 0
 
     def write(self, found: Batch) -> None:
         assert found.qupath is not None
-        for geometry, class_id, pixels, area in zip(found.qupath, found.classes, found.pixels,
-                                                    found.area):
+        for object_id, geometry, class_id, pixels, area in zip(
+                found.ids, found.qupath, found.classes, found.pixels, found.area):
+            measurements = {"pixels": int(pixels), self.area: float(area) / self.scale,
+                            **{k: v for k, v in self.measured.get(int(object_id), {}).items()
+                               if v is not None}}
             properties = {"objectType": self.object_type,
                           "classification": self.classes[int(class_id)],
-                          "measurements": {"pixels": int(pixels),
-                                           self.area: float(area) / self.scale}}
+                          "measurements": measurements}
             self.file.write((",\n" if self.rows else "") + '{"type": "Feature", "geometry": '
                             + geometry + ', "properties": ' + json.dumps(properties) + "}")
             self.rows += 1

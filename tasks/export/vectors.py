@@ -11,6 +11,7 @@ from contextlib import ExitStack, closing
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from affine import Affine
 from distributed import Client, Future
 
@@ -26,6 +27,8 @@ from segflow.tasks.runtime.layout import VECTOR_SUFFIX, OutputRoot
 from segflow.tasks.runtime.storage import staged
 from segflow.tasks.sources.spatial import SlideRef
 
+#: an object's measurements in the GeoParquet file: name -> value
+MEASUREMENTS = pa.map_(pa.string(), pa.float64())
 #: polygon chunks in flight per worker thread: a chunk's polygons can be 100k rows
 WINDOW = 2
 #: instance columns copied onto each object's polygon (the `instances` table's own)
@@ -66,16 +69,37 @@ def regions(client: Client, store: MaskStore, plan: Plan, totals: np.ndarray | N
     yield merger.finish()
 
 
+def object_measurements(rows: list[dict[str, Any]]) -> dict[int, dict[str, float | None]]:
+    """The ``object_measurements`` rows by object, named as QuPath names a detection's
+    measurements: ``Perimeter um``, ``Circularity``, ``DAPI: Mean``."""
+    by_object: dict[int, dict[str, float | None]] = {}
+    for row in rows:
+        name = row["measurement"].replace("_", " ").capitalize()
+        if row["channel"] is not None:
+            name = f"{row['channel']}: {name}"
+        elif row["unit"] not in ("1", "rad"):
+            name = f"{name} {row['unit']}"
+        by_object.setdefault(row["instance_id"], {})[name] = row["value"]
+    return by_object
+
+
 def write_vectors(client: Client, job: Job, store: MaskStore, row_areas: np.ndarray | None,
                   unit: str | None, instance_rows: list[dict[str, Any]] | None,
-                  parquet: bool, qupath: bool) -> list[dict[str, Any]]:
+                  parquet: bool, qupath: bool,
+                  measured: dict[int, dict[str, float | None]] | None = None
+                  ) -> list[dict[str, Any]]:
     """Polygonise the mask into the GeoParquet file (``parquet``) and the QuPath GeoJSON
     (``qupath``); ``row_areas`` is the reader's ``cell_measure()``, ``unit`` the reporting
-    unit. Returns the files' ``outputs`` rows."""
+    unit; ``measured``: each object's measurements (a ``measurements`` map column in the
+    GeoParquet file, QuPath's ``measurements``). Returns the files' ``outputs`` rows."""
     instances = instance_rows is not None
     to, crs = frames(job, qupath)
     id_name = "instance_id" if instances else "region_id"
-    extra = {r["instance_id"]: r for r in instance_rows or []}
+    measured = measured or {}
+    extra = {r["instance_id"]: {**r, "measurements": list(measured.get(r["instance_id"],
+                                                                        {}).items())}
+             for r in instance_rows or []}
+    columns = INSTANCE_EXTRA + ([("measurements", MEASUREMENTS)] if measured else [])
     names = {c.id: c.name for c in job.model.classes}
     scale = UNITS[unit] if unit else 1.0
     root = OutputRoot(job.root)
@@ -86,12 +110,13 @@ def write_vectors(client: Client, job: Job, store: MaskStore, row_areas: np.ndar
         if parquet:
             sinks.append(GeoParquetSink(
                 files.enter_context(staged(parquet_uri)),
-                vector_schema(id_name, INSTANCE_EXTRA if instances else []), crs,
+                vector_schema(id_name, columns if instances else []), crs,
                 job.image_id, names, unit, scale, extra))
         if qupath:
             sinks.append(QuPathSink(files.enter_context(staged(geojson_uri)),
                                     "detection" if instances else "annotation", names,
-                                    {c.id: c.colour for c in job.model.classes}, unit, scale))
+                                    {c.id: c.colour for c in job.model.classes}, unit, scale,
+                                    measured))
         totals = None
         if instance_rows is not None:
             totals = np.zeros(len(instance_rows) + 1, np.int64)
