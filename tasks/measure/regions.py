@@ -37,8 +37,9 @@ def region_chunk(chunk: Chunk, regions: SourceBase, row_areas: np.ndarray | None
         weights = np.broadcast_to(row_areas[rows].reshape((-1,) + (1,) * (ids.ndim - 1)),
                                   ids.shape)
     inside = ids >= 0
-    found = np.unique(ids[inside])
-    sizes = {int(r): float(weights[ids == r].sum()) for r in found}
+    totals = np.bincount(ids[inside], weights=weights[inside])
+    present = np.bincount(ids[inside])
+    sizes = {int(r): float(totals[r]) for r in np.flatnonzero(present)}
     origin = np.array([s.start for s in chunk.core])
     local = [tuple(p) for p in (points - origin).tolist()]
     return sizes, [int(ids[p]) for p in local]

@@ -151,20 +151,8 @@ class MonaiBundleModel(TorchModel):
         file = folder / params.weights
         if not file.is_file():
             raise UserError(str(folder), f"holds no {params.weights} (model.params.weights)")
-        state = _nested(str(file)) or load_state_dict(str(file))
+        state = load_state_dict(str(file), nested="model")
         return fill(net, str(file), state, f"the bundle's {params.network}")
-
-
-def _nested(path: str) -> dict[str, Any] | None:
-    """A checkpoint saved as ``{"model": state_dict}`` (MONAI's CheckpointSaver): the inner."""
-    import torch
-
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    inner = loaded.get("model") if isinstance(loaded, dict) else None
-    return inner if isinstance(inner, dict) else None
 
 
 def _intensity(parser: Any, i: int, name: str, bands: int, path: str) -> Intensity:

@@ -16,6 +16,9 @@ found in the graph are warned about. A card may travel in the file's metadata as
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -69,7 +72,7 @@ class OrtModule(nn.Module):
             raise UserError(path, f"takes {len(inp)} inputs ({', '.join(i.name for i in inp)}); "
                                   "segflow feeds one image tensor")
         self.input = inp[0].name
-        self.ops = _graph(path)[0]
+        self.ops = _graph(path).ops
         self.fp16 = inp[0].type == "tensor(float16)"
         dims = list(inp[0].shape)
         self.fixed_batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
@@ -113,7 +116,7 @@ class OnnxModel(TorchModel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        fixed = _graph(self.weights)[1]
+        fixed = _graph(self.weights).fixed
         if fixed is not None:  # tiles of the model's side, less the halo on each side
             side = min(fixed) - 2 * self.halo
             if side < self.stride:
@@ -137,7 +140,7 @@ class OnnxModel(TorchModel):
     @classmethod
     def whole_tile_layers(cls, module: nn.Module) -> set[str]:
         assert isinstance(module, OrtModule)
-        return module.ops & GLOBAL_OPS
+        return set(module.ops & GLOBAL_OPS)
 
     def _module(self, device: str) -> nn.Module:
         """The session for ``device`` (its execution provider), once per worker process."""
@@ -148,8 +151,7 @@ class OnnxModel(TorchModel):
 
     @classmethod
     def own_card(cls, path: str, params: ModelParams) -> ModelCard | None:
-        session = _session(path, "cpu")
-        text = session.get_modelmeta().custom_metadata_map.get("model_card")
+        text = _graph(path).metadata.get("model_card")
         if text is None:
             return None
         try:
@@ -159,11 +161,30 @@ class OnnxModel(TorchModel):
                                   f"{first_line(exc)}") from None
 
 
-def _graph(path: str) -> tuple[set[str], tuple[int, ...] | None]:
-    """The operator types of the graph (functions included) and its input's fixed spatial
-    sides (None when any is dynamic), read with ``onnx`` without the external weights."""
+@dataclass(frozen=True)
+class Header:
+    """What segflow reads of an ONNX file besides running it."""
+
+    ops: frozenset[str]  # operator types of the graph, functions included
+    fixed: tuple[int, ...] | None  # the input's fixed spatial sides; None when any is dynamic
+    metadata: dict[str, str]  # the model's metadata properties
+
+
+def _graph(path: str) -> Header:
+    """The file's header, read once per version of the file (its size and mtime)."""
+    stat = os.stat(path)
+    return _read_graph(path, stat.st_mtime_ns, stat.st_size)
+
+
+@cache
+def _read_graph(path: str, mtime: int, size: int) -> Header:
+    """Read with ``onnx`` without the external weights."""
     onnx = needs("onnx", "onnx", path, "model.kind=onnx models")
-    proto = onnx.load(path, load_external_data=False)
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own alike
+        raise UserError(path, f"not an ONNX model onnxruntime can run: "
+                              f"{first_line(exc)}") from None
     ops = {n.op_type for n in proto.graph.node}
     ops |= {n.op_type for f in proto.functions for n in f.node}
     inputs = [i for i in proto.graph.input
@@ -171,4 +192,4 @@ def _graph(path: str) -> tuple[set[str], tuple[int, ...] | None]:
     dims = inputs[0].type.tensor_type.shape.dim[2:] if inputs else []
     fixed = tuple(d.dim_value for d in dims) if dims and all(
         d.HasField("dim_value") and d.dim_value > 0 for d in dims) else None
-    return ops, fixed
+    return Header(frozenset(ops), fixed, {p.key: p.value for p in proto.metadata_props})

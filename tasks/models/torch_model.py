@@ -139,8 +139,10 @@ def files_digest(files: list[Path]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:12]
 
 
-def load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors saved with ``torch.save(module.state_dict(), path)``; never unpickles objects."""
+def load_state_dict(path: str, nested: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors saved with ``torch.save(module.state_dict(), path)``; never unpickles objects.
+    ``nested``: the key under which a checkpoint may hold the state_dict instead
+    (``{"model": state_dict}``, as MONAI's CheckpointSaver writes)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on TorchScript zips / pickle protocol
@@ -153,6 +155,8 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
             raise UserError(path, "is a TorchScript archive, not a state_dict; use "
                                      "model.kind=torchscript") from exc
         raise UserError(path, f"not a torch state_dict file: {first_line(exc)}") from exc
+    if nested and isinstance(state, dict) and isinstance(state.get(nested), dict):
+        state = state[nested]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         raise UserError(path, f"holds a {type(state).__name__}, not a state_dict of tensors")
