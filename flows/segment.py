@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
+from prefect.utilities.annotations import quote
 
 from segflow.tasks.catalog.done import done
 from segflow.tasks.catalog.tables import new_run, record_failed, record_run
@@ -212,6 +213,12 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
     def stage(t: Any) -> Any:
         return t if as_tasks else t.fn
 
+    def held(value: Any) -> Any:
+        """A stage's argument as Prefect passes it without walking it: Prefect looks for
+        futures in every task argument, item by item, and a job's chunk list or a run's
+        object tables hold thousands (a measurable share of each small image's time)."""
+        return quote(value) if as_tasks else value
+
     source, out = normal_uri(source), normal_uri(out)
     clock = time.perf_counter()
     run = new_run(str(flow_run.id or task_run.id or f"local-{time.time_ns()}"), source, cfg)
@@ -223,26 +230,26 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
             if done(out, source, checksum, run["config_hash"]):
                 get_run_logger().info("%s: already done with these bytes and config", source)
                 return {**run, "source_checksum": checksum, "status": "skipped"}
-        job = stage(open_and_plan)(source, out, cfg, checksum)
+        job = stage(open_and_plan)(source, out, held(cfg), checksum)
         crash_point("open")
         run.update(source_checksum=job.checksum, output_uri=job.store_uri,
                    modality=job.reader.modality, chunks_total=len(job.plan.chunks))
         # one writer per mask: held from before the store is opened until its picture is drawn
         with hold(job.store_uri, run["run_id"], cfg.output.lease_seconds, cfg.output.wait), \
                 dask_cluster(cfg.cluster, scheduler) as address:
-            outcome = stage(segment)(job, address)
-            objects = stage(label)(outcome, address)
-            stage(finish)(outcome, address)
-            found = stage(measure)(outcome, objects, address)
+            outcome = stage(segment)(held(job), address)
+            objects = stage(label)(held(outcome), address)
+            stage(finish)(held(outcome), address)
+            found = stage(measure)(held(outcome), held(objects), address)
             crash_point("measure")
-            outputs = stage(export)(outcome, found, address)
+            outputs = stage(export)(held(outcome), held(found), address)
             crash_point("export")
             run.update(status="succeeded", model=outcome.job.model.identity(),
                        chunks_skipped=outcome.chunks.skipped, finished_at=datetime.now(UTC),
                        seconds=time.perf_counter() - clock)
-            stage(record)(out, run, found, outputs)
+            stage(record)(out, held(run), held(found), held(outputs))
             crash_point("publish")
-            stage(publish)(outcome.job, found)
+            stage(publish)(held(outcome.job), held(found))
         return {**run, "class_stats": found.class_stats, "metrics": found.metrics,
                 "instances": len(found.instances), "cells_masked": found.cells_masked,
                 "chunks_computed": outcome.chunks.computed,

@@ -31,3 +31,6 @@ TORCHGEO = ModelKind("torchgeo", p.TorchGeoParams, f"{_M}.torchgeo_model:TorchGe
 NNUNET = ModelKind("nnunet", p.NnUNetParams, f"{_M}.nnunet_model:NnUNetModel")
 MONAI_BUNDLE = ModelKind("monai_bundle", p.MonaiBundleParams,
                          f"{_M}.monai_bundle:MonaiBundleModel")
+CELLPOSE = ModelKind("cellpose", p.CellposeParams, f"{_M}.cellpose_model:CellposeModel")
+STARDIST = ModelKind("stardist", p.StarDistParams, f"{_M}.stardist_model:StarDistModel")
+INSTANSEG = ModelKind("instanseg", p.InstanSegParams, f"{_M}.instanseg_model:InstanSegModel")

@@ -282,3 +282,59 @@ class MonaiBundleParams(ModelParams):
     weights: str = Field("models/model.pt", description="state_dict file in the bundle")
     receptive_field: int = ReceptiveField
     stride: int = Stride
+
+
+_PERCENTILES = "low/high percentile of each channel, over the whole image, mapped to 0 and 1"
+
+
+class CellParams(ModelParams):
+    """What the cell and nucleus packages share: which bands they read and how the image is
+    normalised (a percentile range fitted once on the whole image, as each package does on
+    one image)."""
+
+    channels: list[int] | None = Field(None, min_length=1, description="1-based bands fed to "
+                                       "the model, in its channel order; null: the first ones")
+    percentiles: tuple[float, float] = Field((1.0, 99.8), description=_PERCENTILES +
+                                             " (csbdeep's usual)")
+    context: int = Context
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 100:
+            raise ValueError("must be two percentiles, low below high, in 0..100")
+        return value
+
+
+class CellposeParams(CellParams):
+    """A Cellpose (v4, Cellpose-SAM) model file, run by ``CellposeModel.eval``."""
+
+    percentiles: tuple[float, float] = Field((1.0, 99.0), description=_PERCENTILES +
+                                             " (Cellpose's default)")
+    diameter: float | None = Field(None, gt=0, description="px: cells are rescaled to the "
+                                   "model's 30 px; null: no rescaling")
+    flow_threshold: float = Field(0.4, ge=0, description="flow error cut (0: none)")
+    cellprob_threshold: float = Field(0.0, description="cell probability cut")
+    min_size: int = Field(15, ge=0, description="px: smaller masks are dropped")
+    niter: int | None = Field(None, ge=1, description="flow-following steps; null: Cellpose's")
+    encoder: dict[str, Any] = Field(default_factory=dict, description="image-encoder keyword "
+                                    "overrides for a smaller ViT (embed_dim, depth, num_heads)")
+
+
+class StarDistParams(CellParams):
+    """A StarDist 2-D model folder (config.json, weights_best.h5), run by
+    ``predict_instances``."""
+
+    prob_thresh: float | None = Field(None, ge=0, le=1, description="null: the model's own")
+    nms_thresh: float | None = Field(None, ge=0, le=1, description="null: the model's own")
+
+
+class InstanSegParams(CellParams):
+    """An InstanSeg TorchScript file (its network and its post-processing in one file)."""
+
+    percentiles: tuple[float, float] = Field((0.1, 99.9), description=_PERCENTILES +
+                                             " (InstanSeg's default)")
+    target: Literal["nuclei", "cells"] = Field("nuclei", description="which objects of a "
+                                               "nuclei-and-cells model; a one-output model "
+                                               "gives its own")
+    min_size: int | None = Field(None, ge=0, description="px; null: the model's own")

@@ -9,12 +9,16 @@ scene with a nodata collar, in chunks of 64 px:
   SAM) give the one-chunk result object for object, ids included;
 - a wrong checkpoint is a one-line error.
 
-Mask R-CNN and SAM run with weights built here (random, seeded; SAM with a small encoder):
-they prove the pipeline, not the models' quality.
+Mask R-CNN and SAM run with weights built here (random, seeded; SAM with a small encoder), and
+Cellpose, InstanSeg and StarDist with small models in their packages' own forms
+(tests/cell_forms.py): they prove the pipeline, not the models' quality. (On this scene the
+cell models' objects chain across their seeds' windows; their exactness across chunkings is
+shown on known cells in tests/test_cell_models.py.)
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +38,8 @@ from segflow.tasks.catalog.query import run_query
 from segflow.tasks.config import load_config
 from segflow.tasks.errors import UserError
 from segflow.tasks.models import InputSpec, build_model
+from tests import cell_forms
+from tests.cell_forms import CELLPOSE_PARAMS
 from tests.conftest import DATA
 
 #: a small SAM: Meta's architecture with a 1-block, 32-wide encoder on 128-px inputs
@@ -55,6 +61,8 @@ class InstanceCase:
     #: objects reach across 64-px chunk faces here (one id on both sides is then shown)
     crosses: bool = True
     bad: tuple[tuple[tuple[str, ...], str], ...] = field(default_factory=tuple)
+    #: the package the case needs (an optional extra): skipped, saying so, where it is missing
+    needs: str | None = None
 
 
 INSTANCE_CASES = [
@@ -75,7 +83,36 @@ INSTANCE_CASES = [
     InstanceCase("sam-prompted", "sam", ("model.weights={sam}", SAM_PARAMS,
                                          "input.prompts={prompts}", "stats.max_object=12"),
                  exact=True),
+    # small random networks in each package's own form (tests/cell_forms.py), run by the package
+    InstanceCase("cellpose", "cellpose", ("model.weights={cellpose}", CELLPOSE_PARAMS,
+                                          "model.params.cellprob_threshold=-6",
+                                          "model.params.flow_threshold=0",
+                                          "model.params.context=8", "stats.max_object=16",
+                                          "tiling.tile=128"),
+                 exact=False, needs="cellpose",
+                 bad=((("model.weights={sam}",), "not a Cellpose 4 model"),)),
+    InstanceCase("instanseg", "instanseg", ("model.weights={instanseg}",
+                                            "model.params.context=34", "stats.max_object=16",
+                                            "tiling.tile=128"),
+                 exact=False, needs="instanseg",
+                 bad=((("model.weights={sam}",), "not an InstanSeg TorchScript file"),)),
+    InstanceCase("stardist", "stardist", ("model.weights={stardist}", "model.params.channels=[1]",
+                                          "stats.max_object=16", "tiling.tile=128"),
+                 exact=False, needs="stardist",
+                 bad=((("model.weights={sam}",), "not a folder"),)),
 ]
+
+
+def _package_files(folder: Path) -> dict[str, Path]:
+    """The cell packages' model files, for the packages installed here."""
+    out = {}
+    if importlib.util.find_spec("cellpose"):
+        out["cellpose"] = cell_forms.cellpose_file(folder / "cpsam_tiny")
+    if importlib.util.find_spec("instanseg"):
+        out["instanseg"] = cell_forms.instanseg_file(folder / "instanseg.pt")
+    if importlib.util.find_spec("stardist"):
+        out["stardist"] = cell_forms.stardist_folder(folder / "stardist")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +145,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     points = [Point(*(transform * (c + 0.5, r + 0.5))) for r, c in cells]
     out["prompts"] = folder / "prompts.geojson"
     geopandas.GeoDataFrame(geometry=points, crs=profile["crs"]).to_file(out["prompts"])
-    return out
+    return {**out, **_package_files(folder)}
 
 
 def _config(case: InstanceCase, files: dict[str, Path], overrides=None, extra=()):
@@ -134,6 +171,8 @@ def arrays(result: dict) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(params=INSTANCE_CASES, ids=[c.name for c in INSTANCE_CASES])
 def case(request) -> InstanceCase:
+    if request.param.needs and not importlib.util.find_spec(request.param.needs):
+        pytest.skip(f"the {request.param.needs} extra is not installed")
     return request.param
 
 
