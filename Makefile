@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 # an unpinned torch pulls several GB of CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-test demo lint test bench clean
+.PHONY: install install-test demo lint test test-stardist bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,20 @@ lint: install-test
 test: install-test
 	$(BIN)/python -m pytest -q -n auto --maxprocesses=2 --dist loadfile --no-loadscope-reorder --durations=25
 
+# StarDist needs TensorFlow (~1.5 GB): its own environment, layered on the test environment
+# (a .pth line adds .venv's packages), so `make test` never installs it; CI runs both
+STARDIST_VENV ?= .venv-stardist
+test-stardist: install-test
+	test -x $(STARDIST_VENV)/bin/python || $(PYTHON) -m venv $(STARDIST_VENV)
+	$(STARDIST_VENV)/bin/python -c "import site, sys; open(site.getsitepackages()[0] + '/zz_segflow_test.pth', 'w').write('import site; site.addsitedir(' + repr(sys.argv[1]) + ')\n')" \
+		"$$($(BIN)/python -c 'import site; print(site.getsitepackages()[0])')"
+	$(STARDIST_VENV)/bin/python -m pip install -q 'stardist>=0.9' 'tensorflow-cpu>=2.16'
+	$(STARDIST_VENV)/bin/python -m pytest -q tests/test_stardist.py tests/conformance/test_instance_models.py -k stardist
+
 bench: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) segflow-demo benchmarks/out
+	rm -rf $(VENV) $(STARDIST_VENV) segflow-demo benchmarks/out

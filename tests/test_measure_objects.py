@@ -116,9 +116,9 @@ def test_volume_measurements_equal_regionprops_at_three_chunkings(tmp_path, dask
 
 
 def test_region_objects_equal_a_numpy_count_on_the_whole_image(tmp_path, dask_address):
-    """Objects per region under their centroid, and each region's area, against NumPy and
-    ``regionprops`` centroids on the whole image; chunks of 48 cut through objects and
-    regions alike."""
+    """Objects per region under their centroid, each region's area and its objects' mean
+    measurements, against NumPy and ``regionprops`` on the whole image; chunks of 48 cut
+    through objects and regions alike."""
     first = _blobs((180, 160), 0)
     transform = from_origin(500000, 4000000, 30.0, 30.0)
     path = write_geotiff(tmp_path / "scene.tif", first[None], "EPSG:32633", transform,
@@ -136,20 +136,24 @@ def test_region_objects_equal_a_numpy_count_on_the_whole_image(tmp_path, dask_ad
                            crs="EPSG:32633").to_file(zones, driver="GeoJSON")
     cfg = load_config(overrides=["model.kind=threshold", "model.params.value=120",
                                  f"stats.regions={region_path}", f"stats.zones={zones}",
-                                 "stats.zone_id=name",
+                                 "stats.zone_id=name", "stats.measure=[shape, intensity]",
                                  "stats.region_names=[west, east, band]", "tiling.chunk=48",
                                  "tiling.halo=0", "output.pyramid=false"])
     out = tmp_path / "out"
     result = segment_image(str(path), str(out), cfg.model_dump(mode="json"), dask_address)
     assert result["status"] == "succeeded"
     rows = run_query(str(out), "select region_id, region_name, class_id, objects, "
-                               "region_area, area_unit, density from region_objects "
+                               "region_area, area_unit, density, means from region_objects "
                                "where layer = 'regions'").to_pylist()
     zone_rows = run_query(str(out), "select region_name, objects, region_area, density "
                                     "from region_objects where layer = 'zones'").to_pylist()
 
     labels = label(first > 120, connectivity=1)
-    centroids = regionprops_table(labels, properties=["centroid"])
+    centroids = regionprops_table(labels, intensity_image=first.astype(np.float64),
+                                  spacing=(30.0, 30.0),
+                                  properties=["centroid", "area", "intensity_mean"])
+    for name in ("centroid-0", "centroid-1"):
+        centroids[name] = centroids[name] / 30.0  # in cells
     cells = np.floor(np.stack([centroids["centroid-0"], centroids["centroid-1"]], 1) + 0.5)
     under = regions[cells[:, 0].astype(int), cells[:, 1].astype(int)]
     ids, counts = np.unique(under, return_counts=True)
@@ -161,6 +165,10 @@ def test_region_objects_equal_a_numpy_count_on_the_whole_image(tmp_path, dask_ad
         assert row["density"] == pytest.approx(row["objects"] / area_ha)
         assert row["region_name"] == ["west", "east", "band"][row["region_id"]]
         assert row["class_id"] == 1
+        means = dict(row["means"])  # the objects' own measurements, averaged per region
+        inside = under == row["region_id"]
+        assert means["area"] == pytest.approx(centroids["area"][inside].mean())
+        assert means["band_1: mean"] == pytest.approx(centroids["intensity_mean"][inside].mean())
 
     # zones: centroids in map coordinates inside each polygon (shapely on the CRS's metres),
     # areas of the polygons clipped to the scene

@@ -68,6 +68,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("region_id", pa.int64()),
         ("region_name", pa.string()), ("class_id", pa.int64()), ("objects", pa.int64()),
         ("region_area", pa.float64()), ("area_unit", pa.string()), ("density", pa.float64()),
+        # stats.measure: each measurement averaged over the row's objects ("DAPI: mean")
+        ("means", pa.map_(pa.string(), pa.float64())),
     ]),
     # one row per class; a ratio whose denominator is 0 is null
     "metrics": pa.schema([

@@ -47,9 +47,10 @@ def region_chunk(chunk: Chunk, regions: SourceBase, row_areas: np.ndarray | None
 
 def region_rows(client: Client, plan: Plan, regions: SourceBase, objects: Instances,
                 row_areas: np.ndarray | None, unit: str | None,
-                names: list[str] | None) -> list[dict[str, Any]]:
+                names: list[str] | None) -> tuple[list[dict[str, Any]], list[list[int]]]:
     """One row per region and object class: objects whose centroid lies in the region, the
-    region's size, and the density (objects per ``unit`` of the region, per cell without one)."""
+    region's size, and the density (objects per ``unit`` of the region, per cell without one);
+    and each row's objects (instance ids), for ``with_means``."""
     s = objects.sums
     # the cell holding the centroid: cell i spans [i, i + 1) and the centroid is mean(i) + 0.5
     cells = np.floor(s.index_sum / np.maximum(s.pixels, 1)[:, None] + 0.5).astype(np.int64) \
@@ -61,37 +62,37 @@ def region_rows(client: Client, plan: Plan, regions: SourceBase, objects: Instan
                              cells[by_chunk.get(chunk.index, [])], pure=False)
                for chunk in plan.chunks]
     size: Counter[int] = Counter()
-    counts: Counter[tuple[int, int]] = Counter()
+    members: dict[tuple[int, int], list[int]] = {}
     for chunk, (sizes, found) in zip(plan.chunks, client.gather(futures)):
         size.update(sizes)
         for i, region in zip(by_chunk.get(chunk.index, []), found):
-            counts[region, int(objects.class_ids[i])] += 1
+            members.setdefault((region, int(objects.class_ids[i])), []).append(i + 1)
     scale = UNITS[unit] if unit else 1.0
     rows = []
-    for (region, class_id), n in sorted(counts.items()):
+    for (region, class_id), ids in sorted(members.items()):
         area = size.get(region, 0.0) / scale
         rows.append({"layer": "regions", "region_id": region,
                      "region_name": _name(region, names),
-                     "class_id": class_id, "objects": n, "region_area": area,
-                     "area_unit": unit or "px", "density": n / area if area else None})
-    return rows
+                     "class_id": class_id, "objects": len(ids), "region_area": area,
+                     "area_unit": unit or "px", "density": len(ids) / area if area else None})
+    return rows, [ids for _, ids in sorted(members.items())]
 
 
 def zone_object_rows(zones: Zones, objects: Instances, shape: tuple[int, ...],
                      cell: tuple[str | None, list[float]], unit: str | None
-                     ) -> list[dict[str, Any]]:
+                     ) -> tuple[list[dict[str, Any]], list[list[int]]]:
     """One row per zone (``stats.zones``) and object class: objects whose centroid lies in the
     zone polygon (overlapping zones each count theirs), the zone's area (its polygon's within
     the image of ``shape``, in ``unit``; null where cells have no size in metres: a geographic
-    CRS) and the density.
+    CRS) and the density; and each row's objects (instance ids).
     ``cell``: the reader's ``cell_size()``."""
     s = objects.sums
     if not objects.count:
-        return []
+        return [], []
     row, col = (s.index_sum[:, :2] / np.maximum(s.pixels, 1)[:, None] + 0.5).T
     length, sizes = cell
     per_cell = sizes[0] * sizes[1] / UNITS[unit] if length == "meter" and unit else None
-    rows = []
+    rows, members = [], []
     image = shapely.box(0, 0, shape[1], shape[0])
     for z, (name, polygon) in enumerate(zip(zones.ids, zones.shapes)):
         inside = shapely.contains_xy(polygon, col, row)
@@ -101,7 +102,29 @@ def zone_object_rows(zones: Zones, objects: Instances, shape: tuple[int, ...],
             rows.append({"layer": "zones", "region_id": z, "region_name": name,
                          "class_id": int(class_id), "objects": n, "region_area": area,
                          "area_unit": unit, "density": n / area if area else None})
-    return rows
+            ids = np.flatnonzero(inside & (objects.class_ids == class_id)) + 1
+            members.append(ids.tolist())
+    return rows, members
+
+
+def with_means(rows: list[dict[str, Any]], members: list[list[int]],
+               measured: list[dict[str, Any]]) -> None:
+    """Each row's ``means``: every ``object_measurements`` measurement averaged over the row's
+    objects (an undefined value left out), named ``area`` or ``DAPI: mean`` as in QuPath."""
+    values: dict[int, dict[str, float]] = {}
+    for r in measured:
+        if r["value"] is not None:
+            name = r["measurement"] if r["channel"] is None else \
+                f"{r['channel']}: {r['measurement']}"
+            values.setdefault(r["instance_id"], {})[name] = r["value"]
+    for row, ids in zip(rows, members):
+        sums: dict[str, float] = {}
+        counts: Counter[str] = Counter()
+        for i in ids:
+            for name, value in values.get(i, {}).items():
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] += 1
+        row["means"] = {name: sums[name] / counts[name] for name in sorted(sums)} or None
 
 
 def _name(region: int, names: list[str] | None) -> str | None:

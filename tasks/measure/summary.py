@@ -17,7 +17,7 @@ from segflow.tasks.measure.instances import label_instances, measure_instances
 from segflow.tasks.measure.matching import instance_metrics
 from segflow.tasks.measure.metrics import evaluate, open_ground_truth
 from segflow.tasks.measure.objects import Instances
-from segflow.tasks.measure.regions import region_rows, zone_object_rows
+from segflow.tasks.measure.regions import region_rows, with_means, zone_object_rows
 from segflow.tasks.measure.zones import read_zones, zone_rows
 from segflow.tasks.models.instance import InstanceModel, thing_ids
 from segflow.tasks.plan.job import Job
@@ -78,9 +78,11 @@ def measure_mask(client: Client, job: Job, store: MaskStore,
         result.object_measurements = measure_objects(client, store, job.plan, job.reader,
                                                      objects, tuple(want.measure))
         if want.regions:
-            result.region_objects = region_rows(
+            rows, members = region_rows(
                 client, job.plan, open_ground_truth(want.regions, job.reader, "stats.regions"),
                 objects, areas, unit, want.region_names)
+            with_means(rows, members, result.object_measurements)
+            result.region_objects = rows
     if want.zones:
         georef = job.reader.georef
         assert georef is not None, "plan_job refuses zones without a georeferenced raster"
@@ -88,8 +90,10 @@ def measure_mask(client: Client, job: Job, store: MaskStore,
         result.zone_stats = zone_rows(client, store, job.plan, zones, job.model.classes, areas,
                                       unit)
         if objects is not None:
-            result.region_objects += zone_object_rows(
-                zones, objects, job.reader.spatial_shape, job.reader.cell_size(), unit)
+            rows, members = zone_object_rows(zones, objects, job.reader.spatial_shape,
+                                             job.reader.cell_size(), unit)
+            with_means(rows, members, result.object_measurements)
+            result.region_objects += rows
     if want.ground_truth:
         evaluation = evaluate(client, store, job.plan,
                               open_ground_truth(want.ground_truth, job.reader), job.model.classes)

@@ -23,7 +23,7 @@ import fsspec
 import rasterio
 from fsspec.implementations.local import LocalFileSystem
 from rasterio.io import DatasetReader
-from rasterio.session import AWSSession
+from rasterio.session import AWSSession, DummySession
 
 #: remote inputs are fetched in blocks of this size, kept in an LRU block cache: TIFF directories
 #: and tiles are read at random offsets, and s3fs's default (50 MiB read-ahead) would fetch most
@@ -91,7 +91,9 @@ def raster_env(uri: str) -> rasterio.Env:
     read anew (GDAL otherwise serves the old bytes to the same process).
     """
     if not uri.startswith("s3://"):
-        return rasterio.Env()
+        # no session: rasterio would otherwise build a boto3 session for every local open
+        # whenever AWS keys are in the environment (tens of ms each, per image and chunk)
+        return rasterio.Env(session=DummySession())
     options: dict[str, Any] = {"GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "0.5",
                                "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
                                "CPL_VSIL_CURL_NON_CACHED": "/vsis3/"}
