@@ -156,13 +156,30 @@ RESULT_TABLES = ("class_stats", "instances", "object_measurements", "region_obje
                  "instance_metrics", "confusion", "zone_stats", "outputs", "change")
 
 
-def record_run(root: str, run: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> None:
-    """Append one run's rows (``results`` by table name); the ``runs`` row goes last, so a run
-    row means all of the run's rows are in."""
+def write_table(root: str, table: str, run: dict[str, Any], data: pa.Table) -> str:
+    """Write one run's rows of ``table`` given as Arrow columns (a table too large for one
+    Python object per row: ``object_measurements``); NaN is null there already."""
+    n = len(data)
+    data = data.append_column("run_id", pa.array([run["run_id"]] * n, pa.string())) \
+        .append_column("image_id", pa.array([run["image_id"]] * n, pa.string()))
+    data = data.select(SCHEMAS[table].names).cast(SCHEMAS[table])
+    final = f"{table_dir(root, table)}/{run['run_id']}.parquet"
+    with staged(final) as path:
+        pq.write_table(data, path)
+    return final
+
+
+def record_run(root: str, run: dict[str, Any],
+               results: dict[str, list[dict[str, Any]] | pa.Table | None]) -> None:
+    """Append one run's rows (``results`` by table name: rows, or Arrow columns); the ``runs``
+    row goes last, so a run row means all of the run's rows are in."""
     keys = {"run_id": run["run_id"], "image_id": run["image_id"]}
     for table in RESULT_TABLES:
         rows = results.get(table)
-        if rows:
+        if isinstance(rows, pa.Table):
+            if len(rows):
+                write_table(root, table, run, rows)
+        elif rows:
             write_rows(root, table, run["run_id"], [{**r, **keys} for r in rows])
     crash_point("catalog")
     write_rows(root, "runs", run["run_id"], [run])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
 from distributed import Client
 
 from segflow.tasks.export.labels import export_labels
@@ -17,7 +18,7 @@ from segflow.tasks.plan.job import Job
 
 def write_outputs(client: Client, job: Job, store: MaskStore,
                   instance_rows: list[dict[str, Any]] | None,
-                  measured: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                  measured: pa.Table | None = None) -> list[dict[str, Any]]:
     """Write the requested files (each appears whole, or not at all) and list them; objects'
     ``measured`` rows (``object_measurements``) go onto their polygons. Volumes are not
     polygonised: their objects are 3-D."""
@@ -30,7 +31,7 @@ def write_outputs(client: Client, job: Job, store: MaskStore,
         row_areas = job.reader.cell_measure()  # geodesic per row: computed once here
         unit = report_unit(job.reader, row_areas, job.config.stats)
         rows += write_vectors(client, job, store, row_areas, unit, instance_rows, out.vectors,
-                              out.qupath, object_measurements(measured or []))
+                              out.qupath, object_measurements(measured))
     for fmt in out.export_formats(job.reader.modality):
         rows.append(client.submit(export_labels, store, job.plan, fmt, job.root, job.image_id,
                                   job.model.classes, job.reader, pure=False).result())

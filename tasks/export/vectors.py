@@ -69,17 +69,18 @@ def regions(client: Client, store: MaskStore, plan: Plan, totals: np.ndarray | N
     yield merger.finish()
 
 
-def object_measurements(rows: list[dict[str, Any]]) -> dict[int, dict[str, float | None]]:
-    """The ``object_measurements`` rows by object, named as QuPath names a detection's
+def object_measurements(table: pa.Table | None) -> dict[int, dict[str, float | None]]:
+    """The ``object_measurements`` table by object, named as QuPath names a detection's
     measurements: ``Perimeter um``, ``Circularity``, ``DAPI: Mean``."""
     by_object: dict[int, dict[str, float | None]] = {}
-    for row in rows:
-        name = row["measurement"].replace("_", " ").capitalize()
-        if row["channel"] is not None:
-            name = f"{row['channel']}: {name}"
-        elif row["unit"] not in ("1", "rad"):
-            name = f"{name} {row['unit']}"
-        by_object.setdefault(row["instance_id"], {})[name] = row["value"]
+    for batch in (table.to_batches() if table is not None else []):
+        for row in batch.to_pylist():
+            name = row["measurement"].replace("_", " ").capitalize()
+            if row["channel"] is not None:
+                name = f"{row['channel']}: {name}"
+            elif row["unit"] not in ("1", "rad"):
+                name = f"{name} {row['unit']}"
+            by_object.setdefault(row["instance_id"], {})[name] = row["value"]
     return by_object
 
 

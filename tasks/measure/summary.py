@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from distributed import Client
 
 from segflow.tasks.mask.owned import paint_instances
@@ -30,7 +31,8 @@ class Measurements:
 
     class_stats: list[dict[str, Any]]
     instances: list[dict[str, Any]] = field(default_factory=list)
-    object_measurements: list[dict[str, Any]] = field(default_factory=list)
+    #: the long ``object_measurements`` table (tasks/measure/features.py), Arrow columns
+    object_measurements: pa.Table | None = None
     region_objects: list[dict[str, Any]] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     confusion: list[dict[str, Any]] = field(default_factory=list)
