@@ -98,3 +98,14 @@ def test_wrong_weights_are_one_line_errors(cells, kind, weights, text):
     with pytest.raises(UserError) as error:
         build_model(cfg, InputSpec(bands=3, dtype="float32"), str(image))
     assert text in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_instanseg_files_pixel_size_is_its_card(tmp_path):
+    """The size InstanSeg trained at travels in its file; slides are read at the matching
+    level (tasks/plan/card.py), other rasters of another size refused."""
+    weights = cell_forms.instanseg_file(tmp_path / "half_um.pt", pixel_size=0.5)
+    cfg = load_config(overrides=["model.kind=instanseg", f"model.weights={weights}"])
+    model = build_model(cfg, InputSpec(bands=3, dtype="uint8"), "slide.svs")
+    assert model.card is not None
+    assert (model.card.pixel_size, model.card.unit, model.card.on_mismatch) == \
+        (0.5, "um", "resample")

@@ -49,7 +49,8 @@ class InstanSegModel(CellModel):
         params = InstanSegParams.model_validate(cfg.model.params)
         module = load_instanseg(path)
         size = float(getattr(module, "pixel_size", 0) or 0)
-        card = ModelCard(pixel_size=size, unit="um") if size > 0 else None
+        card = ModelCard(pixel_size=size, unit="um", on_mismatch="resample") if size > 0 \
+            else None
         return cls(params, path, file_digest(path), spec, cfg, source, card)
 
     def thing_name(self, params: InstanSegParams) -> str:  # type: ignore[override]
