@@ -3,10 +3,11 @@
 Objects are final (ids whole across chunks) before this runs. Each object is given to the
 chunk that holds the first corner of its bounding box; that chunk's task reads the union of
 its objects' boxes from the ``instances`` array and the source (full resolution of the mask's
-grid, every band), and scikit-image's ``regionprops_table`` measures them there with the
-cells' physical spacing. An object's box holds all of it, and every property is computed on
-that box alone, so the values equal a whole-image ``regionprops`` bit for bit while memory
-stays bounded by the chunk plus the largest object.
+grid, every band): scikit-image's ``regionprops_table`` measures their shapes there with the
+cells' physical spacing, SciPy's labelled statistics (``ndimage.mean``, ``median``, ...) their
+intensities, all objects at once. An object's box holds all of it, and every value is computed
+on that box alone, so the values equal a whole-image ``regionprops`` (to the last bits of a
+float sum) while memory stays bounded by the chunk plus the largest object.
 
 Rows go to the long table ``object_measurements`` (one row per object, measurement and
 channel), so any band names fit one schema; they travel and stay as Arrow columns (about 30
@@ -20,12 +21,12 @@ std, min, max, median and integrated intensity (the sum over the object) in raw 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from distributed import Client
+from scipy import ndimage
 from skimage.measure import regionprops_table
 
 from segflow.tasks.mask.store import MaskStore
@@ -46,8 +47,10 @@ SHAPE: dict[int, dict[str, tuple[str, int | None]]] = {
         "axis_major_length": ("major_axis", 1), "axis_minor_length": ("minor_axis", 1),
         "solidity": ("solidity", None), "extent": ("extent", None)},
 }
-INTENSITY = {"intensity_mean": "mean", "intensity_std": "std", "intensity_min": "min",
-             "intensity_max": "max", "_median": "median", "_integrated": "integrated"}
+#: per band, the statistics of the object's cells: SciPy's labelled statistics over the box,
+#: all objects at once (regionprops' intensity properties go object by object in Python, ~5x
+#: slower; BENCHMARKS.md §9)
+INTENSITY = ("mean", "std", "min", "max", "median", "integrated")
 #: the long table's columns as the workers return them (run_id and image_id are added when the
 #: run is recorded); a value is null where it is undefined (the circularity of a one-cell
 #: object)
@@ -67,13 +70,20 @@ def _column(labels: list[int], name: str, channel: str | None, values: np.ndarra
                     schema=MEASURED)
 
 
-def _median(mask: np.ndarray, values: np.ndarray) -> float:
-    """regionprops calls it once per band with that band's values."""
-    return float(np.median(values[mask]))
-
-
-def _integrated(mask: np.ndarray, values: np.ndarray) -> float:
-    return float(values[mask].sum(dtype=np.float64))
+def intensity_stats(labels: np.ndarray, values: np.ndarray, ids: np.ndarray
+                    ) -> dict[str, np.ndarray]:
+    """Each ``INTENSITY`` statistic of ``values`` over the cells of each object ``ids`` (as
+    regionprops defines them: population std, the median of an even count the mean of the
+    middle two), in ``ids``' order."""
+    count = ndimage.sum_labels(np.ones_like(values), labels, ids)
+    total = ndimage.sum_labels(values, labels, ids)
+    mean = total / count
+    centre = np.zeros(int(labels.max()) + 1)
+    centre[ids] = mean  # two passes, as numpy's std: no cancellation of large sums
+    spread = ndimage.sum_labels((values - centre[labels]) ** 2, labels, ids) / count
+    return {"mean": mean, "std": np.sqrt(spread), "min": ndimage.minimum(values, labels, ids),
+            "max": ndimage.maximum(values, labels, ids),
+            "median": ndimage.median(values, labels, ids), "integrated": total}
 
 
 def owner_groups(objects: Instances, plan: Plan) -> dict[tuple[int, ...], list[int]]:
@@ -98,21 +108,11 @@ def measure_group(ids: list[int], lo: list[int], hi: list[int], store: MaskStore
     labels = read_cells(store.instances(), box).astype(np.int64)
     labels[~np.isin(labels, ids)] = 0
     ndim = labels.ndim
-    properties = ["label"]
-    extra: list[Any] = []
-    intensity = None
-    if "shape" in wanted:
-        properties += list(SHAPE[ndim])
-    if "intensity" in wanted:
-        pixels, _ = reader.read(box)
-        intensity = np.moveaxis(pixels.astype(np.float64), 0, -1)
-        properties += [p for p in INTENSITY if not p.startswith("_")]
-        extra = [_median, _integrated]
-    table = regionprops_table(labels, intensity_image=intensity, properties=properties,
-                              extra_properties=extra, spacing=spacing)
-    labels_out = table["label"].tolist()
+    found = np.unique(labels[labels > 0])  # the order regionprops lists them in
+    labels_out = found.tolist()
     parts: list[pa.Table] = []
     if "shape" in wanted:
+        table = regionprops_table(labels, properties=["label", *SHAPE[ndim]], spacing=spacing)
         for prop, (name, power) in SHAPE[ndim].items():
             parts.append(_column(labels_out, name, None, table[prop], _unit(length, power, name)))
         if ndim == 2:  # 4 pi area / perimeter^2: 1 for a disc
@@ -120,11 +120,13 @@ def measure_group(ids: list[int], lo: list[int], hi: list[int], store: MaskStore
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(perimeter > 0, 4 * np.pi * area / perimeter**2, np.nan)
             parts.append(_column(labels_out, "circularity", None, ratio, "1"))
-    if intensity is not None:
-        for prop, stat in INTENSITY.items():
-            for b, band in enumerate(bands):
-                key = f"{prop}-{b}"  # bands are always a channel axis here
-                parts.append(_column(labels_out, stat, band, table[key], "raw"))
+    if "intensity" in wanted and len(found):
+        pixels, _ = reader.read(box)
+        per_band = [intensity_stats(labels, band_values.astype(np.float64), found)
+                    for band_values in pixels]
+        for stat in INTENSITY:
+            for band, stats in zip(bands, per_band):
+                parts.append(_column(labels_out, stat, band, stats[stat], "raw"))
     return compact(pa.concat_tables(parts) if parts else MEASURED.empty_table())
 
 
