@@ -25,9 +25,14 @@ import numpy as np
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec
-from segflow.tasks.models.cells import CellModel, loaded
+from segflow.tasks.models.cells import CellModel
 from segflow.tasks.models.params import CellposeParams
-from segflow.tasks.models.torch_model import file_digest, load_state_dict, weights_file
+from segflow.tasks.models.torch_model import (
+    cached,
+    file_digest,
+    load_state_dict,
+    weights_file,
+)
 from segflow.tasks.models.vision_ops import import_torchvision
 
 
@@ -103,7 +108,8 @@ class CellposeModel(CellModel):
 
     def label(self, image: np.ndarray) -> np.ndarray:
         device = self.device()
-        model = loaded((self.weights, self.digest, device), lambda: self.build(device))
+        model = cached((self.kind, self.weights, self.digest, device), device,
+                       lambda: self.build(device))
         params: CellposeParams = self.params  # type: ignore[assignment]
         masks = model.eval(image.copy(), channel_axis=0, normalize={"lowhigh": [0.0, 1.0]},
                            diameter=params.diameter, flow_threshold=params.flow_threshold,

@@ -12,9 +12,7 @@ depend on the chunking; each package is then told not to normalise again.
 
 from __future__ import annotations
 
-import threading
 from abc import abstractmethod
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -35,7 +33,7 @@ from segflow.tasks.models.instance import (
 )
 from segflow.tasks.models.intensity import FIT_CHUNK
 from segflow.tasks.models.params import CellParams
-from segflow.tasks.models.torch_model import pick_device, worker_torch_threads
+from segflow.tasks.models.torch_model import pick_device
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -43,19 +41,6 @@ if TYPE_CHECKING:
     from segflow.tasks.sources.base import SourceBase
 
 DEFAULT_TILE = 512  # px per side of one package call when tiling.tile is auto
-_LOCK = threading.Lock()
-_LOADED: dict[tuple[str, ...], Any] = {}
-
-
-def loaded(key: tuple[str, ...], load: Callable[[], Any]) -> Any:
-    """``load()`` once per worker process and ``key``: a worker's threads share one model."""
-    with _LOCK:
-        if key not in _LOADED:
-            import torch
-
-            torch.set_num_threads(worker_torch_threads())
-            _LOADED[key] = load()
-        return _LOADED[key]
 
 
 class CellModel(InstanceModel):
@@ -99,10 +84,9 @@ class CellModel(InstanceModel):
         return self.thing
 
     def fit(self, source: SourceBase, client: Client) -> None:
-        values = source.to_dask(FIT_CHUNK)
-        ranges = [percentiles(values[c - 1], source.dtype, client, source.uri,
-                              tuple(self.params.percentiles))  # type: ignore[attr-defined]
-                  for c in self.channels]
+        values = source.to_dask(FIT_CHUNK)[[c - 1 for c in self.channels]]
+        ranges = percentiles(values, source.dtype, client, source.uri,
+                             tuple(self.params.percentiles))  # type: ignore[attr-defined]
         self.low = [lo for lo, _ in ranges]
         self.high = [hi for _, hi in ranges]
 

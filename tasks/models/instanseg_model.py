@@ -18,9 +18,9 @@ from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import UserError, first_line
 from segflow.tasks.models.base import InputSpec
 from segflow.tasks.models.card import ModelCard
-from segflow.tasks.models.cells import CellModel, loaded
+from segflow.tasks.models.cells import CellModel
 from segflow.tasks.models.params import InstanSegParams
-from segflow.tasks.models.torch_model import file_digest, weights_file
+from segflow.tasks.models.torch_model import cached_module, file_digest, weights_file
 
 
 def load_instanseg(path: str) -> torch.jit.ScriptModule:
@@ -58,8 +58,8 @@ class InstanSegModel(CellModel):
 
     def label(self, image: np.ndarray) -> np.ndarray:
         device = self.device()
-        module = loaded((self.weights, self.digest, device),
-                        lambda: load_instanseg(self.weights).to(device))
+        module = cached_module((self.weights, f"{self.kind}:{self.digest}:{device}"), device,
+                               lambda: load_instanseg(self.weights))
         params: InstanSegParams = self.params  # type: ignore[assignment]
         target = torch.tensor([1, 0] if params.target == "nuclei" else [0, 1])
         extra = {} if params.min_size is None else {"min_size": params.min_size}

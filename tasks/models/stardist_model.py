@@ -25,9 +25,9 @@ import numpy as np
 from segflow.tasks.config import JobConfig
 from segflow.tasks.errors import UserError
 from segflow.tasks.models.base import InputSpec
-from segflow.tasks.models.cells import CellModel, loaded
+from segflow.tasks.models.cells import CellModel
 from segflow.tasks.models.params import StarDistParams
-from segflow.tasks.models.torch_model import files_digest, weights_folder
+from segflow.tasks.models.torch_model import cached, files_digest, weights_folder
 
 WEIGHTS = ("weights_best.h5", "weights_last.h5")  # as StarDist loads them, best first
 
@@ -83,7 +83,8 @@ class StarDistModel(CellModel):
         return model
 
     def label(self, image: np.ndarray) -> np.ndarray:
-        model = loaded((self.weights, self.digest), lambda: load_stardist(self.weights))
+        model = cached((self.kind, self.weights, self.digest), "tensorflow",
+                       lambda: load_stardist(self.weights))
         params: StarDistParams = self.params  # type: ignore[assignment]
         img, axes = (image[0], "YX") if len(image) == 1 else (np.moveaxis(image, 0, -1), "YXC")
         labels, _ = model.predict_instances(img, axes=axes, normalizer=None,

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from segflow.tasks.sources.base import SourceBase
 
-_CACHE: dict[tuple[str, str], nn.Module] = {}
+_CACHE: dict[tuple[str, ...], Any] = {}
 _LOCK = threading.Lock()
 #: normalisations computed over the whole input: a tile's output then depends on the whole tile
 GLOBAL_NORMS = {"InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "GroupNorm", "LayerNorm"}
@@ -183,11 +183,18 @@ def cached_module(key: tuple[str, str], device: str,
                   build: Callable[[], nn.Module]) -> nn.Module:
     """``build()`` on ``device``, once per worker process and ``key`` (weights, kind, device):
     a worker's threads share one copy of the weights."""
+    module: nn.Module = cached(key, device, lambda: build().to(device))
+    return module
+
+
+def cached(key: tuple[str, ...], device: str, load: Callable[[], Any]) -> Any:
+    """``load()`` once per worker process and ``key``: any model object a package builds on
+    ``device`` (a torch module, Cellpose's model, a StarDist model), shared by the threads."""
     with _LOCK:
         if key not in _CACHE:
             if device == "cpu":
                 torch.set_num_threads(worker_torch_threads())
-            _CACHE[key] = build().to(device)
+            _CACHE[key] = load()
         return _CACHE[key]
 
 
