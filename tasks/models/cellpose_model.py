@@ -108,7 +108,7 @@ class CellposeModel(CellModel):
 
     def label(self, image: np.ndarray) -> np.ndarray:
         device = self.device()
-        model = cached((self.kind, self.weights, self.digest, device), device,
+        model = cached((self.weights, f"{self.kind}:{self.digest}:{device}"), device,
                        lambda: self.build(device))
         params: CellposeParams = self.params  # type: ignore[assignment]
         masks = model.eval(image.copy(), channel_axis=0, normalize={"lowhigh": [0.0, 1.0]},

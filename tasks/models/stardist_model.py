@@ -83,7 +83,7 @@ class StarDistModel(CellModel):
         return model
 
     def label(self, image: np.ndarray) -> np.ndarray:
-        model = cached((self.kind, self.weights, self.digest), "tensorflow",
+        model = cached((self.weights, f"{self.kind}:{self.digest}:tensorflow"), "tensorflow",
                        lambda: load_stardist(self.weights))
         params: StarDistParams = self.params  # type: ignore[assignment]
         img, axes = (image[0], "YX") if len(image) == 1 else (np.moveaxis(image, 0, -1), "YXC")

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from segflow.tasks.sources.base import SourceBase
 
-_CACHE: dict[tuple[str, ...], Any] = {}
+_CACHE: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
 #: normalisations computed over the whole input: a tile's output then depends on the whole tile
 GLOBAL_NORMS = {"InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "GroupNorm", "LayerNorm"}
@@ -187,9 +187,10 @@ def cached_module(key: tuple[str, str], device: str,
     return module
 
 
-def cached(key: tuple[str, ...], device: str, load: Callable[[], Any]) -> Any:
-    """``load()`` once per worker process and ``key``: any model object a package builds on
-    ``device`` (a torch module, Cellpose's model, a StarDist model), shared by the threads."""
+def cached(key: tuple[str, str], device: str, load: Callable[[], Any]) -> Any:
+    """``load()`` once per worker process and ``key`` (weights, ``kind:digest:device``): any
+    model object a package builds on ``device`` (a torch module, Cellpose's model, a StarDist
+    model), shared by the threads."""
     with _LOCK:
         if key not in _CACHE:
             if device == "cpu":
