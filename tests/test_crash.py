@@ -23,7 +23,7 @@ from segflow.tasks.config import load_config
 from segflow.tasks.sources.identity import image_id
 from tests.conftest import smooth_noise, write_geotiff
 
-SETTINGS = ["model.kind=otsu", "tiling.chunk=128", "stats.instances=true",
+SETTINGS = ["model.kind=otsu", "tiling.chunk=192", "stats.instances=true",
             "output.vectors=true", "output.export=true"]
 POINTS = ["open", "fit", "chunks", "pyramid", "quicklook", "measure", "export", "catalog",
           "publish"]

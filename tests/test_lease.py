@@ -26,7 +26,7 @@ LOW, HIGH = 100, 150
 
 
 def _scene(folder) -> tuple[str, np.ndarray]:
-    data = (np.stack([smooth_noise((768, 768), s) for s in (3, 4, 5)]) * 255).astype(np.uint8)
+    data = (np.stack([smooth_noise((512, 512), s) for s in (3, 4, 5)]) * 255).astype(np.uint8)
     path = write_geotiff(folder / "scene.tif", data, "EPSG:32633",
                          from_origin(500000, 4000000, 10, 10))
     return str(path), data[0]

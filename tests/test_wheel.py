@@ -74,35 +74,43 @@ def test_the_wheel_holds_one_top_level_package_with_the_demo_data(wheel):
     assert sum(zipfile.ZipFile(wheel).getinfo(n).file_size for n in names) < 12e6
 
 
-def _fresh_venv(wheel: Path, tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
-    """A fresh venv with the wheel alone installed; its bin folder, a newcomer's environment
-    and an empty working folder away from the repository."""
-    env_dir = tmp_path / "env"
+@pytest.fixture(scope="module")
+def fresh(wheel, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A fresh venv with the wheel alone installed (the demo test runs in it first, the
+    plug-in test then adds its package): its bin folder and a newcomer's environment."""
+    root = tmp_path_factory.mktemp("fresh")
+    env_dir = root / "env"
     venv.create(env_dir, with_pip=False)  # this run's pip installs into it (--python)
     bin_dir = env_dir / "bin"
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("PREFECT_", "AWS_", "VIRTUAL_ENV", "PYTHON"))}  # as a newcomer
-    env = {**clean, "PATH": f"{bin_dir}:{clean['PATH']}", "PREFECT_HOME": str(tmp_path / "ph")}
-    work = tmp_path / "elsewhere"
-    work.mkdir()
+    env = {**clean, "PATH": f"{bin_dir}:{clean['PATH']}", "PREFECT_HOME": str(root / "ph")}
     # The dependencies come from this test run's environment, appended to the fresh venv's
     # path by a plain .pth line (so its editable segflow finder is not loaded): `make demo`
     # already installs them from pyproject on a clean machine, and downloading and unpacking
     # torch again here cost three of CI's minutes. The wheel itself installs alone, and every
     # requirement its metadata declares is met by what the fresh interpreter finds.
     site = Path(_run([str(bin_dir / "python"), "-c", "import site; "
-                      "print(site.getsitepackages()[0])"], work, env, 60).strip())
+                      "print(site.getsitepackages()[0])"], root, env, 60).strip())
     ours = next(p for p in map(Path, sys.path) if p.name == "site-packages" and p.is_dir())
     (site / "zz_shared_deps.pth").write_text(f"{ours}\n")
     _run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install",
           "-q", "--no-deps", str(wheel)],
-         work, env, 300)
-    return bin_dir, env, work
+         root, env, 300)
+    return bin_dir, env
+
+
+def _elsewhere(tmp_path: Path) -> Path:
+    """An empty working folder away from the repository."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    return work
 
 
 @pytest.mark.timeout(900)
-def test_a_fresh_venv_runs_the_demo_from_another_directory(wheel, tmp_path):
-    bin_dir, env, work = _fresh_venv(wheel, tmp_path)
+def test_a_fresh_venv_runs_the_demo_from_another_directory(fresh, tmp_path):
+    bin_dir, env = fresh
+    work = _elsewhere(tmp_path)
     unmet = _run([str(bin_dir / "python"), "-c", UNMET], work, env, 120)
     assert unmet.strip() == "[]"
 
@@ -144,14 +152,15 @@ def _check_demo(work: Path, out: str) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_a_plugin_package_adds_a_reader_and_a_model_kind(wheel, tmp_path, prefect_server):
+def test_a_plugin_package_adds_a_reader_and_a_model_kind(fresh, tmp_path, prefect_server):
     """A third-party package (tests/data/plugin: a .npy reader and a ``brighter`` kind, named
     by entry points) installed beside the wheel passes segflow.testing's contracts and runs in
     ``segflow segment`` and ``segflow batch`` with no change to segflow."""
     import numpy as np
     import rasterio
 
-    bin_dir, env, work = _fresh_venv(wheel, tmp_path)
+    bin_dir, env = fresh
+    work = _elsewhere(tmp_path)
     env = {**env, "PREFECT_API_URL": prefect_server}  # the session's API: no start-up per call
     plugin = Path(shutil.copytree(REPO / "tests" / "data" / "plugin", tmp_path / "plugin"))
     # built as its author would publish it (with this environment's setuptools), installed
