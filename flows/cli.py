@@ -239,6 +239,8 @@ def _report(result: dict[str, Any]) -> None:
     print(f"mask:    {result['output_uri']}")
     print(f"catalog: {Path(result['output_uri']).parents[1] / 'catalog'}"
           if "://" not in result["output_uri"] else "")
+    for uri in result.get("exports", []):  # what GIS, QuPath or ITK-SNAP users open
+        print(f"export:  {uri}")
     print(f"chunks:  {result['chunks_total']} total, skipped: {result['chunks_nodata']} nodata, "
           f"{result['chunks_background']} no tissue; {result['chunks_computed']} computed this "
           f"run; {result['seconds']:.1f} s")

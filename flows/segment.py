@@ -254,7 +254,8 @@ def run_image(source: str, out: str, cfg: JobConfig, scheduler: str | None = Non
                 "instances": len(found.instances), "cells_masked": found.cells_masked,
                 "chunks_computed": outcome.chunks.computed,
                 "chunks_nodata": outcome.chunks.nodata,
-                "chunks_background": outcome.chunks.background, "reused": outcome.reused}
+                "chunks_background": outcome.chunks.background, "reused": outcome.reused,
+                "exports": [o["uri"] for o in outputs if o["output"] == "export"]}
     except Exception as exc:
         error = exc if isinstance(exc, SegflowError) else output_error(out, exc)
         try:

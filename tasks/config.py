@@ -234,6 +234,8 @@ class TilingConfig(_Strict):
         return self
 
 
+#: class names that are stuff, not things to annotate: left out of QuPath's annotations
+STUFF = {"glass", "background", "nodata", "none"}
 #: label-file formats (tasks/export/labels.py) by modality, the modality's default first
 EXPORT_FORMATS = {"raster": ("cog",), "slide": ("ome-tiff",), "volume": ("nifti", "dicom-seg")}
 ExportFormat = Literal["cog", "ome-tiff", "nifti", "dicom-seg"]
@@ -248,21 +250,39 @@ class OutputConfig(_Strict):
     # outputs for other tools, written after the mask (tasks/export/)
     vectors: bool = False  # ROOT/vectors/<image_id>.parquet: GeoParquet polygons
     qupath: bool = False  # slides: ROOT/vectors/<image_id>.geojson for QuPath
+    # the classes whose regions the QuPath file holds (a semantic mask: one annotation per
+    # class); null: all but the stuff (classes named in STUFF: glass, background ...)
+    qupath_classes: list[str] | None = None
     # ROOT/exports/: label files for desktop tools; true: the modality's own (COG for
     # rasters, OME-TIFF for slides, NIfTI for volumes), or formats by name (dicom-seg:
-    # volumes read from a DICOM series)
-    export: bool | ExportFormat | list[ExportFormat] = False
+    # volumes read from a DICOM series); auto: the COG for rasters (the file GIS opens: GDAL
+    # before 3.13 cannot read the sharded store), nothing for slides and volumes
+    export: bool | Literal["auto"] | ExportFormat | list[ExportFormat] = "auto"
     probabilities: bool = False  # per-class scores in the store (`probabilities` array)
     probabilities_dtype: Literal["uint8", "float16"] = "uint8"
     # georeferenced rasters: ROOT/stac/<image_id>/<image_id>.json, a STAC Item of the run's
     # outputs, linked from the ROOT/stac/collection.json Collection (tasks/export/stac.py)
     stac: bool = True
 
+    def qupath_class_ids(self, classes: list[ClassSpec]) -> set[int]:
+        """The class ids of ``output.qupath_classes`` (a name no class has is a one-line
+        error), or of every class that is not stuff."""
+        if self.qupath_classes is None:
+            return {c.id for c in classes if c.name.lower() not in STUFF}
+        by_name = {c.name: c.id for c in classes}
+        unknown = [n for n in self.qupath_classes if n not in by_name]
+        if unknown:
+            raise UserError("output.qupath_classes", f"no class named {', '.join(unknown)} "
+                                                     f"(classes: {', '.join(by_name)})")
+        return {by_name[n] for n in self.qupath_classes}
+
     def export_formats(self, modality: str) -> list[str]:
         """The label files to write for an image of ``modality``; a format that is not the
         modality's is a one-line error."""
         if self.export is False:
             return []
+        if self.export == "auto":
+            return ["cog"] if modality == "raster" else []
         wanted = ([EXPORT_FORMATS[modality][0]] if self.export is True else
                   [self.export] if isinstance(self.export, str) else list(self.export))
         wrong = [f for f in wanted if f not in EXPORT_FORMATS[modality]]
@@ -345,7 +365,8 @@ class JobConfig(_Strict):
         """Hash of everything that can change the mask (not where or how fast it runs)."""
         relevant = self.model_dump(mode="json", exclude={
             "cluster": True, "tiling": {"batch"},
-            "output": {"wait", "lease_seconds", "vectors", "qupath", "export", "stac"},
+            "output": {"wait", "lease_seconds", "vectors", "qupath", "qupath_classes", "export",
+                       "stac"},
             "input": {"max_pixels", "bids"},
             "stats": {"area_unit", "volume_unit", "slide_unit", "ground_truth", "zones",
                       "zone_id", "on_cut", "ground_truth_instances", "region_names"}})

@@ -230,6 +230,7 @@ def test_landsat_probabilities_argmax_is_the_mask(landsat_run):
     mask, probs = group["0"][:], group["probabilities"][:]
     assert probs.shape == (4, *mask.shape) and probs.dtype == np.uint8
     assert group["probabilities"].chunks == (4, *group["0"].chunks)  # one shard per chunk
+    assert group["probabilities"].attrs["grid_mapping"] == "spatial_ref"  # the mask's CRS
     top = np.sort(probs, axis=0)
     clear = (top[-1] > top[-2]) & (mask != 255)  # rounding to 0-255 can tie the top two
     assert clear.mean() > 0.8
@@ -286,13 +287,59 @@ def test_deep_model_probabilities_argmax_is_the_mask(stitch, dtype, tmp_path, di
     assert np.abs(total - 1).max() < 0.02  # probabilities: one per cell, up to rounding
 
 
+def test_semantic_slide_qupath_is_one_annotation_per_class_without_glass(tmp_path,
+                                                                        dask_address):
+    """A semantic mask's QuPath file: the stuff class (``glass``) left out, each other class
+    one annotation whose MultiPolygon parts are exactly its regions (the whole mask
+    polygonised at once, in level-0 pixels), with the class's pixel count."""
+    tissue = tifffile.imread(DATA / "cmu1_pyramid.tif", level=0)[:768, :768]
+    slide = write_pyramid_tiff(tmp_path / "slide.tif", tissue, mpp=0.5)
+    root = tmp_path / "out"
+    cfg = load_config(overrides=[
+        "model.kind=otsu", "model.classes=[glass, tissue]", "input.target_mpp=1.0",
+        "tiling.chunk=128", "output.qupath=true", "output.pyramid=false", "output.export=false"])
+    run = segment_image(str(slide), str(root), cfg.model_dump(mode="json"), dask_address)
+    mask = zarr.open_array(run["output_uri"], path="0", mode="r")[:]
+    assert (mask == 0).any() and (mask == 1).any()
+    features = json.loads((root / "vectors" / f"{run['image_id']}.geojson").read_text())
+    [feature] = features["features"]  # tissue only: glass is stuff
+    assert feature["properties"]["classification"]["name"] == "tissue"
+    assert feature["properties"]["objectType"] == "annotation"
+    assert feature["geometry"]["type"] == "MultiPolygon"
+    measured = feature["properties"]["measurements"]
+    assert measured["pixels"] == int((mask == 1).sum())
+    parts = [(1, through(Affine.scale(0.5), Polygon(p[0], p[1:])))  # level 0 to level 1
+             for p in feature["geometry"]["coordinates"]]
+    expected = [(v, g) for v, g in whole_polygons(mask, 255) if v == 1]
+    assert measured["regions"] == len(expected) > 1
+    assert_same_polygons(parts, expected, 1.0)
+    [row] = run_query(str(root), "select features from outputs where output = 'qupath'"
+                      ).to_pylist()
+    assert row["features"] == 1
+
+
+def test_qupath_classes_name_what_is_written_and_an_unknown_name_is_one_line():
+    from segflow.tasks.config import ClassSpec
+
+    classes = [ClassSpec(id=0, name="Glass"), ClassSpec(id=1, name="tumour"),
+               ClassSpec(id=2, name="stroma")]
+    assert load_config().output.qupath_class_ids(classes) == {1, 2}
+    chosen = load_config(overrides=["output.qupath_classes=[Glass, stroma]"])
+    assert chosen.output.qupath_class_ids(classes) == {0, 2}
+    wrong = load_config(overrides=["output.qupath_classes=[tumor]"])
+    with pytest.raises(SegflowError) as info:
+        wrong.output.qupath_class_ids(classes)
+    assert "no class named tumor" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_slide_polygons_qupath_geojson_and_ome_tiff(tmp_path, dask_address):
     tissue = tifffile.imread(DATA / "cmu1_pyramid.tif", level=0)[:1024, :1024]
     slide = write_pyramid_tiff(tmp_path / "slide.tif", tissue, mpp=0.5)
     root = tmp_path / "out"
     cfg = load_config(overrides=[
         "model.kind=otsu", "input.target_mpp=1.0", "tiling.chunk=128", "stats.instances=true",
-        "output.vectors=true", "output.qupath=true", "output.export=true"])
+        "stats.measure=[intensity]", "output.vectors=true", "output.qupath=true",
+        "output.export=true"])
     run = segment_image(str(slide), str(root), cfg.model_dump(mode="json"), dask_address)
     group = zarr.open_group(run["output_uri"], mode="r")
     ids = group["labels/instances/0"][:].astype(np.int32)
@@ -315,6 +362,7 @@ def test_slide_polygons_qupath_geojson_and_ome_tiff(tmp_path, dask_address):
     assert first["measurements"]["area mm2"] == pytest.approx(first["measurements"]["pixels"]
                                                               * 1e-6)
     assert len(first["classification"]["color"]) == 3
+    assert any(k.endswith(": Mean") for k in first["measurements"])  # QuPath's naming
     level0 = [(1, through(Affine.scale(0.5), g)) for g in
               (shapely.geometry.shape(f["geometry"]) for f in features)]
     assert_same_polygons(level0, [(1, g) for _, g in whole_polygons(ids, 0)], 1.0)

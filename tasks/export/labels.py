@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,9 @@ def export_labels(store: MaskStore, plan: Plan, fmt: str, root: str, image_id: s
         else:
             write = {"cog": _cog, "ome-tiff": _ome_tiff, "nifti": _nifti}[fmt]
             on_worker(write, path, store, plan, classes, source.spatial_ref())
-    if fmt == "cog":  # GDAL keeps category names in its PAM sidecar; QGIS reads it
+    if fmt == "cog":  # the legend, in GDAL's PAM sidecar (GDAL, QGIS and ArcGIS read it)
         with staged(uri + ".aux.xml") as path:
-            path.write_text(_category_names(classes))
+            path.write_text(_legend(classes))
     if fmt == "nifti":  # what each value of the file means
         with staged(uri.removesuffix(".nii.gz") + ".json") as path:
             path.write_text(json.dumps(_sidecar(classes), indent=1) + "\n")
@@ -114,7 +115,7 @@ def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 1,
                "dtype": store.dtype, "nodata": store.nodata, "crs": georef.crs_wkt,
                "transform": georef.affine, "tiled": True, "blockxsize": COG_BLOCK,
-               "blockysize": COG_BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+               "blockysize": COG_BLOCK, "BIGTIFF": "IF_SAFER"}  # uncompressed: read once
     try:
         with rasterio.open(base, "w", **profile) as dst:
             for chunk in plan.chunks:
@@ -122,22 +123,29 @@ def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
                 dst.write(labels[chunk.core], 1, window=Window(cols.start, rows.start,
                                                                cols.stop - cols.start,
                                                                rows.stop - rows.start))
-            dst.write_colormap(1, {c.id: (*rgb(c.colour), 255) for c in classes})
             dst.set_band_description(1, "class id")
             dst.update_tags(1, **{f"CLASS_{c.id}": c.name for c in classes})
         rasterio.shutil.copy(base, path, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK,
-                             OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
+                             OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER",
+                             NUM_THREADS=str(max(1, len(os.sched_getaffinity(0)))))
     finally:
         base.unlink(missing_ok=True)
 
 
-def _category_names(classes: list[ClassSpec]) -> str:
-    """GDAL's PAM XML naming each class id of band 1 (ids no class has get an empty name)."""
-    by_id = {c.id: c.name for c in classes}
-    names = "".join(f"<Category>{escape(by_id.get(i, ''))}</Category>"
-                    for i in range(max(by_id) + 1))
-    return (f'<PAMDataset><PAMRasterBand band="1"><CategoryNames>{names}</CategoryNames>'
-            "</PAMRasterBand></PAMDataset>\n")
+def _legend(classes: list[ClassSpec]) -> str:
+    """GDAL's PAM XML for band 1: a palette and a name for each class id 0..max (ids no class
+    has: transparent, no name). In the sidecar, not the TIFF: a TIFF colour map always has 256
+    entries, which QGIS lists as 256 classes; nodata is the file's nodata value, not a class."""
+    by_id = {c.id: c for c in classes}
+    entries, names = [], []
+    for i in range(max(by_id) + 1):
+        c = by_id.get(i)
+        r, g, b = rgb(c.colour) if c else (0, 0, 0)
+        entries.append(f'<Entry c1="{r}" c2="{g}" c3="{b}" c4="{255 if c else 0}"/>')
+        names.append(f"<Category>{escape(c.name) if c else ''}</Category>")
+    return ('<PAMDataset><PAMRasterBand band="1"><ColorInterp>Palette</ColorInterp>'
+            f"<ColorTable>{''.join(entries)}</ColorTable>"
+            f"<CategoryNames>{''.join(names)}</CategoryNames></PAMRasterBand></PAMDataset>\n")
 
 
 def _levels(store: MaskStore) -> list[zarr.Array]:

@@ -1,6 +1,7 @@
 """The two polygon files, written batch by batch: GeoParquet 1.1 (WKB geometry, the CRS as
 PROJJSON, a ``bbox`` covering column) for geopandas, DuckDB and QGIS, and QuPath's GeoJSON
-(features with ``objectType`` and ``classification``) for slides.
+(features with ``objectType`` and ``classification``) for slides: one detection per object,
+or, for a semantic mask, one annotation per class (its regions as one MultiPolygon).
 
 pyarrow writes the Parquet; the ``geo`` metadata is the GeoParquet 1.1 specification's, added
 when the file is closed, once the geometry types and extent are known.
@@ -114,3 +115,59 @@ class QuPathSink:
         self.file.write("\n]}\n")
         self.file.close()
         return self.rows
+
+
+class QuPathAnnotations:
+    """QuPath's GeoJSON for a semantic mask: one annotation per class, whose geometry is the
+    MultiPolygon of all its regions (disjoint by construction, so no union is computed), with
+    the class's pixels and area. A region per feature made a whole slide tens of thousands of
+    annotations; ``classes`` names the class ids written (the stuff, such as glass, left out)."""
+
+    def __init__(self, path: Path, names: dict[int, str], colours: dict[int, str],
+                 unit: str | None, scale: float, classes: set[int]) -> None:
+        self.path, self.names, self.colours, self.scale = path, names, colours, scale
+        self.area = f"area {unit}" if unit else "area px"
+        self.parts: dict[int, list[str]] = {i: [] for i in sorted(classes)}
+        self.pixels = dict.fromkeys(self.parts, 0)
+        self.areas = dict.fromkeys(self.parts, 0.0)
+
+    def write(self, found: Batch) -> None:
+        assert found.qupath is not None
+        for geometry, class_id, pixels, area in zip(found.qupath, found.classes, found.pixels,
+                                                    found.area):
+            part = _coordinates(geometry)
+            if int(class_id) in self.parts and part:
+                self.parts[int(class_id)].append(part)
+                self.pixels[int(class_id)] += int(pixels)
+                self.areas[int(class_id)] += float(area)
+
+    def close(self) -> int:
+        written = 0
+        with open(self.path, "w") as file:
+            file.write('{"type": "FeatureCollection", "features": [\n')
+            for class_id, parts in self.parts.items():
+                if not parts:
+                    continue
+                properties = {"objectType": "annotation",
+                              "classification": {"name": self.names[class_id],
+                                                 "color": list(rgb(self.colours[class_id]))},
+                              "measurements": {"pixels": self.pixels[class_id],
+                                               self.area: self.areas[class_id] / self.scale,
+                                               "regions": len(parts)}}
+                file.write((",\n" if written else "") + '{"type": "Feature", "geometry": '
+                           '{"type": "MultiPolygon", "coordinates": [' + ",".join(parts)
+                           + ']}, "properties": ' + json.dumps(properties) + "}")
+                written += 1
+            file.write("\n]}\n")
+        return written
+
+
+def _coordinates(geometry: str) -> str:
+    """The polygon coordinate arrays of a GeoJSON Polygon or MultiPolygon as shapely writes
+    them (``{"type":"Polygon","coordinates":[...]}``), as text: a MultiPolygon's parts."""
+    head = '"coordinates":'
+    coordinates = geometry[geometry.index(head) + len(head):-1]
+    if geometry.startswith('{"type":"MultiPolygon"'):
+        return coordinates[1:-1]  # its parts, each a polygon's array
+    assert geometry.startswith('{"type":"Polygon"'), geometry[:40]
+    return coordinates

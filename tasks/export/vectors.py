@@ -17,7 +17,12 @@ from distributed import Client, Future
 
 from segflow.tasks.catalog.tables import SCHEMAS
 from segflow.tasks.export.polygons import Batch, Frames, Merger, polygonise_chunk
-from segflow.tasks.export.vector_files import GeoParquetSink, QuPathSink, vector_schema
+from segflow.tasks.export.vector_files import (
+    GeoParquetSink,
+    QuPathAnnotations,
+    QuPathSink,
+    vector_schema,
+)
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import UNITS
 from segflow.tasks.plan.grid import Chunk, Plan
@@ -107,17 +112,20 @@ def write_vectors(client: Client, job: Job, store: MaskStore, row_areas: np.ndar
     parquet_uri = root.vectors(job.image_id, VECTOR_SUFFIX["polygons"])
     geojson_uri = root.vectors(job.image_id, VECTOR_SUFFIX["QuPath GeoJSON"])
     with ExitStack() as files:
-        sinks: list[GeoParquetSink | QuPathSink] = []
+        sinks: list[GeoParquetSink | QuPathSink | QuPathAnnotations] = []
         if parquet:
             sinks.append(GeoParquetSink(
                 files.enter_context(staged(parquet_uri)),
                 vector_schema(id_name, columns if instances else []), crs,
                 job.image_id, names, unit, scale, extra))
-        if qupath:
-            sinks.append(QuPathSink(files.enter_context(staged(geojson_uri)),
-                                    "detection" if instances else "annotation", names,
-                                    {c.id: c.colour for c in job.model.classes}, unit, scale,
-                                    measured))
+        colours = {c.id: c.colour for c in job.model.classes}
+        if qupath and instances:
+            sinks.append(QuPathSink(files.enter_context(staged(geojson_uri)), "detection",
+                                    names, colours, unit, scale, measured))
+        elif qupath:
+            kept = job.config.output.qupath_class_ids(job.model.classes)
+            sinks.append(QuPathAnnotations(files.enter_context(staged(geojson_uri)), names,
+                                           colours, unit, scale, kept))
         totals = None
         if instance_rows is not None:
             totals = np.zeros(len(instance_rows) + 1, np.int64)

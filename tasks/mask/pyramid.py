@@ -36,17 +36,21 @@ def build_levels(uri: str, client: Client, path: str = "") -> int:
     group = zarr.open_group(store=uri, mode="r+", **zarr_options(uri))
     group = group_at(group, path) if path else group
     base = array_at(group, "0")
-    inner = base.chunks  # the read unit of level 0; reused for the smaller levels
+    # Every level has level 0's layout (its chunks, and its shards when it is sharded): a
+    # reader that cannot read shards (GDAL before 3.13) then sees no level at all, rather
+    # than offering an unsharded coarser level in place of the full-resolution mask.
+    inner, shards = base.chunks, base.shards
     shapes = level_shapes(base.shape)
     for level in range(1, len(shapes)):
         source = da.from_zarr(array_at(group, str(level - 1)))
         target = group.create_array(str(level), shape=shapes[level], dtype=base.dtype,
-                                    fill_value=base.fill_value, chunks=inner,
+                                    fill_value=base.fill_value, chunks=inner, shards=shards,
                                     dimension_names=dimension_names(base),
                                     overwrite=True)
         step = (slice(None, None, 2),) * base.ndim
-        # One Dask chunk per Zarr chunk of the target: no two tasks write one object.
-        halved = source[step].rechunk(inner)
+        # One Dask chunk per Zarr object (shard, or chunk) of the target: no two tasks write
+        # one object.
+        halved = source[step].rechunk(shards or inner)
         # dask types targets as numpy-like arrays; it needs only __setitem__, which zarr's has
         client.compute(da.store(halved, target, lock=False, compute=False),  # type: ignore[arg-type]
                        sync=True)

@@ -157,15 +157,16 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
     side = min(plan.chunk, max(plan.shape))
     layout: dict[str, Any] = ({"shards": (plan.chunk,) * rank, "chunks": (inner,) * rank}
                               if inner else {"chunks": (side,) * rank})
+    # CF's link to the CRS (GDAL, xarray/rioxarray): on the mask and on the scores alike
+    georef = ({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"} if grid_mapping
+              else {})
     group.create_array("0", shape=plan.shape, dtype=dtype, fill_value=nodata,
-                       dimension_names=list(dims),
-                       attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-                       if grid_mapping else {},
-                       **layout)
+                       dimension_names=list(dims), attributes=georef, **layout)
     if scores:
         scored: dict[str, Any] = {k: (n_labels, *v) for k, v in layout.items()}
         group.create_array("probabilities", shape=(n_labels, *plan.shape), dtype=scores,
-                           fill_value=0, dimension_names=["class", *dims], **scored)
+                           fill_value=0, dimension_names=["class", *dims], attributes=georef,
+                           **scored)
     group.create_array("progress", shape=plan.grid, dtype="uint8", fill_value=0,
                        chunks=(1,) * rank, dimension_names=[f"chunk_{d}" for d in dims])
     for name, (values, coord_attrs) in coords.items():

@@ -94,6 +94,12 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
     if config.stats.zones and reader.georef is None:
         raise UserError(config.stats.zones, f"stats.zones needs a georeferenced raster; "
                                             f"{source} is a {reader.modality}")
+    if config.output.qupath and reader.modality != "slide":
+        raise UserError(source, f"output.qupath writes slide pixel coordinates for QuPath; this "
+                                f"is a {reader.modality} (GIS: output.vectors, GeoParquet in "
+                                "its CRS)")
+    if config.output.qupath:
+        config.output.qupath_class_ids(model.classes)  # a class it names exists
     if "dicom-seg" in config.output.export_formats(reader.modality) and reader.reader != "dicom":
         raise UserError(source, "output.export dicom-seg references the source DICOM series; "
                                 f"this is read by the {reader.reader} reader (use nifti)")
