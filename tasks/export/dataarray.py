@@ -3,12 +3,13 @@ lazy (Dask, chunked as stored), in the image's own coordinates, class names and 
 
 - rasters: CRS and transform through rioxarray (``mask.rio.crs``, ``mask.rio.transform()``,
   ``mask.rio.nodata``), pixel-centre ``x``/``y`` coordinates;
-- slides: ``y``/``x`` in µm from the slide's pixel size (pixel indices when it has none);
+- slides: ``y``/``x`` in µm from the slide's pixel size (pixel indices when it has none),
+  ``y`` growing downwards as in the slide (``mask.plot(yincrease=False)`` draws it upright);
 - volumes: ``x``/``y``/``z`` RAS+ mm of the voxel centres (the reader made every axis ascend
   in its world axis), with the level's full voxel-to-RAS affine in ``attrs["affine"]`` (an
   oblique volume's 1-D coordinates follow each axis's closest world axis; use the affine).
 
-Class ids follow the CF flag convention (``flag_values``, ``flag_meanings``) plus
+Each coordinate carries its ``units``; class ids follow the CF flag convention (``flag_values``, ``flag_meanings``) plus
 ``class_names`` and ``class_colours`` by id; nodata is ``_FillValue``. Level ``n`` keeps every
 2^n-th cell, so its cells are 2^n times larger with the same origin (as GDAL overviews).
 """
@@ -71,8 +72,10 @@ def open_mask(store_or_root: str, image_id: str | None = None, level: int = 0) -
         "class_colours": {str(c["id"]): c.get("colour") for c in classes},
     }
     data = da.from_zarr(array)
-    coords, units = ref.world(dims, tuple(array.shape), factor)
-    mask = xr.DataArray(data, dims=dims, coords=coords, attrs={**attrs, **units})
+    coords, extra = ref.world(dims, tuple(array.shape), factor)
+    unit = extra.pop("units", None)  # the coordinates' unit, not the class ids' (plot labels)
+    axes = {d: (d, values, {"units": unit} if unit else {}) for d, values in coords.items()}
+    mask = xr.DataArray(data, dims=dims, coords=axes, attrs={**attrs, **extra})
     if isinstance(ref, RasterRef):  # rioxarray's CRS, transform and nodata, as GDAL reads
         if ref.crs_wkt:
             mask = mask.rio.write_crs(ref.crs_wkt)
