@@ -23,6 +23,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from segflow.flows.segment import segment_image
 from segflow.tasks.config import load_config
 from segflow.tasks.mask.quicklook import (
+    LEGEND_COLUMN,
     artifact_image,
     mask_level,
     picture_shape,
@@ -75,8 +76,12 @@ def test_run_publishes_class_table_and_quicklook(textured_tif, tmp_path, dask_ad
     group = zarr.open_group(result["output_uri"], mode="r")
     assert picture_shape((1500, 1300)) == (512, 444)
     assert mask_level(group, (512, 444)).path == "1"
-    shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
-    assert shot.shape == (512, 444, 3)
+    whole = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
+    assert whole.shape[1] == 444 and whole.shape[0] > 512  # the legend below the picture
+    shot, key = whole[:512], whole[512:]
+    for spec in group.attrs["segflow"]["classes"]:  # a swatch of each class's own colour
+        assert (np.abs(key - _rgb(spec["colour"])).max(axis=2) == 0).sum() >= 100, spec
+    assert (key == 0).all(axis=2).any()  # the names, in black on white
 
     # Independently: the full-resolution mask, nearest-sampled to the picture. Where it holds
     # class c the pixel is a 50/50 blend of c's colour with an image value in [0, 255].
@@ -103,7 +108,8 @@ def test_quicklook_written_beside_an_s3_store(rgb_tif, s3_bucket, dask_address):
         picture.load()
     shape = zarr.open_array(result["output_uri"], path="0", mode="r").shape
     assert picture.format == "PNG" and picture.mode == "RGB"
-    assert picture.size == picture_shape(shape)[::-1]
+    height, width = picture_shape(shape)
+    assert picture.size[0] == max(width, LEGEND_COLUMN) and picture.size[1] > height
     [table] = [a for a in _artifacts(result["run_id"]).values() if a.type == "markdown"]
     assert f"`{png_uri}`" in table.data
 

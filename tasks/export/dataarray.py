@@ -9,9 +9,10 @@ lazy (Dask, chunked as stored), in the image's own coordinates, class names and 
   in its world axis), with the level's full voxel-to-RAS affine in ``attrs["affine"]`` (an
   oblique volume's 1-D coordinates follow each axis's closest world axis; use the affine).
 
-Each coordinate carries its ``units``; class ids follow the CF flag convention (``flag_values``, ``flag_meanings``) plus
-``class_names`` and ``class_colours`` by id; nodata is ``_FillValue``. Level ``n`` keeps every
-2^n-th cell, so its cells are 2^n times larger with the same origin (as GDAL overviews).
+Each coordinate carries its ``units``; class ids follow the CF flag convention
+(``flag_values``, ``flag_meanings``) plus ``class_names`` and ``class_colours`` by id; nodata is
+``_FillValue``. Level ``n`` keeps every 2^n-th cell, so its cells are 2^n times larger with the
+same origin (as GDAL overviews).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """What a run shows at a glance: a quick-look PNG (the class colours blended over a thumbnail of
-the image) and the class table as markdown, for the Prefect UI and for anyone listing ``masks/``.
+the image, a legend of the classes below it) and the class table as markdown, for the Prefect
+UI and for anyone listing ``masks/``.
 
 Memory is bounded by the picture, never by the image: the image is read decimated (GDAL
 overviews, slide pyramid levels; one middle slice of a volume) and the mask from its smallest
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from segflow.tasks.colours import rgb
 from segflow.tasks.runtime.storage import filesystem, zarr_options
@@ -104,6 +105,30 @@ def overlay(picture: np.ndarray, labels: np.ndarray, classes: list[dict[str, Any
     return out.round().astype(np.uint8)
 
 
+#: the legend: one swatch and name per class, in columns of this width, rows of this height;
+#: beyond LEGEND_CLASSES classes only those in the picture are listed
+LEGEND_COLUMN, LEGEND_ROW, LEGEND_CLASSES = 168, 18, 24
+
+
+def legend(classes: list[dict[str, Any]], shown: np.ndarray, width: int) -> np.ndarray:
+    """(h, ``width``, 3) uint8: each class's colour swatch and name on white, in columns (all
+    classes, or the ``shown`` ids when there are more than ``LEGEND_CLASSES``)."""
+    if len(classes) > LEGEND_CLASSES:
+        classes = [c for c in classes if c["id"] in set(shown.tolist())]
+    columns = max(1, width // LEGEND_COLUMN)
+    rows = -(-len(classes) // columns)
+    strip = Image.new("RGB", (width, rows * LEGEND_ROW + 4), "white")
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default(size=12)
+    for i, spec in enumerate(classes):
+        x, y = (i % columns) * LEGEND_COLUMN + 4, (i // columns) * LEGEND_ROW + 4
+        draw.rectangle((x, y, x + 12, y + 12), fill=rgb(spec["colour"]), outline="black")
+        name = f"{spec['id']} {spec['name']}"
+        while draw.textlength(name, font=font) > LEGEND_COLUMN - 24 and len(name) > 2:
+            name = name[:-2] + "…"
+        draw.text((x + 18, y - 1), name, fill="black", font=font)
+    return np.asarray(strip)
+
+
 def render(reader: SourceBase, store_uri: str, side: int = SIDE) -> bytes:
     """The quick-look PNG of the finished mask at ``store_uri`` over the image of ``reader``."""
     group = zarr.open_group(store=store_uri, mode="r", **zarr_options(store_uri))
@@ -113,9 +138,14 @@ def render(reader: SourceBase, store_uri: str, side: int = SIDE) -> bytes:
     image = Image.fromarray(stretch(pixels, valid)).resize((width, height),
                                                            Image.Resampling.BILINEAR)
     mask = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
-    blended = overlay(np.asarray(image), mask, attributes(group)["segflow"]["classes"])
+    classes = attributes(group)["segflow"]["classes"]
+    blended = overlay(np.asarray(image), mask, classes)
+    # the legend below the picture, at least one column wide (a narrow image gets margins)
+    canvas = np.full((height, max(width, LEGEND_COLUMN), 3), 255, np.uint8)
+    canvas[:, :width] = blended
+    key = legend(classes, np.unique(mask), canvas.shape[1])
     buffer = io.BytesIO()
-    Image.fromarray(blended).save(buffer, format="PNG")
+    Image.fromarray(np.concatenate([canvas, key])).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -158,8 +158,8 @@ def open_or_create(uri: str, plan: Plan, dims: tuple[str, ...], n_labels: int,
     layout: dict[str, Any] = ({"shards": (plan.chunk,) * rank, "chunks": (inner,) * rank}
                               if inner else {"chunks": (side,) * rank})
     # CF's link to the CRS (GDAL, xarray/rioxarray): on the mask and on the scores alike
-    georef = ({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"} if grid_mapping
-              else {})
+    georef: dict[str, Any] = ({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+                              if grid_mapping else {})
     group.create_array("0", shape=plan.shape, dtype=dtype, fill_value=nodata,
                        dimension_names=list(dims), attributes=georef, **layout)
     if scores:
