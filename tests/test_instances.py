@@ -82,7 +82,9 @@ def write_mask(uri: str, mask: np.ndarray, chunk: int,
 
 
 def whole_label(mask: np.ndarray, things: list[int]) -> np.ndarray:
-    return label(np.where(np.isin(mask, things), mask, 0), background=0, connectivity=1)
+    """scikit-image's labels of the whole mask's things (class + 1: class 0 can be a thing)."""
+    return label(np.where(np.isin(mask, things), mask.astype(np.int32) + 1, 0), background=0,
+                 connectivity=1)
 
 
 @pytest.fixture
@@ -113,6 +115,20 @@ def test_chunked_ids_equal_whole_image_label(chunk, tmp_path, client):
     assert result.counts_per_class() == by_class
     np.testing.assert_array_equal(result.class_ids,
                                   [mask[tuple(p.coords[0])] for p in regionprops(expected)])
+
+
+def test_class_0_is_a_thing_when_named(tmp_path, client):
+    """k-means has no background class: its first cluster (id 0) has objects when asked."""
+    mask = shapes_2d()
+    classes = [c.model_copy(update={"name": f"cluster_{c.id + 1}"}) for c in CLASSES]
+    things = thing_ids(classes, ["cluster_1", "cluster_2"], "test")
+    assert things == [0, 1]
+    store, plan = write_mask(str(tmp_path / "m.zarr"), mask, 16, ("y", "x"))
+    result = label_instances(client, store, plan, things, None)
+    expected = whole_label(mask, things)
+    np.testing.assert_array_equal(store.instances()[:], expected)
+    by_class = result.counts_per_class()
+    assert by_class[0] == len(np.unique(expected[mask == 0])) > 0 and by_class[1] > 0
 
 
 def test_measurements_equal_regionprops_with_the_affine(geo_raster, tmp_path, client):

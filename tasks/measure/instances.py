@@ -53,7 +53,8 @@ def label_chunk(chunk: Chunk, store: MaskStore, things: list[int],
                 shape: tuple[int, ...]) -> LocalLabels:
     """Label one chunk's thing objects and write the local labels (runs on a worker)."""
     classes = read_cells(store.labels(), chunk.core)
-    objects = np.where(np.isin(classes, things), classes, 0)
+    # class + 1: a thing class with id 0 (k-means' first cluster) is not the background
+    objects = np.where(np.isin(classes, things), classes.astype(np.int32) + 1, 0)
     local = label(objects, background=0, connectivity=1)
     cells = np.flatnonzero(local)
     _, at = np.unique(local.ravel()[cells], return_index=True)
