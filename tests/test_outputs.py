@@ -29,6 +29,7 @@ from skimage.measure import label
 from segflow.flows.change import change_masks
 from segflow.flows.segment import segment_image
 from segflow.tasks.catalog.query import run_query
+from segflow.tasks.colours import rgb
 from segflow.tasks.config import load_config
 from segflow.tasks.errors import SegflowError
 from segflow.tasks.export.polygons import Frames, Merger, polygonise_chunk
@@ -380,6 +381,23 @@ def test_slide_polygons_qupath_geojson_and_ome_tiff(tmp_path, dask_address):
     assert legend == {"labels": {str(i): {"name": c["name"], "colour": c["colour"]}
                                  for i, c in classes.items()}, "nodata": 255}
     assert legend["labels"]["1"]["name"] == "foreground" and legend["labels"]["1"]["colour"]
+    ome = root / "exports" / f"{run['image_id']}.ome.tif"
+    with tifffile.TiffFile(ome) as tif:  # the class colours as the TIFF's palette
+        page = tif.pages[0]
+        assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
+        for i, c in classes.items():
+            assert tuple(page.colormap[:, i] // 257) == rgb(c["colour"])
+    # the slide libraries: tiffslide reads every level and the MPP; OpenSlide's generic TIFF
+    # reader reads the MPP but not OME's SubIFD pyramid (level 0 only)
+    import openslide
+    import tiffslide
+
+    with tiffslide.TiffSlide(ome) as slide:
+        assert slide.level_count == len(levels) and slide.properties["tiffslide.mpp-x"] == 1.0
+        assert slide.level_dimensions[1] == (256, 256)
+    with openslide.OpenSlide(ome) as slide:
+        assert float(slide.properties["openslide.mpp-x"]) == 1.0
+        assert slide.dimensions == (512, 512)
 
 
 def test_volume_nifti_label_map_overlays_the_scan(tmp_path, head_nii, dask_address):

@@ -184,14 +184,28 @@ def _ome_tiff(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec]
     if mpp:
         metadata.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm",
                         PhysicalSizeYUnit="µm")
+    options: dict[str, Any] = {"tile": (OME_TILE, OME_TILE), "compression": "zlib",
+                               "photometric": "minisblack", "dtype": levels[0].dtype}
+    if levels[0].dtype == np.uint8:  # the class colours as the TIFF's palette (a LUT)
+        options.update(photometric="palette", colormap=_palette(classes))
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
-        options: dict[str, Any] = {"tile": (OME_TILE, OME_TILE), "compression": "zlib",
-                                   "photometric": "minisblack", "dtype": levels[0].dtype}
-        tif.write(_tiles(levels[0], store.nodata), shape=levels[0].shape,
-                  subifds=len(levels) - 1, metadata=metadata, **options)
-        for level in levels[1:]:
-            tif.write(_tiles(level, store.nodata), shape=level.shape, subfiletype=1,
-                      metadata=None, **options)
+        for n, level in enumerate(levels):
+            # each level's pixel size in the TIFF resolution tags too (pixels per cm), where
+            # OpenSlide and tiffslide read a slide's MPP
+            size: dict[str, Any] = {"resolution": (1e4 / (mpp * 2 ** n),) * 2,
+                                    "resolutionunit": "CENTIMETER"} if mpp else {}
+            first: dict[str, Any] = ({"subifds": len(levels) - 1, "metadata": metadata}
+                                     if n == 0 else {"subfiletype": 1, "metadata": None})
+            tif.write(_tiles(level, store.nodata), shape=level.shape, **first, **size,
+                      **options)
+
+
+def _palette(classes: list[ClassSpec]) -> np.ndarray:
+    """A TIFF colour map (3, 256) uint16: each class's colour, grey elsewhere (nodata)."""
+    colours = np.full((3, 256), 128 * 257, np.uint16)
+    for c in classes:
+        colours[:, c.id] = [v * 257 for v in rgb(c.colour)]
+    return colours
 
 
 def _nifti(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
