@@ -256,7 +256,8 @@ class OutputConfig(_Strict):
     # ROOT/exports/: label files for desktop tools; true: the modality's own (COG for
     # rasters, OME-TIFF for slides, NIfTI for volumes), or formats by name (dicom-seg:
     # volumes read from a DICOM series); auto: the COG for rasters (the file GIS opens: GDAL
-    # before 3.13 cannot read the sharded store), nothing for slides and volumes
+    # before 3.13 cannot read the sharded store; not a plug-in reader's plain pixel grid),
+    # nothing for slides and volumes
     export: bool | Literal["auto"] | ExportFormat | list[ExportFormat] = "auto"
     probabilities: bool = False  # per-class scores in the store (`probabilities` array)
     probabilities_dtype: Literal["uint8", "float16"] = "uint8"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,14 @@ def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
     height, width = labels.shape
     assert isinstance(ref, RasterRef), "a COG is written for rasters"
     georef = ref.georef
-    base = path.with_name(path.name + ".base.tif")
+    # the intermediate file is scratch (the worker's temporary folder, not the output's
+    # disk), PackBits: labels compress well with the cheapest codec, and it is read once
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 1,
                "dtype": store.dtype, "nodata": store.nodata, "crs": georef.crs_wkt,
                "transform": georef.affine, "tiled": True, "blockxsize": COG_BLOCK,
-               "blockysize": COG_BLOCK, "BIGTIFF": "IF_SAFER"}  # uncompressed: read once
-    try:
+               "blockysize": COG_BLOCK, "compress": "packbits", "BIGTIFF": "IF_SAFER"}
+    with tempfile.TemporaryDirectory(prefix="segflow-cog-") as scratch:
+        base = Path(scratch) / "base.tif"
         with rasterio.open(base, "w", **profile) as dst:
             for chunk in plan.chunks:
                 rows, cols = chunk.core
@@ -128,8 +131,6 @@ def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
         rasterio.shutil.copy(base, path, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK,
                              OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER",
                              NUM_THREADS=str(max(1, len(os.sched_getaffinity(0)))))
-    finally:
-        base.unlink(missing_ok=True)
 
 
 def _legend(classes: list[ClassSpec]) -> str:

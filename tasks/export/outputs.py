@@ -14,6 +14,7 @@ from segflow.tasks.export.vectors import object_measurements, write_vectors
 from segflow.tasks.mask.store import MaskStore
 from segflow.tasks.measure.classes import report_unit
 from segflow.tasks.plan.job import Job
+from segflow.tasks.sources.spatial import RasterRef
 
 
 def write_outputs(client: Client, job: Job, store: MaskStore,
@@ -32,7 +33,10 @@ def write_outputs(client: Client, job: Job, store: MaskStore,
         unit = report_unit(job.reader, row_areas, job.config.stats)
         rows += write_vectors(client, job, store, row_areas, unit, instance_rows, out.vectors,
                               out.qupath, object_measurements(measured))
-    for fmt in out.export_formats(job.reader.modality):
+    formats = out.export_formats(job.reader.modality)
+    if out.export == "auto" and not isinstance(job.reader.spatial_ref(), RasterRef):
+        formats = []  # a plug-in's plain pixel grid: no GeoTIFF unasked
+    for fmt in formats:
         rows.append(client.submit(export_labels, store, job.plan, fmt, job.root, job.image_id,
                                   job.model.classes, job.reader, pure=False).result())
     return rows
