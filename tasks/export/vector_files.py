@@ -92,8 +92,7 @@ class QuPathSink:
         self.file: IO[str] = open(path, "w")  # noqa: SIM115 (closed by close())
         self.file.write('{"type": "FeatureCollection", "features": [\n')
         self.object_type, self.scale = object_type, scale
-        self.area = f"area {unit}" if unit else "area px"
-        self.classes = {i: {"name": names[i], "color": list(rgb(colours[i]))} for i in names}
+        self.area, self.classes = _qupath_labels(names, colours, unit)
         self.measured = measured or {}
         self.rows = 0
 
@@ -125,8 +124,8 @@ class QuPathAnnotations:
 
     def __init__(self, path: Path, names: dict[int, str], colours: dict[int, str],
                  unit: str | None, scale: float, classes: set[int]) -> None:
-        self.path, self.names, self.colours, self.scale = path, names, colours, scale
-        self.area = f"area {unit}" if unit else "area px"
+        self.path, self.scale = path, scale
+        self.area, self.classes = _qupath_labels(names, colours, unit)
         self.parts: dict[int, list[str]] = {i: [] for i in sorted(classes)}
         self.pixels = dict.fromkeys(self.parts, 0)
         self.areas = dict.fromkeys(self.parts, 0.0)
@@ -149,8 +148,7 @@ class QuPathAnnotations:
                 if not parts:
                     continue
                 properties = {"objectType": "annotation",
-                              "classification": {"name": self.names[class_id],
-                                                 "color": list(rgb(self.colours[class_id]))},
+                              "classification": self.classes[class_id],
                               "measurements": {"pixels": self.pixels[class_id],
                                                self.area: self.areas[class_id] / self.scale,
                                                "regions": len(parts)}}
@@ -160,6 +158,13 @@ class QuPathAnnotations:
                 written += 1
             file.write("\n]}\n")
         return written
+
+
+def _qupath_labels(names: dict[int, str], colours: dict[int, str], unit: str | None
+                   ) -> tuple[str, dict[int, dict[str, Any]]]:
+    """QuPath's area measurement name and each class id's ``classification``."""
+    return (f"area {unit}" if unit else "area px",
+            {i: {"name": names[i], "color": list(rgb(colours[i]))} for i in names})
 
 
 def _coordinates(geometry: str) -> str:
