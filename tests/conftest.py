@@ -13,11 +13,22 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from segflow.tasks.runtime.storage import raster_env
+
 DATA = Path(__file__).parent / "data"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # run logs stay on the console and in pytest's capture: no test reads them back from the API,
 # and shipping each line to the session's Prefect server cost about a tenth of the suite's time
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+# Dask's housekeeping polled less often in every process the tests start (the session's
+# cluster idles between tests): the statistical profiler (a sample every 10 ms) off, the event
+# loop tick, system and memory monitors each second or two; idle, they cost a tenth of a core
+# per test process at their defaults
+for _key, _value in (("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False"),
+                     ("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", "1s"),
+                     ("DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL", "2s"),
+                     ("DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL", "1s")):
+    os.environ.setdefault(_key, _value)
 # a warm `segflow server` of the user's must not run the tests' jobs
 os.environ["SEGFLOW_HOME"] = tempfile.mkdtemp(prefix="segflow-home-")
 
@@ -203,7 +214,7 @@ def write_geotiff(path: Path, data: np.ndarray, crs: str, transform, nodata=None
                    crs=crs, transform=transform, nodata=nodata, compress="deflate")
     if tiled:
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
-    with rasterio.open(path, "w", **profile) as dst:
+    with raster_env(str(path)), rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
 

@@ -5,9 +5,7 @@ included."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from segflow.tasks.catalog.query import run_query
 from segflow.tasks.config import load_config
 from segflow.tasks.sources.identity import image_id
 from tests.conftest import smooth_noise, write_geotiff
+from tests.processes import Command
 
 SETTINGS = ["model.kind=otsu", "tiling.chunk=192", "stats.instances=true",
             "output.vectors=true", "output.export=true"]
@@ -46,33 +45,11 @@ def _counts(root: Path) -> list[tuple]:
         str(root), "select run_id, class_id, pixels, objects from class_stats").to_pylist())
 
 
-def _cli_process(args: list[str], env: dict[str, str], stderr: str) -> None:
-    """``segflow`` in a process of its own, as a shell would run it, forked from a server
-    process that has already imported segflow (so nine of them do not pay the imports nine
-    times): its environment, its stderr to a file, its exit status the command's."""
-    fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 2)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    os.environ.clear()
-    os.environ.update(env)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from segflow.flows.cli import main
-
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        code = main(args)
-    sys.stderr.flush()
-    os._exit(code)
-
-
 @pytest.fixture(scope="module")
 def killed(reference, tmp_path_factory, prefect_server, dask_address) -> dict[str, tuple]:
     """One CLI process per crash point, each into its own root, all started at once (their
     start-up costs overlap); returns point -> (root, exit status, stderr)."""
     scene = reference[0]
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["segflow.flows.cli", "segflow.flows.segment",
-                                    "segflow.flows.commands", "tests.test_crash"])
     procs = {}
     for point in POINTS:
         root = tmp_path_factory.mktemp(f"killed-{point}") / "out"
@@ -80,14 +57,11 @@ def killed(reference, tmp_path_factory, prefect_server, dask_address) -> dict[st
         for item in SETTINGS:
             args += ["--set", item]
         env = {**os.environ, "PREFECT_API_URL": prefect_server, "SEGFLOW_CRASH_AT": point}
-        stderr = str(root.parent / "stderr.txt")
-        proc = context.Process(target=_cli_process, args=(args, env, stderr))
-        proc.start()
-        procs[point] = (root, proc, stderr)
+        procs[point] = (root, Command(args, env, root.parent / "process"))
     done = {}
-    for point, (root, proc, stderr) in procs.items():
-        proc.join(timeout=600)
-        done[point] = (root, proc.exitcode, Path(stderr).read_text())
+    for point, (root, proc) in procs.items():
+        _, stderr = proc.communicate(timeout=600)
+        done[point] = (root, proc.returncode, stderr)
     return done
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from segflow.tasks.errors import UserError
 from segflow.tasks.mask.lease import Lease, hold
 from segflow.tasks.sources.identity import image_id
 from tests.conftest import smooth_noise, write_geotiff
+from tests.processes import Command
 
 #: two configs whose masks NumPy computes independently: class 1 where band 1 > value
 LOW, HIGH = 100, 150
@@ -32,14 +34,14 @@ def _scene(folder) -> tuple[str, np.ndarray]:
     return str(path), data[0]
 
 
-def _cli(scene: str, root: str, value: int, env: dict[str, str], scheduler: str
-         ) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "segflow.flows.cli", "segment", scene, "--out", root,
-           "--scheduler", scheduler, "--wait", "600", "--set", "model.kind=threshold",
-           "--set", f"model.params.value={value}", "--set", "tiling.chunk=256",
-           "--set", "output.pyramid=false"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def _cli(scene: str, root: str, value: int, env: dict[str, str], scheduler: str,
+         folder: Path) -> Command:
+    """``segflow segment`` in a process of its own (forked: the two runs at once are the test,
+    not their start-up)."""
+    args = ["segment", scene, "--out", root, "--scheduler", scheduler, "--wait", "600",
+            "--set", "model.kind=threshold", "--set", f"model.params.value={value}",
+            "--set", "tiling.chunk=256", "--set", "output.pyramid=false"]
+    return Command(args, env, folder)
 
 
 def _open(uri: str) -> zarr.Group:
@@ -77,13 +79,13 @@ def test_two_configs_of_one_image_never_mix(tmp_path, where, s3_bucket, prefect_
     scene, band = _scene(tmp_path)
     root = str(tmp_path / "out") if where == "local" else f"s3://{s3_bucket}/out"
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    first = _cli(scene, root, LOW, env, dask_address)
+    first = _cli(scene, root, LOW, env, dask_address, tmp_path / "first")
     store = f"{root}/masks/{image_id(scene)}.zarr"
     deadline = time.monotonic() + 120
     while Lease(store, 1, "probe")._numbers() == [] and time.monotonic() < deadline:
         assert first.poll() is None, first.communicate()
         time.sleep(0.1)
-    second = _cli(scene, root, HIGH, env, dask_address)
+    second = _cli(scene, root, HIGH, env, dask_address, tmp_path / "second")
     for proc in (first, second):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
@@ -95,7 +97,7 @@ def test_same_config_at_once_resumes_or_reuses(tmp_path, prefect_server, dask_ad
     scene, band = _scene(tmp_path)
     root = str(tmp_path / "out")
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    procs = [_cli(scene, root, LOW, env, dask_address) for _ in range(2)]
+    procs = [_cli(scene, root, LOW, env, dask_address, tmp_path / f"run{i}") for i in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     _check_root(root, scene, band, [LOW, LOW])

@@ -36,7 +36,7 @@ from segflow.tasks.errors import on_worker
 from segflow.tasks.mask.store import SHARD_INNER, MaskStore
 from segflow.tasks.plan.grid import Plan
 from segflow.tasks.runtime.layout import OutputRoot
-from segflow.tasks.runtime.storage import staged, zarr_options
+from segflow.tasks.runtime.storage import raster_env, staged, zarr_options
 from segflow.tasks.runtime.zarr_nodes import array_at, read_cells
 from segflow.tasks.sources.base import SourceBase
 from segflow.tasks.sources.spatial import RasterRef, SlideRef, SpatialRef, VolumeRef
@@ -118,7 +118,8 @@ def _cog(path: Path, store: MaskStore, plan: Plan, classes: list[ClassSpec],
                "dtype": store.dtype, "nodata": store.nodata, "crs": georef.crs_wkt,
                "transform": georef.affine, "tiled": True, "blockxsize": COG_BLOCK,
                "blockysize": COG_BLOCK, "compress": "packbits", "BIGTIFF": "IF_SAFER"}
-    with tempfile.TemporaryDirectory(prefix="segflow-cog-") as scratch:
+    # both files are local (raster_env: no boto3 session per open when AWS keys are set)
+    with tempfile.TemporaryDirectory(prefix="segflow-cog-") as scratch, raster_env(scratch):
         base = Path(scratch) / "base.tif"
         with rasterio.open(base, "w", **profile) as dst:
             for chunk in plan.chunks:

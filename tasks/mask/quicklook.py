@@ -145,7 +145,9 @@ def render(reader: SourceBase, store_uri: str, side: int = SIDE) -> bytes:
     canvas[:, :width] = blended
     key = legend(classes, np.unique(mask), canvas.shape[1])
     buffer = io.BytesIO()
-    Image.fromarray(np.concatenate([canvas, key])).save(buffer, format="PNG")
+    # zlib level 1: a fifth of the default's time (0.03 s against 0.15 s for a 512 px picture
+    # here, a tenth of a small image's whole run) for a file about a fifth larger
+    Image.fromarray(np.concatenate([canvas, key])).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
