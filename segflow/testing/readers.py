@@ -68,9 +68,11 @@ class ReaderContract:
         raise NotImplementedError
 
     # --- fixtures -------------------------------------------------------------------------
-    @pytest.fixture
-    def local_path(self, tmp_path: Path) -> Path:
-        return self.make(tmp_path)
+    # the file is made and read whole once per class (the tests only read it; the corrupt
+    # test spoils a copy)
+    @pytest.fixture(scope="class")
+    def local_path(self, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return self.make(tmp_path_factory.mktemp(f"reader-{self.reader_name}"))
 
     def _place(self, path: Path, request: pytest.FixtureRequest) -> str:
         if self.location == "local":
@@ -82,7 +84,7 @@ class ReaderContract:
     def uri(self, local_path: Path, request: pytest.FixtureRequest) -> str:
         return self._place(local_path, request)
 
-    @pytest.fixture
+    @pytest.fixture(scope="class")
     def truth(self, local_path: Path) -> dict[str, Any]:
         return self.expected(local_path)
 
