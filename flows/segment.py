@@ -2,8 +2,8 @@
 export → record → publish.
 
 Prefect is the control plane (five tasks: open-and-plan, segment, measure, record, publish;
-retries, logs); Dask is the data plane (one
-Dask task per chunk, on the cluster at ``scheduler`` or a LocalCluster started for the run).
+retries, logs); Dask is the data plane (one Dask task per chunk, on the cluster at
+``scheduler`` or a LocalCluster started for the run).
 Each stage is one call into ``segflow.tasks``; this module only wires them.
 """
 
