@@ -83,8 +83,8 @@ def open_and_plan(source: str, root: str, config: JobConfig, checksum: str | Non
 @task(name="segment", cache_policy=NO_CACHE)
 def segment(job: Job, scheduler: str) -> tuple[Outcome, Instances | None]:
     """The mask, whole: its chunks, its objects' ids, its pyramid, quick look and metadata.
-    One Prefect task for these steps (none of them retried): each task run costs about 0.07
-    s of the Prefect server's time here, a tenth of a small image's run."""
+    One Prefect task for these steps (none of them retried): each task run costs the Prefect
+    server 0.04-0.07 CPU-s here, a sizeable share of a small image's run (BENCHMARKS.md §11)."""
     outcome = compute(job, scheduler)
     objects = label(outcome, scheduler)
     finish(outcome, scheduler)
