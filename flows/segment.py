@@ -84,7 +84,7 @@ def open_and_plan(source: str, root: str, config: JobConfig, checksum: str | Non
 def segment(job: Job, scheduler: str) -> tuple[Outcome, Instances | None]:
     """The mask, whole: its chunks, its objects' ids, its pyramid, quick look and metadata.
     One Prefect task for these steps (none of them retried): each task run costs the Prefect
-    server 0.04-0.07 CPU-s here, a sizeable share of a small image's run (BENCHMARKS.md §11)."""
+    server about 0.04 CPU-s here, a sizeable share of a small image's run (BENCHMARKS.md §11)."""
     outcome = compute(job, scheduler)
     objects = label(outcome, scheduler)
     finish(outcome, scheduler)

@@ -277,13 +277,14 @@ class OutputConfig(_Strict):
                                                      f"(classes: {', '.join(by_name)})")
         return {by_name[n] for n in self.qupath_classes}
 
-    def export_formats(self, modality: str) -> list[str]:
-        """The label files to write for an image of ``modality``; a format that is not the
-        modality's is a one-line error."""
+    def export_formats(self, modality: str, *, georeferenced: bool) -> list[str]:
+        """The label files to write for an image of ``modality`` (``georeferenced``: it has a
+        CRS and transform, which ``auto``'s COG needs; a plug-in's plain pixel grid has none);
+        a format that is not the modality's is a one-line error."""
         if self.export is False:
             return []
         if self.export == "auto":
-            return ["cog"] if modality == "raster" else []
+            return ["cog"] if modality == "raster" and georeferenced else []
         wanted = ([EXPORT_FORMATS[modality][0]] if self.export is True else
                   [self.export] if isinstance(self.export, str) else list(self.export))
         wrong = [f for f in wanted if f not in EXPORT_FORMATS[modality]]

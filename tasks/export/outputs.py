@@ -33,9 +33,8 @@ def write_outputs(client: Client, job: Job, store: MaskStore,
         unit = report_unit(job.reader, row_areas, job.config.stats)
         rows += write_vectors(client, job, store, row_areas, unit, instance_rows, out.vectors,
                               out.qupath, object_measurements(measured))
-    formats = out.export_formats(job.reader.modality)
-    if out.export == "auto" and not isinstance(job.reader.spatial_ref(), RasterRef):
-        formats = []  # a plug-in's plain pixel grid: no GeoTIFF unasked
+    formats = out.export_formats(job.reader.modality,
+                                 georeferenced=isinstance(job.reader.spatial_ref(), RasterRef))
     for fmt in formats:
         rows.append(client.submit(export_labels, store, job.plan, fmt, job.root, job.image_id,
                                   job.model.classes, job.reader, pure=False).result())

@@ -26,6 +26,7 @@ from segflow.tasks.sources.base import SourceBase
 from segflow.tasks.sources.foreground import fit_foreground
 from segflow.tasks.sources.identity import image_id, source_checksum
 from segflow.tasks.sources.registry import open_source
+from segflow.tasks.sources.spatial import RasterRef
 from segflow.tasks.sources.tissue import background_chunks
 
 BACKGROUND, NODATA = "background", "nodata"  # what the plan can know of a chunk unread
@@ -100,7 +101,9 @@ def plan_job(source: str, root: str, config: JobConfig, checksum: str | None = N
                                 "its CRS)")
     if config.output.qupath:
         config.output.qupath_class_ids(model.classes)  # a class it names exists
-    if "dicom-seg" in config.output.export_formats(reader.modality) and reader.reader != "dicom":
+    formats = config.output.export_formats(
+        reader.modality, georeferenced=isinstance(reader.spatial_ref(), RasterRef))
+    if "dicom-seg" in formats and reader.reader != "dicom":
         raise UserError(source, "output.export dicom-seg references the source DICOM series; "
                                 f"this is read by the {reader.reader} reader (use nifti)")
     halo = config.tiling.halo
