@@ -57,7 +57,7 @@ class Command:
     def poll(self) -> int | None:
         return self.process.exitcode
 
-    def communicate(self, timeout: float) -> tuple[str, str]:
+    def communicate(self, timeout: float = 600) -> tuple[str, str]:
         """Wait for the command; its stdout and stderr."""
         self.process.join(timeout)
         assert self.process.exitcode is not None, f"still running after {timeout} s"
